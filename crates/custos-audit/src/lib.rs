@@ -1,0 +1,13 @@
+//! The audit trail: a hash-chained, append-only log of every decision, with group commit,
+//! verification and per-task traces.
+//!
+//! A record is the commit point of a decision: [`AuditLog::append`] returns only once the
+//! record is durable, and concurrent appends share one transaction (group commit).
+
+mod chain;
+mod log;
+mod verify;
+
+pub use chain::{AuditEvent, GENESIS_HASH, canonical_bytes, record_hash};
+pub use log::{AuditError, AuditLog};
+pub use verify::{VerifyReport, verify};

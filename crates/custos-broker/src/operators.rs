@@ -1,0 +1,156 @@
+//! Operators: authentication by token and role checks.
+
+use custos_audit::AuditEvent;
+use custos_core::Role;
+use custos_core::names::check_resource_name;
+use custos_core::operator::Permission;
+use custos_crypto::operator_token::{self, OperatorToken};
+use custos_store::OperatorRow;
+use serde::Serialize;
+
+use crate::{Broker, BrokerError};
+
+/// An authenticated operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Operator {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Operator {
+    /// Fails unless this operator's role grants `p`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Forbidden`] naming the role.
+    pub fn require(&self, p: Permission) -> Result<(), BrokerError> {
+        if self.role.allows(p) {
+            Ok(())
+        } else {
+            Err(BrokerError::Forbidden(format!(
+                "role `{}` may not do this",
+                self.role
+            )))
+        }
+    }
+}
+
+/// A newly created operator and its token, shown once.
+#[derive(Debug, Serialize)]
+pub struct CreatedOperator {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The token. Only its hash is stored.
+    pub token: String,
+}
+
+impl Broker {
+    /// Authenticates an operator token.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unauthenticated`] for any bad token (the reason is audited, not returned).
+    pub async fn authenticate_operator(&self, token: &str) -> Result<Operator, BrokerError> {
+        if !operator_token::well_formed(token) {
+            return Err(self
+                .record_auth_failure("operator", "malformed", None)
+                .await);
+        }
+        let Some(row) = self
+            .inner
+            .store
+            .operator_by_token_hash(&operator_token::hash(token))
+            .await?
+        else {
+            return Err(self
+                .record_auth_failure("operator", "unknown_token", None)
+                .await);
+        };
+        let role = Role::parse(&row.role).ok_or(BrokerError::Unavailable("store"))?;
+        Ok(Operator {
+            name: row.name,
+            role,
+        })
+    }
+
+    /// Creates (or, for `replace`, re-keys) an operator without an acting operator: used at
+    /// start-up for the dev admin.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the store fails.
+    pub async fn bootstrap_operator(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<OperatorToken, BrokerError> {
+        let token = OperatorToken::generate();
+        let row = OperatorRow {
+            name: name.to_owned(),
+            role: role.as_str().to_owned(),
+            created_at: self.inner.clock.now_ms(),
+            created_by: "bootstrap".to_owned(),
+        };
+        self.inner
+            .store
+            .upsert_operator(&row, &token.hash())
+            .await?;
+        let mut e = AuditEvent::new("operator_create");
+        e.actor = Some("bootstrap".into());
+        e.reason = Some(format!(
+            "operator `{name}` with role `{role}` (re)keyed at start"
+        ));
+        self.record(e).await?;
+        Ok(token)
+    }
+
+    /// Creates an operator and returns its token once.
+    ///
+    /// # Errors
+    /// [`BrokerError::Conflict`] when the name is taken; [`BrokerError::Forbidden`] without the admin role.
+    pub async fn create_operator(
+        &self,
+        op: &Operator,
+        name: &str,
+        role: Role,
+    ) -> Result<CreatedOperator, BrokerError> {
+        op.require(Permission::Administer)?;
+        check_resource_name(name).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let token = OperatorToken::generate();
+        let row = OperatorRow {
+            name: name.to_owned(),
+            role: role.as_str().to_owned(),
+            created_at: self.inner.clock.now_ms(),
+            created_by: op.name.clone(),
+        };
+        self.inner
+            .store
+            .create_operator(&row, &token.hash())
+            .await
+            .map_err(|e| match e {
+                custos_store::StoreError::Conflict => {
+                    BrokerError::Conflict(format!("operator `{name}` already exists"))
+                }
+                other => other.into(),
+            })?;
+        let mut e = AuditEvent::new("operator_create");
+        e.actor = Some(op.name.clone());
+        e.reason = Some(format!("operator `{name}` with role `{role}`"));
+        self.record(e).await?;
+        Ok(CreatedOperator {
+            name: name.to_owned(),
+            role,
+            token: token.expose().to_owned(),
+        })
+    }
+
+    /// All operators (names and roles, never tokens).
+    ///
+    /// # Errors
+    /// [`BrokerError::Forbidden`] without the read permission.
+    pub async fn list_operators(&self, op: &Operator) -> Result<Vec<OperatorRow>, BrokerError> {
+        op.require(Permission::Read)?;
+        Ok(self.inner.store.list_operators().await?)
+    }
+}

@@ -1,0 +1,297 @@
+//! The registry: applying, reading and deleting resources, and the in-memory snapshot the hot
+//! path reads (reloaded after every change made here, and when older than the cache TTL).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use custos_audit::AuditEvent;
+use custos_core::operator::Permission;
+use custos_core::resource::parse_documents;
+use custos_core::{AgentSpec, Kind, Resource, TemplateSpec, UpstreamSpec};
+use custos_crypto::parse_public_key_pem;
+use custos_store::{AppliedChange, ChangeOp, ResourceRow, Store};
+use serde::Serialize;
+
+use crate::operators::Operator;
+use crate::{Broker, BrokerError};
+
+/// One versioned resource in the snapshot.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    /// The stored version.
+    pub version: i64,
+    /// The spec.
+    pub spec: T,
+}
+
+/// Everything the hot path needs from the registry, as of one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Versioned<UpstreamSpec>>,
+    /// Templates by name.
+    pub templates: BTreeMap<String, Versioned<TemplateSpec>>,
+    /// Agents by name, with their parsed public keys.
+    pub agents: BTreeMap<String, Versioned<(AgentSpec, [u8; 32])>>,
+    /// Suspended agents.
+    pub suspended: HashSet<String>,
+    /// When this snapshot was read (Unix ms).
+    pub loaded_at: i64,
+}
+
+pub(crate) struct RegistryCache {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError> {
+    let mut snap = Snapshot {
+        loaded_at: now,
+        ..Snapshot::default()
+    };
+    for row in store.list_resources(Kind::Upstream.as_str()).await? {
+        if let Ok(Resource::Upstream(spec)) = Resource::from_spec_json(Kind::Upstream, row.spec) {
+            snap.upstreams.insert(
+                row.name,
+                Versioned {
+                    version: row.version,
+                    spec,
+                },
+            );
+        }
+    }
+    for row in store.list_resources(Kind::Template.as_str()).await? {
+        if let Ok(Resource::Template(spec)) = Resource::from_spec_json(Kind::Template, row.spec) {
+            snap.templates.insert(
+                row.name,
+                Versioned {
+                    version: row.version,
+                    spec,
+                },
+            );
+        }
+    }
+    for row in store.list_resources(Kind::Agent.as_str()).await? {
+        if let Ok(Resource::Agent(spec)) = Resource::from_spec_json(Kind::Agent, row.spec) {
+            // INVARIANT: keys were checked at apply; one that no longer parses leaves the agent out (deny).
+            if let Ok(key) = parse_public_key_pem(&spec.public_key) {
+                if store.agent_suspended(&row.name).await? {
+                    snap.suspended.insert(row.name.clone());
+                }
+                snap.agents.insert(
+                    row.name,
+                    Versioned {
+                        version: row.version,
+                        spec: (spec, key),
+                    },
+                );
+            }
+        }
+    }
+    Ok(snap)
+}
+
+impl RegistryCache {
+    pub(crate) async fn load(store: &Store, now: i64) -> Result<Self, BrokerError> {
+        Ok(Self {
+            current: RwLock::new(Arc::new(load_snapshot(store, now).await?)),
+        })
+    }
+
+    fn get(&self) -> Arc<Snapshot> {
+        self.current.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, snap: Snapshot) {
+        if let Ok(mut g) = self.current.write() {
+            *g = Arc::new(snap);
+        }
+    }
+}
+
+/// The result of `apply`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    /// One entry per document, in the order applied.
+    pub changes: Vec<AppliedChange>,
+}
+
+impl Broker {
+    /// The current registry snapshot, re-read when older than the cache TTL.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store cannot be read for a stale snapshot.
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, BrokerError> {
+        let snap = self.inner.registry.get();
+        let now = self.inner.clock.now_ms();
+        let ttl = i64::try_from(self.inner.config.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+        if now - snap.loaded_at <= ttl {
+            return Ok(snap);
+        }
+        self.reload().await
+    }
+
+    async fn reload(&self) -> Result<Arc<Snapshot>, BrokerError> {
+        let snap = load_snapshot(&self.inner.store, self.inner.clock.now_ms()).await?;
+        self.inner.registry.set(snap);
+        Ok(self.inner.registry.get())
+    }
+
+    /// Applies a multi-document YAML text: every document is checked first, then all are
+    /// written in one transaction. Each change is versioned and audited.
+    ///
+    /// # Errors
+    /// [`BrokerError::Invalid`] naming the document and field when any document is bad (nothing
+    /// is applied); [`BrokerError::Forbidden`] without the admin role.
+    pub async fn apply(&self, op: &Operator, yaml: &str) -> Result<ApplyOutcome, BrokerError> {
+        op.require(Permission::Administer)?;
+        let resources = parse_documents(yaml).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        if resources.is_empty() {
+            return Err(BrokerError::Invalid("no documents to apply".into()));
+        }
+        let snap = self.reload().await?;
+        for (i, r) in resources.iter().enumerate() {
+            if let Resource::Agent(a) = r {
+                parse_public_key_pem(&a.public_key).map_err(|e| {
+                    BrokerError::Invalid(format!(
+                        "document {} (Agent `{}`): field `public_key`: {e}",
+                        i + 1,
+                        a.name
+                    ))
+                })?;
+                for t in &a.templates {
+                    let in_file = resources
+                        .iter()
+                        .any(|r| r.kind() == Kind::Template && r.name() == t);
+                    if !in_file && !snap.templates.contains_key(t) {
+                        return Err(BrokerError::Invalid(format!(
+                            "document {} (Agent `{}`): field `templates`: template `{t}` does not exist",
+                            i + 1,
+                            a.name
+                        )));
+                    }
+                }
+            }
+        }
+        let mut ordered = resources;
+        ordered.sort_by_key(|r| Kind::ALL.iter().position(|k| *k == r.kind()));
+        let items: Vec<(String, String, serde_json::Value)> = ordered
+            .iter()
+            .map(|r| {
+                (
+                    r.kind().as_str().to_owned(),
+                    r.name().to_owned(),
+                    r.spec_json(),
+                )
+            })
+            .collect();
+        let now = self.inner.clock.now_ms();
+        let changes = self
+            .inner
+            .store
+            .apply_resources(&items, &op.name, now)
+            .await?;
+        self.reload().await?;
+        for c in changes.iter().filter(|c| c.op != ChangeOp::Unchanged) {
+            self.record(registry_event(op, c)).await?;
+        }
+        Ok(ApplyOutcome { changes })
+    }
+
+    /// Deletes one resource.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] when it does not exist; [`BrokerError::Forbidden`] without the admin role.
+    pub async fn delete(
+        &self,
+        op: &Operator,
+        kind: Kind,
+        name: &str,
+    ) -> Result<AppliedChange, BrokerError> {
+        op.require(Permission::Administer)?;
+        let now = self.inner.clock.now_ms();
+        let change = self
+            .inner
+            .store
+            .delete_resource(kind.as_str(), name, &op.name, now)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("{kind} `{name}` not found")))?;
+        self.reload().await?;
+        self.record(registry_event(op, &change)).await?;
+        Ok(change)
+    }
+
+    /// Resources of a kind, or one by name.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] when a named resource does not exist.
+    pub async fn get(
+        &self,
+        op: &Operator,
+        kind: Kind,
+        name: Option<&str>,
+    ) -> Result<Vec<ResourceRow>, BrokerError> {
+        op.require(Permission::Read)?;
+        match name {
+            Some(n) => {
+                let row = self
+                    .inner
+                    .store
+                    .get_resource(kind.as_str(), n)
+                    .await?
+                    .ok_or_else(|| BrokerError::NotFound(format!("{kind} `{n}` not found")))?;
+                Ok(vec![row])
+            }
+            None => Ok(self.inner.store.list_resources(kind.as_str()).await?),
+        }
+    }
+
+    /// Suspends or resumes an agent. A suspended agent's tokens are refused at once.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] for an unknown agent; [`BrokerError::Forbidden`] without the admin role.
+    pub async fn set_agent_suspended(
+        &self,
+        op: &Operator,
+        agent: &str,
+        suspended: bool,
+    ) -> Result<(), BrokerError> {
+        op.require(Permission::Administer)?;
+        if self
+            .inner
+            .store
+            .get_resource(Kind::Agent.as_str(), agent)
+            .await?
+            .is_none()
+        {
+            return Err(BrokerError::NotFound(format!("Agent `{agent}` not found")));
+        }
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .store
+            .set_agent_suspended(agent, suspended, &op.name, now)
+            .await?;
+        self.reload().await?;
+        let mut e = AuditEvent::new(if suspended {
+            "agent_suspend"
+        } else {
+            "agent_resume"
+        });
+        e.actor = Some(op.name.clone());
+        e.agent = Some(agent.to_owned());
+        self.record(e).await
+    }
+}
+
+fn registry_event(op: &Operator, c: &AppliedChange) -> AuditEvent {
+    let mut e = AuditEvent::new("registry_change");
+    e.actor = Some(op.name.clone());
+    e.reason = Some(format!(
+        "{} {} `{}` version {}",
+        c.op.as_str(),
+        c.kind,
+        c.name,
+        c.version
+    ));
+    e.detail = serde_json::to_string(c).ok();
+    e
+}

@@ -1,0 +1,407 @@
+//! Tasks and task tokens: start, end, the RFC 8693 token exchange, and authenticating a
+//! task token on every request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use custos_audit::AuditEvent;
+use custos_core::duration::format_duration;
+use custos_core::operator::Permission;
+use custos_crypto::jwt::{assertion_issuer, verify_assertion};
+use custos_crypto::{jwk_thumbprint, new_id};
+use custos_store::{TaskRow, TaskState};
+use serde::{Deserialize, Serialize};
+
+use crate::call::TaskContext;
+use crate::operators::Operator;
+use crate::{Broker, BrokerError};
+
+/// RFC 8693 grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The subject token type naming a Custos task: the subject is the task's initiator.
+pub const TASK_ID_TOKEN_TYPE: &str = "urn:custos:params:oauth:token-type:task-id";
+/// RFC 8693 token type for a JWT (the agent's signed assertion, as `actor_token`).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// What an initiator asks for when starting a task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartTask {
+    /// The agent that will do the work.
+    pub agent: String,
+    /// The template it works under.
+    pub template: String,
+    /// The human or event on whose behalf.
+    pub on_behalf_of: String,
+    /// Why.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// How long the task may live (at most the template's TTL; default the template's TTL).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// The form fields of a token-exchange request at `/oauth/token`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TokenRequest {
+    /// Must be [`TOKEN_EXCHANGE_GRANT`].
+    #[serde(default)]
+    pub grant_type: String,
+    /// The task id.
+    #[serde(default)]
+    pub subject_token: String,
+    /// Must be [`TASK_ID_TOKEN_TYPE`].
+    #[serde(default)]
+    pub subject_token_type: String,
+    /// The agent's signed assertion.
+    #[serde(default)]
+    pub actor_token: String,
+    /// Must be [`JWT_TOKEN_TYPE`].
+    #[serde(default)]
+    pub actor_token_type: String,
+    /// Optional; when given it must be this Custos's MCP endpoint.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Optional; when given it must be this Custos's MCP endpoint.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// The token-exchange answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The task token.
+    pub access_token: String,
+    /// Always the access-token type.
+    pub issued_token_type: &'static str,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+pub(crate) struct TaskCache {
+    ttl_ms: i64,
+    entries: Mutex<HashMap<String, (i64, TaskRow)>>,
+}
+
+impl TaskCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, id: &str, now: i64) -> Option<TaskRow> {
+        let g = self.entries.lock().ok()?;
+        let (at, row) = g.get(id)?;
+        (now - at <= self.ttl_ms).then(|| row.clone())
+    }
+
+    fn put(&self, row: TaskRow, now: i64) {
+        if let Ok(mut g) = self.entries.lock() {
+            if g.len() > 100_000 {
+                g.retain(|_, (at, _)| now - *at <= self.ttl_ms);
+            }
+            g.insert(row.id.clone(), (now, row));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut g) = self.entries.lock() {
+            g.remove(id);
+        }
+    }
+}
+
+impl Broker {
+    /// Starts a task for an initiator.
+    ///
+    /// # Errors
+    /// [`BrokerError::Invalid`] for an unknown or suspended agent, a template the agent may not
+    /// use, or a TTL beyond the template's; [`BrokerError::Forbidden`] without the initiator role.
+    pub async fn start_task(&self, op: &Operator, req: StartTask) -> Result<TaskRow, BrokerError> {
+        op.require(Permission::RunTasks)?;
+        let snap = self.snapshot().await?;
+        let agent = snap
+            .agents
+            .get(&req.agent)
+            .ok_or_else(|| BrokerError::Invalid(format!("agent `{}` does not exist", req.agent)))?;
+        if snap.suspended.contains(&req.agent) {
+            return Err(BrokerError::Invalid(format!(
+                "agent `{}` is suspended",
+                req.agent
+            )));
+        }
+        if !agent.spec.0.templates.contains(&req.template) {
+            return Err(BrokerError::Invalid(format!(
+                "agent `{}` may not run template `{}`",
+                req.agent, req.template
+            )));
+        }
+        let template = snap.templates.get(&req.template).ok_or_else(|| {
+            BrokerError::Invalid(format!("template `{}` does not exist", req.template))
+        })?;
+        if req.on_behalf_of.trim().is_empty() || req.on_behalf_of.len() > 256 {
+            return Err(BrokerError::Invalid(
+                "`on_behalf_of` must name the initiator (1 to 256 characters)".into(),
+            ));
+        }
+        let max = template.spec.max_ttl();
+        let ttl = match &req.ttl {
+            Some(t) => custos_core::parse_duration(t).map_err(BrokerError::Invalid)?,
+            None => max,
+        };
+        if ttl.is_zero() || ttl > max {
+            return Err(BrokerError::Invalid(format!(
+                "ttl `{}` exceeds template `{}`'s maximum of {}",
+                format_duration(ttl),
+                req.template,
+                format_duration(max)
+            )));
+        }
+        let now = self.inner.clock.now_ms();
+        let row = TaskRow {
+            id: new_id("task_"),
+            agent: req.agent,
+            template: req.template,
+            template_version: template.version,
+            initiator: op.name.clone(),
+            on_behalf_of: req.on_behalf_of,
+            purpose: req.purpose,
+            created_at: now,
+            expires_at: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
+            state: TaskState::Active,
+            ended_at: None,
+            ended_by: None,
+        };
+        self.inner.store.create_task(&row).await?;
+        let mut e = AuditEvent::new("task_start");
+        e.actor = Some(op.name.clone());
+        e.initiator = Some(row.on_behalf_of.clone());
+        e.agent = Some(row.agent.clone());
+        e.task = Some(row.id.clone());
+        e.template = Some(row.template.clone());
+        e.decision = Some("allow".into());
+        e.reason = row.purpose.clone();
+        e.detail = serde_json::to_string(&serde_json::json!({
+            "expires_at": row.expires_at,
+            "template_version": row.template_version,
+        }))
+        .ok();
+        self.record(e).await?;
+        Ok(row)
+    }
+
+    /// Ends a task at once: its tokens are refused from now on.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] for an unknown task, [`BrokerError::Conflict`] when already ended.
+    pub async fn end_task(&self, op: &Operator, id: &str) -> Result<TaskRow, BrokerError> {
+        op.require(Permission::RunTasks)?;
+        let now = self.inner.clock.now_ms();
+        let ended = self.inner.store.end_task(id, &op.name, now).await?;
+        self.inner.tasks.forget(id);
+        let row = self
+            .inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("task `{id}` not found")))?;
+        if !ended {
+            return Err(BrokerError::Conflict(format!(
+                "task `{id}` has already ended"
+            )));
+        }
+        let mut e = AuditEvent::new("task_end");
+        e.actor = Some(op.name.clone());
+        e.initiator = Some(row.on_behalf_of.clone());
+        e.agent = Some(row.agent.clone());
+        e.task = Some(row.id.clone());
+        e.template = Some(row.template.clone());
+        self.record(e).await?;
+        Ok(row)
+    }
+
+    /// One task.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] for an unknown task.
+    pub async fn get_task(&self, op: &Operator, id: &str) -> Result<TaskRow, BrokerError> {
+        op.require(Permission::Read)?;
+        self.inner
+            .store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("task `{id}` not found")))
+    }
+
+    /// Recent tasks, newest first.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the store fails.
+    pub async fn list_tasks(
+        &self,
+        op: &Operator,
+        agent: Option<&str>,
+    ) -> Result<Vec<TaskRow>, BrokerError> {
+        op.require(Permission::Read)?;
+        Ok(self.inner.store.list_tasks(agent, 500).await?)
+    }
+
+    async fn task(&self, id: &str, now: i64) -> Result<Option<TaskRow>, BrokerError> {
+        if let Some(t) = self.inner.tasks.get(id, now) {
+            return Ok(Some(t));
+        }
+        let row = self.inner.store.get_task(id).await?;
+        if let Some(r) = &row {
+            self.inner.tasks.put(r.clone(), now);
+        }
+        Ok(row)
+    }
+
+    /// The RFC 8693 token exchange: an agent proves its identity with a signed assertion
+    /// (`actor_token`) and receives a task token for a task started for it (`subject_token`).
+    ///
+    /// # Errors
+    /// [`BrokerError::Invalid`] for a malformed request; [`BrokerError::Unauthenticated`] for
+    /// anything about identity, replay or task state (the reason is audited, not returned).
+    pub async fn exchange(&self, req: &TokenRequest) -> Result<TokenResponse, BrokerError> {
+        if req.grant_type != TOKEN_EXCHANGE_GRANT {
+            return Err(BrokerError::Invalid(format!(
+                "unsupported grant_type; use `{TOKEN_EXCHANGE_GRANT}`"
+            )));
+        }
+        if req.subject_token_type != TASK_ID_TOKEN_TYPE || req.actor_token_type != JWT_TOKEN_TYPE {
+            return Err(BrokerError::Invalid(format!(
+                "subject_token_type must be `{TASK_ID_TOKEN_TYPE}` and actor_token_type `{JWT_TOKEN_TYPE}`"
+            )));
+        }
+        let audience = self.inner.tokens.audience();
+        for target in [&req.resource, &req.audience].into_iter().flatten() {
+            if target != audience {
+                return Err(BrokerError::Invalid(format!(
+                    "this server issues tokens only for `{audience}`"
+                )));
+            }
+        }
+        let fail = |reason: &'static str, agent: Option<String>| async move {
+            Err(self
+                .record_auth_failure("agent", reason, agent.as_deref())
+                .await)
+        };
+        let Ok(claimed) = assertion_issuer(&req.actor_token) else {
+            return fail("malformed_assertion", None).await;
+        };
+        // The task names the agent; the assertion must be signed by that agent's key and name
+        // the agent (by name or by its key's JWK thumbprint).
+        let Some(task) = self.inner.store.get_task(&req.subject_token).await? else {
+            return fail("unknown_task", None).await;
+        };
+        let agent_name = task.agent.clone();
+        let snap = self.snapshot().await?;
+        let Some(agent) = snap.agents.get(&agent_name) else {
+            return fail("unknown_agent", Some(agent_name)).await;
+        };
+        if claimed != agent_name && claimed != jwk_thumbprint(&agent.spec.1) {
+            return fail("assertion_names_another_agent", Some(agent_name)).await;
+        }
+        let now = self.inner.clock.now_secs();
+        let claims = match verify_assertion(
+            &req.actor_token,
+            &agent.spec.1,
+            self.inner.tokens.issuer(),
+            now,
+        ) {
+            Ok(c) => c,
+            Err(e) => return fail(e.reason(), Some(agent_name)).await,
+        };
+        if !self
+            .inner
+            .store
+            .claim_jti(&claims.jti, &agent_name, claims.exp * 1000, now * 1000)
+            .await?
+        {
+            return fail("replayed_assertion", Some(agent_name)).await;
+        }
+        if snap.suspended.contains(&agent_name) {
+            return fail("agent_suspended", Some(agent_name)).await;
+        }
+        let now_ms = self.inner.clock.now_ms();
+        if task.state != TaskState::Active || task.expires_at <= now_ms {
+            return fail("task_not_active", Some(agent_name)).await;
+        }
+        let max_ttl = i64::try_from(self.inner.config.max_token_ttl.as_secs())
+            .unwrap_or(900)
+            .min(900);
+        let exp = (task.expires_at / 1000).min(now + max_ttl);
+        let (token, tc) = self
+            .inner
+            .tokens
+            .issue(
+                &task.on_behalf_of,
+                &agent_name,
+                &task.id,
+                &task.template,
+                now,
+                exp,
+            )
+            .map_err(|_| BrokerError::Unavailable("token signing"))?;
+        let mut e = AuditEvent::new("token_issued");
+        e.initiator = Some(task.on_behalf_of.clone());
+        e.agent = Some(agent_name);
+        e.task = Some(task.id.clone());
+        e.template = Some(task.template.clone());
+        e.decision = Some("allow".into());
+        e.detail = serde_json::to_string(&serde_json::json!({ "jti": tc.jti, "exp": tc.exp })).ok();
+        self.record(e).await?;
+        Ok(TokenResponse {
+            access_token: token,
+            issued_token_type: ACCESS_TOKEN_TYPE,
+            token_type: "Bearer",
+            expires_in: exp - now,
+        })
+    }
+
+    /// Authenticates a task token presented at the gateway: signature, expiry, audience, and
+    /// that the task is active and its agent registered and not suspended.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unauthenticated`] for any failure (audited with the reason).
+    pub async fn authenticate_task_token(&self, token: &str) -> Result<TaskContext, BrokerError> {
+        let now_ms = self.inner.clock.now_ms();
+        let claims = match self.inner.tokens.verify(token, now_ms.div_euclid(1000)) {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(self
+                    .record_auth_failure("task_token", e.reason(), None)
+                    .await);
+            }
+        };
+        let agent = claims.act.sub.clone();
+        let snap = self.snapshot().await?;
+        let reason = match self.task(&claims.task_id, now_ms).await? {
+            None => Some("unknown_task"),
+            Some(t) if t.agent != agent || t.template != claims.template => Some("task_mismatch"),
+            Some(t) if t.state != TaskState::Active || t.expires_at <= now_ms => {
+                Some("task_not_active")
+            }
+            Some(_) if !snap.agents.contains_key(&agent) => Some("unknown_agent"),
+            Some(_) if snap.suspended.contains(&agent) => Some("agent_suspended"),
+            Some(_) if !snap.templates.contains_key(&claims.template) => Some("unknown_template"),
+            Some(_) => None,
+        };
+        if let Some(r) = reason {
+            return Err(self
+                .record_auth_failure("task_token", r, Some(&agent))
+                .await);
+        }
+        Ok(TaskContext {
+            claims,
+            snapshot: snap,
+        })
+    }
+}

@@ -1,0 +1,586 @@
+//! The command tree and what each command does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use custos_crypto::AgentKey;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Body, Client};
+use crate::output::{print_json, print_resources, print_trace};
+
+/// Custos: identity broker and MCP gateway for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "custos", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Conn {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTOS_ADDR",
+        default_value = "http://127.0.0.1:8470"
+    )]
+    addr: String,
+    /// Operator token (default: `./.custos/admin.token` when it exists).
+    #[arg(long, global = true, env = "CUSTOS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Apply resources from a YAML file (multi-document; all or nothing).
+    Apply {
+        /// The file (`-` for stdin).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show resources: `custos get agents`, `custos get template docs-review -o yaml`.
+    Get {
+        /// upstream, template or agent (plural accepted).
+        kind: String,
+        /// One resource by name.
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Format>,
+        /// Same as `-o json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one resource.
+    Delete {
+        /// upstream, template or agent.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operators and their roles.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Agent keys and suspension.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Start, inspect and end tasks; get task tokens.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Verify and read the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Survives a killed process (SQLite synchronous=NORMAL).
+    Process,
+    /// Survives a power cut (SQLite synchronous=FULL).
+    Power,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Development mode: embedded SQLite under the data directory, generated keys, admin token.
+    #[arg(long)]
+    dev: bool,
+    /// Data directory (keys, database, admin.token).
+    #[arg(long, env = "CUSTOS_DATA_DIR", default_value = ".custos")]
+    data_dir: PathBuf,
+    /// Listen address.
+    #[arg(long, env = "CUSTOS_LISTEN", default_value = "127.0.0.1:8470")]
+    listen: SocketAddr,
+    /// The URL clients use to reach this server (token issuer and audience); default http://<listen>.
+    #[arg(long, env = "CUSTOS_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Database: `postgres://…` for several replicas, `sqlite:PATH`; default SQLite in the data directory.
+    #[arg(long, env = "CUSTOS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// SQLite durability of audit records and every other write.
+    #[arg(long, env = "CUSTOS_DURABILITY", value_enum, default_value = "process")]
+    durability: DurabilityArg,
+    /// Log format (logs go to stderr; level from RUST_LOG, default info).
+    #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCmd {
+    /// Create an operator and print its token once.
+    Create {
+        /// Its name.
+        name: String,
+        /// admin, initiator, approver or auditor.
+        #[arg(long)]
+        role: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List operators.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCmd {
+    /// Generate an Ed25519 key pair: the private key goes to FILE (mode 0600), the public key
+    /// is printed for the Agent resource. Runs offline.
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend an agent: its tokens are refused at once.
+    Suspend {
+        /// The agent.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a suspended agent.
+    Resume {
+        /// The agent.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCmd {
+    /// Start a task for an initiator.
+    Start {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// The template.
+        #[arg(long)]
+        template: String,
+        /// The human or event on whose behalf.
+        #[arg(long)]
+        on_behalf_of: String,
+        /// Why.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Lifetime (at most the template's), e.g. 30m.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exchange the agent's key for a task token (RFC 8693 at /oauth/token). Needs no operator token.
+    Token {
+        /// The task id.
+        #[arg(long)]
+        task: String,
+        /// The agent's private key file.
+        #[arg(long)]
+        agent_key: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a task at once.
+    End {
+        /// The task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task.
+    Get {
+        /// The task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recent tasks.
+    List {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Re-read every stored record and check the hash chain. Exit 0 only if it holds.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task's whole chain: initiator, task, agent, each call, decision, outcome.
+    Trace {
+        /// The task id.
+        task: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn operator_client(conn: &Conn) -> anyhow::Result<Client> {
+    let token = match &conn.token {
+        Some(t) => Some(t.trim().to_owned()),
+        None => std::fs::read_to_string(".custos/admin.token")
+            .ok()
+            .map(|t| t.trim().to_owned()),
+    };
+    Client::new(&conn.addr, token)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn done(json: bool, value: &Value, human: impl FnOnce()) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(value)?;
+    } else {
+        human();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one parsed command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conn = cli.conn;
+    match cli.command {
+        Command::Serve(a) => {
+            init_logging(a.log_format);
+            let config = custos_server::ServeConfig {
+                data_dir: a.data_dir,
+                listen: a.listen,
+                public_url: a.public_url,
+                database_url: a.database_url,
+                durability: match a.durability {
+                    DurabilityArg::Process => custos_store::Durability::Process,
+                    DurabilityArg::Power => custos_store::Durability::Power,
+                },
+                dev: a.dev,
+            };
+            custos_server::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { file, json } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("cannot read stdin")?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let base = file
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let text = crate::output::inline_key_files(&text, &base)?;
+            let out = operator_client(&conn)?
+                .send(Method::POST, "/v1/apply", Body::Yaml(text))
+                .await?;
+            done(json, &out, || {
+                for c in out["changes"].as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} (version {})",
+                        c["kind"].as_str().unwrap_or(""),
+                        c["name"].as_str().unwrap_or(""),
+                        c["op"].as_str().unwrap_or(""),
+                        c["version"]
+                    );
+                }
+            })
+        }
+        Command::Get {
+            kind,
+            name,
+            output,
+            json,
+        } => {
+            let client = operator_client(&conn)?;
+            let path = match &name {
+                Some(n) => format!("/v1/resources/{kind}/{n}"),
+                None => format!("/v1/resources/{kind}"),
+            };
+            let out = client.get(&path).await?;
+            let format = if json { Some(Format::Json) } else { output };
+            match format {
+                Some(Format::Json) => print_json(&out)?,
+                Some(Format::Yaml) => print_resources(&out, true)?,
+                None => print_resources(&out, false)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { kind, name, json } => {
+            let out = operator_client(&conn)?
+                .send(
+                    Method::DELETE,
+                    &format!("/v1/resources/{kind}/{name}"),
+                    Body::None,
+                )
+                .await?;
+            done(json, &out, || {
+                println!(
+                    "{} {name} deleted (was version {})",
+                    out["kind"].as_str().unwrap_or(&kind),
+                    out["version"]
+                )
+            })
+        }
+        Command::Operator(OperatorCmd::Create { name, role, json }) => {
+            let out = operator_client(&conn)?
+                .post("/v1/operators", json!({ "name": name, "role": role }))
+                .await?;
+            done(json, &out, || {
+                eprintln!("operator `{name}` created with role `{role}`; its token is shown once:");
+                println!("{}", out["token"].as_str().unwrap_or(""));
+            })
+        }
+        Command::Operator(OperatorCmd::List { json }) => {
+            let out = operator_client(&conn)?.get("/v1/operators").await?;
+            done(json, &out, || {
+                for o in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {}",
+                        o["name"].as_str().unwrap_or(""),
+                        o["role"].as_str().unwrap_or("")
+                    );
+                }
+            })
+        }
+        Command::Agent(AgentCmd::Keygen { out, json }) => keygen(&out, json),
+        Command::Agent(AgentCmd::Suspend { name, json }) => {
+            let out = operator_client(&conn)?
+                .post(&format!("/v1/agents/{name}/suspend"), json!({}))
+                .await?;
+            done(json, &out, || println!("agent {name} suspended"))
+        }
+        Command::Agent(AgentCmd::Resume { name, json }) => {
+            let out = operator_client(&conn)?
+                .post(&format!("/v1/agents/{name}/resume"), json!({}))
+                .await?;
+            done(json, &out, || println!("agent {name} resumed"))
+        }
+        Command::Task(TaskCmd::Start {
+            agent,
+            template,
+            on_behalf_of,
+            purpose,
+            ttl,
+            json,
+        }) => {
+            let body = json!({ "agent": agent, "template": template, "on_behalf_of": on_behalf_of, "purpose": purpose, "ttl": ttl });
+            let out = operator_client(&conn)?.post("/v1/tasks", body).await?;
+            done(json, &out, || {
+                println!("{}", out["task_id"].as_str().unwrap_or(""));
+                eprintln!(
+                    "task started for {on_behalf_of}: agent {agent}, template {template}, expires {}",
+                    out["expires"].as_str().unwrap_or("")
+                );
+            })
+        }
+        Command::Task(TaskCmd::Token {
+            task,
+            agent_key,
+            json,
+        }) => task_token(&conn, &task, &agent_key, json).await,
+        Command::Task(TaskCmd::End { id, json }) => {
+            let out = operator_client(&conn)?
+                .post(&format!("/v1/tasks/{id}/end"), json!({}))
+                .await?;
+            done(json, &out, || println!("task {id} ended"))
+        }
+        Command::Task(TaskCmd::Get { id, json }) => {
+            let out = operator_client(&conn)?
+                .get(&format!("/v1/tasks/{id}"))
+                .await?;
+            done(json, &out, || {
+                println!(
+                    "{} {} agent={} template={} on_behalf_of={} expires={}",
+                    out["id"].as_str().unwrap_or(""),
+                    out["state"].as_str().unwrap_or(""),
+                    out["agent"].as_str().unwrap_or(""),
+                    out["template"].as_str().unwrap_or(""),
+                    out["on_behalf_of"].as_str().unwrap_or(""),
+                    out["expires"].as_str().unwrap_or("")
+                );
+            })
+        }
+        Command::Task(TaskCmd::List { agent, json }) => {
+            let path = match &agent {
+                Some(a) => format!("/v1/tasks?agent={a}"),
+                None => "/v1/tasks".to_owned(),
+            };
+            let out = operator_client(&conn)?.get(&path).await?;
+            done(json, &out, || {
+                for t in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {:<7} {:<28} {:<20} {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["state"].as_str().unwrap_or(""),
+                        t["agent"].as_str().unwrap_or(""),
+                        t["template"].as_str().unwrap_or(""),
+                        t["on_behalf_of"].as_str().unwrap_or("")
+                    );
+                }
+            })
+        }
+        Command::Audit(AuditCmd::Verify { json }) => {
+            let out = operator_client(&conn)?.get("/v1/audit/verify").await?;
+            let ok = out["ok"].as_bool() == Some(true);
+            if json {
+                print_json(&out)?;
+            } else if ok {
+                println!(
+                    "audit log intact: {} records, last #{} {}",
+                    out["records"],
+                    out["last_seq"],
+                    out["last_hash"].as_str().unwrap_or("")
+                );
+            } else {
+                eprintln!("audit log BROKEN:");
+                for p in out["problems"].as_array().into_iter().flatten() {
+                    eprintln!("  - {}", p.as_str().unwrap_or(""));
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Audit(AuditCmd::Trace { task, json }) => {
+            let out = operator_client(&conn)?
+                .get(&format!("/v1/audit/trace/{task}"))
+                .await?;
+            if json {
+                print_json(&out)?
+            } else {
+                print_trace(&out)
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = AgentKey::generate().context("cannot generate a key")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    f.write_all(key.to_pkcs8_pem().as_bytes())?;
+    f.sync_all()?;
+    let public = key.public_key_pem();
+    let value = json!({
+        "private_key_file": out.display().to_string(),
+        "public_key": public,
+        "thumbprint": custos_crypto::jwk_thumbprint(&key.public_key()),
+    });
+    done(json, &value, || print!("{public}"))
+}
+
+async fn task_token(
+    conn: &Conn,
+    task: &str,
+    key_file: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(key_file)
+            .with_context(|| format!("cannot read {}", key_file.display()))?,
+    );
+    let key = AgentKey::from_pkcs8_pem(&pem)
+        .with_context(|| format!("{} is not an agent key", key_file.display()))?;
+    let client = Client::new(&conn.addr, None)?;
+    let meta = client
+        .get("/.well-known/oauth-authorization-server")
+        .await?;
+    let Some(issuer) = meta["issuer"].as_str() else {
+        bail!("the server published no issuer")
+    };
+    let endpoint = meta["token_endpoint"].as_str().unwrap_or("/oauth/token");
+    let path = endpoint
+        .strip_prefix(client.base())
+        .unwrap_or("/oauth/token");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0);
+    let thumbprint = custos_crypto::jwk_thumbprint(&key.public_key());
+    let assertion = custos_crypto::jwt::sign_assertion(&key, &thumbprint, issuer, now, 60)
+        .map_err(|e| anyhow::anyhow!("cannot sign the assertion: {e}"))?;
+    let form = vec![
+        ("grant_type", custos_broker::TOKEN_EXCHANGE_GRANT.to_owned()),
+        ("subject_token", task.to_owned()),
+        (
+            "subject_token_type",
+            custos_broker::TASK_ID_TOKEN_TYPE.to_owned(),
+        ),
+        ("actor_token", assertion),
+        ("actor_token_type", custos_broker::JWT_TOKEN_TYPE.to_owned()),
+    ];
+    let out = client.send(Method::POST, path, Body::Form(form)).await?;
+    let value = json!({ "access_token": out["access_token"], "expires_in": out["expires_in"], "token_type": out["token_type"] });
+    done(json, &value, || {
+        println!("{}", out["access_token"].as_str().unwrap_or(""))
+    })
+}

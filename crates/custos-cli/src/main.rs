@@ -1,0 +1,5 @@
+//! The `custos` binary.
+
+fn main() -> std::process::ExitCode {
+    custos_cli::run()
+}

@@ -1,0 +1,26 @@
+//! Custos domain vocabulary: names, tiers, durations, resources and decisions.
+//!
+//! This crate does no I/O and has no async code; every other crate builds on it.
+//!
+//! Error convention for the whole workspace: library crates expose one `thiserror` enum per
+//! layer (`…Error`), messages lowercase without a final period, user input in backticks.
+//! Startup and glue code (the CLI, server bootstrap) use `anyhow` with `.context(..)`.
+
+pub mod clock;
+pub mod decision;
+pub mod duration;
+pub mod glob;
+pub mod names;
+pub mod resource;
+pub mod tier;
+
+pub use clock::{Clock, SystemClock, UnixMillis};
+pub use decision::{Decision, Outcome};
+pub use duration::parse_duration;
+pub use names::{ExposedTool, NameError};
+pub use resource::{
+    AgentSpec, Archetype, Kind, Resource, ResourceError, TemplateSpec, UpstreamSpec,
+};
+pub use tier::Tier;
+pub mod operator;
+pub use operator::Role;

@@ -1,0 +1,16 @@
+//! Keys, tokens and digests: everything in Custos that signs, verifies or hashes.
+//!
+//! One crypto provider (`aws-lc-rs`) backs all of it; JWTs go through `jsonwebtoken` with that
+//! provider only.
+
+pub mod digest;
+pub mod jwt;
+pub mod keys;
+pub mod operator_token;
+pub mod random;
+
+pub use digest::sha256_hex;
+pub use jwt::{ActClaim, AssertionClaims, TaskClaims, TokenError, TokenIssuer};
+pub use keys::{AgentKey, KeyError, ServerKey, jwk_thumbprint, parse_public_key_pem};
+pub use operator_token::OperatorToken;
+pub use random::new_id;

@@ -1,0 +1,627 @@
+//! The MCP server agents talk to, independent of the HTTP framework: the edge turns an HTTP
+//! request into an [`McpRequest`] and writes back the [`GatewayReply`].
+//!
+//! Era is chosen per request from `MCP-Protocol-Version`: absent or a handshake version is the
+//! session era (`initialize`, `Mcp-Session-Id`); `2026-07-28` is the stateless era
+//! (`server/discover`, `_meta` on every request, `Mcp-Method`/`Mcp-Name` headers).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use custos_broker::{Broker, BrokerError, CallError, TaskContext, UpstreamError};
+use custos_crypto::new_id;
+use serde_json::{Value, json};
+
+use crate::jsonrpc::{self, META_CAPABILITIES, META_SERVER_INFO, META_VERSION, Message};
+use crate::upstream::UpstreamPool;
+use crate::{HANDSHAKE_VERSIONS, MODERN_VERSION};
+
+/// Sessions kept at most; the oldest are dropped beyond this.
+const MAX_SESSIONS: usize = 50_000;
+
+/// The HTTP verb of a request to the MCP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpVerb {
+    /// A JSON-RPC message.
+    Post,
+    /// An SSE stream request (not offered: 405).
+    Get,
+    /// End a session.
+    Delete,
+}
+
+/// What the gateway reads from one HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct McpRequest<'a> {
+    /// The verb.
+    pub verb: McpVerb,
+    /// `Authorization`.
+    pub authorization: Option<&'a str>,
+    /// `Mcp-Session-Id`.
+    pub session_id: Option<&'a str>,
+    /// `MCP-Protocol-Version`.
+    pub protocol_version: Option<&'a str>,
+    /// `Mcp-Method`.
+    pub mcp_method: Option<&'a str>,
+    /// `Mcp-Name`.
+    pub mcp_name: Option<&'a str>,
+    /// `Content-Type`.
+    pub content_type: Option<&'a str>,
+    /// `Origin`.
+    pub origin: Option<&'a str>,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// What to send back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// A JSON body, or none.
+    pub body: Option<Value>,
+}
+
+impl GatewayReply {
+    fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Some(body),
+        }
+    }
+
+    fn empty(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn rpc_error(status: u16, id: &Value, code: i64, message: &str, data: Option<Value>) -> Self {
+        Self::json(status, jsonrpc::error(id, code, message, data))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    task_id: String,
+    version: String,
+    created_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Era {
+    Session,
+    Modern,
+}
+
+/// The agent-facing MCP server.
+pub struct McpGateway {
+    broker: Broker,
+    upstreams: Arc<UpstreamPool>,
+    sessions: Mutex<HashMap<String, Session>>,
+    resource_metadata: String,
+    own_origin: String,
+}
+
+impl std::fmt::Debug for McpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpGateway").finish_non_exhaustive()
+    }
+}
+
+fn server_info() -> Value {
+    json!({ "name": "custos", "version": env!("CARGO_PKG_VERSION") })
+}
+
+fn modern_status(code: i64) -> u16 {
+    match code {
+        jsonrpc::PARSE_ERROR
+        | jsonrpc::INVALID_REQUEST
+        | jsonrpc::INVALID_PARAMS
+        | jsonrpc::HEADER_MISMATCH
+        | -32021
+        | jsonrpc::UNSUPPORTED_VERSION => 400,
+        jsonrpc::METHOD_NOT_FOUND => 404,
+        _ => 200,
+    }
+}
+
+/// Decodes an `Mcp-Name` header value (`=?base64?…?=` when not plain ASCII).
+fn decode_header_value(v: &str) -> Option<String> {
+    use base64::Engine as _;
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(v.to_owned()),
+    }
+}
+
+fn is_loopback_origin(origin: &str) -> bool {
+    let host = origin.split("://").nth(1).unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+impl McpGateway {
+    /// A gateway for `broker`, calling upstreams through `upstreams`.
+    pub fn new(broker: Broker, upstreams: Arc<UpstreamPool>) -> Self {
+        let issuer = broker.tokens().issuer().trim_end_matches('/').to_owned();
+        Self {
+            resource_metadata: format!("{issuer}/.well-known/oauth-protected-resource"),
+            own_origin: issuer,
+            broker,
+            upstreams,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The upstream pool.
+    pub fn upstreams(&self) -> &Arc<UpstreamPool> {
+        &self.upstreams
+    }
+
+    fn unauthorized(&self) -> GatewayReply {
+        GatewayReply {
+            status: 401,
+            headers: vec![(
+                "www-authenticate",
+                format!("Bearer resource_metadata=\"{}\"", self.resource_metadata),
+            )],
+            body: Some(
+                json!({ "error": { "code": "unauthenticated", "message": "authentication required" } }),
+            ),
+        }
+    }
+
+    async fn authenticate(&self, req: &McpRequest<'_>) -> Result<TaskContext, GatewayReply> {
+        let token = req
+            .authorization
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(self.unauthorized());
+        };
+        match self.broker.authenticate_task_token(token).await {
+            Ok(ctx) => Ok(ctx),
+            Err(BrokerError::Unavailable(what)) => Err(GatewayReply::json(
+                503,
+                json!({ "error": { "code": "unavailable", "message": format!("{what} unavailable; request refused") } }),
+            )),
+            Err(_) => Err(self.unauthorized()),
+        }
+    }
+
+    /// Handles one request to the MCP endpoint.
+    pub async fn handle(&self, req: McpRequest<'_>) -> GatewayReply {
+        if let Some(origin) = req.origin
+            && origin != self.own_origin
+            && !is_loopback_origin(origin)
+        {
+            return GatewayReply::json(
+                403,
+                json!({ "error": { "code": "forbidden", "message": "origin not allowed" } }),
+            );
+        }
+        match req.verb {
+            McpVerb::Get => GatewayReply {
+                status: 405,
+                headers: vec![("allow", "POST, DELETE".into())],
+                body: None,
+            },
+            McpVerb::Delete => {
+                let ctx = match self.authenticate(&req).await {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                let removed = req.session_id.is_some_and(|sid| {
+                    let mut g = self
+                        .sessions
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match g.get(sid) {
+                        Some(s) if s.task_id == ctx.task_id() => g.remove(sid).is_some(),
+                        _ => false,
+                    }
+                });
+                if removed {
+                    GatewayReply::empty(200)
+                } else {
+                    GatewayReply::empty(404)
+                }
+            }
+            McpVerb::Post => {
+                let ctx = match self.authenticate(&req).await {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                self.post(&ctx, &req).await
+            }
+        }
+    }
+
+    async fn post(&self, ctx: &TaskContext, req: &McpRequest<'_>) -> GatewayReply {
+        let null = Value::Null;
+        if let Some(ct) = req.content_type
+            && !ct
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        {
+            return GatewayReply::rpc_error(
+                415,
+                &null,
+                jsonrpc::INVALID_REQUEST,
+                "Content-Type must be application/json",
+                None,
+            );
+        }
+        let msg: Value = match serde_json::from_slice(req.body) {
+            Ok(v) => v,
+            Err(e) => {
+                return GatewayReply::rpc_error(
+                    400,
+                    &null,
+                    jsonrpc::PARSE_ERROR,
+                    &format!("Parse error: {e}"),
+                    None,
+                );
+            }
+        };
+        let era = match req.protocol_version {
+            None => Era::Session,
+            Some(v) if HANDSHAKE_VERSIONS.contains(&v) => Era::Session,
+            Some(_) => Era::Modern,
+        };
+        let parsed = match jsonrpc::classify(&msg) {
+            Ok(m) => m,
+            Err(why) => {
+                return GatewayReply::rpc_error(400, &null, jsonrpc::INVALID_REQUEST, why, None);
+            }
+        };
+        let (id, method, params) = match parsed {
+            Message::Response | Message::Notification { .. } => return GatewayReply::empty(202),
+            Message::Request { id, method, params } => (id, method, params),
+        };
+        match era {
+            Era::Session => self.session_request(ctx, req, id, method, params).await,
+            Era::Modern => self.modern_request(ctx, req, id, method, params).await,
+        }
+    }
+
+    async fn session_request(
+        &self,
+        ctx: &TaskContext,
+        req: &McpRequest<'_>,
+        id: &Value,
+        method: &str,
+        params: Option<&Value>,
+    ) -> GatewayReply {
+        if method == "initialize" {
+            let asked = params
+                .and_then(|p| p.get("protocolVersion"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let version = if HANDSHAKE_VERSIONS.contains(&asked) {
+                asked
+            } else {
+                HANDSHAKE_VERSIONS[0]
+            };
+            let sid = new_id("mcps_");
+            {
+                let mut g = self
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if g.len() >= MAX_SESSIONS
+                    && let Some(oldest) = g
+                        .iter()
+                        .min_by_key(|(_, s)| s.created_ms)
+                        .map(|(k, _)| k.clone())
+                {
+                    g.remove(&oldest);
+                }
+                g.insert(
+                    sid.clone(),
+                    Session {
+                        task_id: ctx.task_id().to_owned(),
+                        version: version.to_owned(),
+                        created_ms: self.broker.clock().now_ms(),
+                    },
+                );
+            }
+            let result = json!({
+                "protocolVersion": version,
+                "capabilities": { "tools": { "listChanged": false } },
+                "serverInfo": server_info(),
+                "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.claims.template),
+            });
+            let mut reply = GatewayReply::json(200, jsonrpc::result(id, result));
+            reply.headers.push(("mcp-session-id", sid));
+            return reply;
+        }
+        let Some(sid) = req.session_id else {
+            return GatewayReply::rpc_error(
+                400,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "Bad Request: Missing session ID",
+                None,
+            );
+        };
+        let known = {
+            let g = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            g.get(sid)
+                .is_some_and(|s| s.task_id == ctx.task_id() && !s.version.is_empty())
+        };
+        if !known {
+            return GatewayReply::rpc_error(
+                404,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "Session not found",
+                None,
+            );
+        }
+        let body = match method {
+            "ping" => jsonrpc::result(id, json!({})),
+            _ => self.dispatch(ctx, id, method, params, Era::Session).await,
+        };
+        let status = if body
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64)
+            == Some(jsonrpc::UNAVAILABLE)
+        {
+            503
+        } else {
+            200
+        };
+        GatewayReply::json(status, body)
+    }
+
+    async fn modern_request(
+        &self,
+        ctx: &TaskContext,
+        req: &McpRequest<'_>,
+        id: &Value,
+        method: &str,
+        params: Option<&Value>,
+    ) -> GatewayReply {
+        let fail = |code: i64, message: &str, data: Option<Value>| {
+            GatewayReply::rpc_error(modern_status(code), id, code, message, data)
+        };
+        let header_version = req.protocol_version.unwrap_or_default();
+        if header_version != MODERN_VERSION {
+            return fail(
+                jsonrpc::UNSUPPORTED_VERSION,
+                "Unsupported protocol version",
+                Some(json!({ "supported": [MODERN_VERSION], "requested": header_version })),
+            );
+        }
+        if req.mcp_method != Some(method) {
+            return fail(
+                jsonrpc::HEADER_MISMATCH,
+                "mcp-method header does not match the request body's method",
+                None,
+            );
+        }
+        if method == "tools/call" {
+            let body_name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
+            let header_name = req.mcp_name.and_then(decode_header_value);
+            if body_name.is_none() || header_name.as_deref() != body_name {
+                return fail(
+                    jsonrpc::HEADER_MISMATCH,
+                    "mcp-name header does not match the request body's name",
+                    None,
+                );
+            }
+        }
+        let meta = params
+            .and_then(|p| p.get("_meta"))
+            .and_then(Value::as_object);
+        let meta_version = meta
+            .and_then(|m| m.get(META_VERSION))
+            .and_then(Value::as_str);
+        if meta_version.is_none() || meta.and_then(|m| m.get(META_CAPABILITIES)).is_none() {
+            return fail(
+                jsonrpc::INVALID_PARAMS,
+                "params._meta must be an object carrying the required 'io.modelcontextprotocol/protocolVersion' and 'io.modelcontextprotocol/clientCapabilities' envelope keys",
+                None,
+            );
+        }
+        if meta_version != Some(header_version) {
+            return fail(
+                jsonrpc::HEADER_MISMATCH,
+                "MCP-Protocol-Version header does not match params._meta",
+                None,
+            );
+        }
+        let body = match method {
+            "server/discover" => jsonrpc::result(
+                id,
+                json!({
+                    "supportedVersions": [MODERN_VERSION],
+                    "capabilities": { "tools": { "listChanged": false } },
+                    "resultType": "complete",
+                    "ttlMs": 0,
+                    "cacheScope": "private",
+                    "_meta": { META_SERVER_INFO: server_info() },
+                }),
+            ),
+            _ => self.dispatch(ctx, id, method, params, Era::Modern).await,
+        };
+        let code = body
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64);
+        let status = match code {
+            Some(jsonrpc::UNAVAILABLE) => 503,
+            Some(c) => modern_status(c),
+            None => 200,
+        };
+        GatewayReply::json(status, body)
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &TaskContext,
+        id: &Value,
+        method: &str,
+        params: Option<&Value>,
+        era: Era,
+    ) -> Value {
+        match method {
+            "tools/list" => match self.broker.list_tools(ctx, self.upstreams.as_ref()).await {
+                Ok(tools) => {
+                    let mut result = json!({ "tools": tools });
+                    if era == Era::Modern {
+                        result["resultType"] = "complete".into();
+                        result["ttlMs"] = 0.into();
+                        result["cacheScope"] = "private".into();
+                    }
+                    jsonrpc::result(id, result)
+                }
+                Err(e) => broker_error(id, &e),
+            },
+            "tools/call" => {
+                let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+                    return jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_PARAMS,
+                        "tools/call needs params.name",
+                        None,
+                    );
+                };
+                let arguments = match params.and_then(|p| p.get("arguments")) {
+                    None | Some(Value::Null) => json!({}),
+                    Some(v @ Value::Object(_)) => v.clone(),
+                    Some(_) => {
+                        return jsonrpc::error(
+                            id,
+                            jsonrpc::INVALID_PARAMS,
+                            "params.arguments must be an object",
+                            None,
+                        );
+                    }
+                };
+                match self
+                    .broker
+                    .call_tool(ctx, name, arguments, self.upstreams.as_ref())
+                    .await
+                {
+                    Ok(result) => jsonrpc::result(id, adapt_result(result, era)),
+                    Err(CallError::Denied { reason, message }) => jsonrpc::error(
+                        id,
+                        jsonrpc::DENIED,
+                        &format!("custos: {message}"),
+                        Some(json!({ "reason": reason })),
+                    ),
+                    Err(CallError::Upstream(UpstreamError::Rpc { code, message, .. })) => {
+                        jsonrpc::error(id, code, &message, None)
+                    }
+                    Err(CallError::Upstream(e)) => jsonrpc::error(
+                        id,
+                        jsonrpc::UPSTREAM_FAILED,
+                        &format!("custos: {e}"),
+                        Some(json!({ "reason": "upstream_failed" })),
+                    ),
+                    Err(CallError::Broker(e)) => broker_error(id, &e),
+                }
+            }
+            _ => jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                "Method not found",
+                Some(Value::String(method.to_owned())),
+            ),
+        }
+    }
+}
+
+fn broker_error(id: &Value, e: &BrokerError) -> Value {
+    match e {
+        BrokerError::Unavailable(what) => jsonrpc::error(
+            id,
+            jsonrpc::UNAVAILABLE,
+            &format!("custos: {what} unavailable; refused"),
+            Some(json!({ "reason": "unavailable" })),
+        ),
+        other => jsonrpc::error(
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &format!("custos: {other}"),
+            None,
+        ),
+    }
+}
+
+/// Makes an upstream's tool result fit the agent's era.
+fn adapt_result(mut result: Value, era: Era) -> Value {
+    if let Some(obj) = result.as_object_mut() {
+        match era {
+            Era::Modern => {
+                obj.entry("resultType").or_insert_with(|| "complete".into());
+            }
+            Era::Session => {
+                obj.remove("resultType");
+                if obj.get("structuredContent").is_some_and(|s| !s.is_object()) {
+                    obj.remove("structuredContent");
+                }
+                if let Some(Value::Object(meta)) = obj.get_mut("_meta") {
+                    meta.remove(META_SERVER_INFO);
+                }
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(is_loopback_origin("http://127.0.0.1:8470"));
+        assert!(is_loopback_origin("http://localhost"));
+        assert!(is_loopback_origin("http://[::1]:3000"));
+        assert!(!is_loopback_origin("https://evil.example"));
+        assert!(!is_loopback_origin("http://127.0.0.1.evil.example"));
+    }
+
+    #[test]
+    fn results_adapt_to_era() {
+        let r = json!({"content": [], "resultType": "complete", "structuredContent": [1]});
+        let legacy = adapt_result(r.clone(), Era::Session);
+        assert!(legacy.get("resultType").is_none() && legacy.get("structuredContent").is_none());
+        let modern = adapt_result(json!({"content": []}), Era::Modern);
+        assert_eq!(modern["resultType"], "complete");
+    }
+
+    #[test]
+    fn header_values_decode() {
+        assert_eq!(decode_header_value("add").as_deref(), Some("add"));
+        assert_eq!(decode_header_value("=?base64?w6k=?=").as_deref(), Some("é"));
+        assert_eq!(decode_header_value("=?base64?!!?="), None);
+    }
+}

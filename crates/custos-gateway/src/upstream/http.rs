@@ -1,0 +1,339 @@
+//! An HTTP upstream (Streamable HTTP), in either protocol era, answering with JSON or SSE.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use custos_broker::UpstreamError;
+use futures_util::StreamExt as _;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::{Era, discover_params, initialize_params, into_result, negotiated, offers_modern};
+use crate::{MODERN_VERSION, jsonrpc};
+
+/// The largest response body accepted from an upstream.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+struct Session {
+    era: Era,
+    id: Option<String>,
+}
+
+/// One HTTP upstream.
+pub struct HttpUpstream {
+    name: String,
+    url: String,
+    timeout: Duration,
+    client: reqwest::Client,
+    session: Mutex<Option<Session>>,
+    next_id: AtomicI64,
+}
+
+enum Reply {
+    Message(Value),
+    Accepted,
+    Status(u16, Option<Value>),
+}
+
+impl HttpUpstream {
+    /// An upstream at `url`.
+    pub fn new(name: &str, url: &str, timeout: Duration, client: reqwest::Client) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            timeout,
+            client,
+            session: Mutex::new(None),
+            next_id: AtomicI64::new(1),
+        }
+    }
+
+    fn fail(&self, m: impl Into<String>) -> UpstreamError {
+        UpstreamError::Failed(self.name.clone(), m.into())
+    }
+
+    /// Sends one request, negotiating the era first if needed, and re-negotiating once if the
+    /// upstream forgot the session.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] when the upstream is unreachable, too slow, or answers with an error.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, UpstreamError> {
+        let work = async {
+            for attempt in 0..2 {
+                let session = self.session().await?;
+                let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+                let msg = jsonrpc::request(id, method, session.era.wrap_params(params.clone()));
+                match self.post(&session, &msg, method, params.as_ref()).await? {
+                    Reply::Message(m) => return into_result(&self.name, m),
+                    Reply::Status(404, _) if session.id.is_some() && attempt == 0 => {
+                        tracing::info!(upstream = %self.name, "upstream session expired; reconnecting");
+                        *self.session.lock().await = None;
+                    }
+                    Reply::Status(_, Some(m)) if m.get("error").is_some() => {
+                        return into_result(&self.name, m);
+                    }
+                    Reply::Status(s, _) => return Err(self.fail(format!("HTTP status {s}"))),
+                    Reply::Accepted => return Err(self.fail("answered a request with 202")),
+                }
+            }
+            Err(self.fail("session could not be re-established"))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(self.name.clone(), self.timeout)),
+        }
+    }
+
+    async fn session(&self) -> Result<Session, UpstreamError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let probe = Session {
+            era: Era::Modern,
+            id: None,
+        };
+        let discover = jsonrpc::request(0, "server/discover", Some(discover_params()));
+        let modern = match self
+            .post(&probe, &discover, "server/discover", None)
+            .await?
+        {
+            Reply::Message(m) => m.get("result").is_some_and(offers_modern),
+            _ => false,
+        };
+        let session = if modern {
+            probe
+        } else {
+            let init = jsonrpc::request(0, "initialize", Some(initialize_params()));
+            let fresh = Session {
+                era: Era::Session(String::new()),
+                id: None,
+            };
+            let (reply, sid) = self.post_raw(&fresh, &init, "initialize", None).await?;
+            let result = match reply {
+                Reply::Message(m) => into_result(&self.name, m)?,
+                Reply::Status(s, _) => {
+                    return Err(self.fail(format!("initialize answered HTTP {s}")));
+                }
+                Reply::Accepted => return Err(self.fail("initialize answered 202")),
+            };
+            let version = negotiated(&result, &self.name)?;
+            let s = Session {
+                era: Era::Session(version),
+                id: sid,
+            };
+            let note = jsonrpc::notification("notifications/initialized", None);
+            let _ = self
+                .post(&s, &note, "notifications/initialized", None)
+                .await?;
+            s
+        };
+        tracing::info!(upstream = %self.name, version = session.era.version(), "upstream connected");
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn post(
+        &self,
+        s: &Session,
+        msg: &Value,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<Reply, UpstreamError> {
+        Ok(self.post_raw(s, msg, method, params).await?.0)
+    }
+
+    async fn post_raw(
+        &self,
+        s: &Session,
+        msg: &Value,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<(Reply, Option<String>), UpstreamError> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(msg.to_string());
+        match &s.era {
+            Era::Modern => {
+                req = req
+                    .header("mcp-protocol-version", MODERN_VERSION)
+                    .header("mcp-method", method);
+                if method == "tools/call"
+                    && let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str)
+                {
+                    req = req.header("mcp-name", header_value(name));
+                }
+            }
+            Era::Session(v) => {
+                if !v.is_empty() {
+                    req = req.header("mcp-protocol-version", v.as_str());
+                }
+                if let Some(id) = &s.id {
+                    req = req.header("mcp-session-id", id.as_str());
+                }
+            }
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.fail(format!("request failed: {}", e.without_url())))?;
+        let status = resp.status().as_u16();
+        let sid = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if status == 202 {
+            return Ok((Reply::Accepted, sid));
+        }
+        let want_id = msg.get("id").cloned();
+        let body = if is_sse {
+            self.read_sse(resp, want_id.as_ref()).await?
+        } else {
+            let bytes = self.read_body(resp).await?;
+            if bytes.is_empty() {
+                None
+            } else {
+                serde_json::from_slice::<Value>(&bytes).ok()
+            }
+        };
+        if (200..300).contains(&status) {
+            match body {
+                Some(m) => Ok((Reply::Message(m), sid)),
+                None => Err(self.fail("empty or unreadable response")),
+            }
+        } else {
+            Ok((Reply::Status(status, body), sid))
+        }
+    }
+
+    async fn read_body(&self, resp: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| self.fail(format!("read failed: {}", e.without_url())))?;
+            if out.len() + chunk.len() > MAX_BODY {
+                return Err(self.fail("response too large"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Reads server-sent events until the response to `want_id` arrives.
+    async fn read_sse(
+        &self,
+        resp: reqwest::Response,
+        want_id: Option<&Value>,
+    ) -> Result<Option<Value>, UpstreamError> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| self.fail(format!("read failed: {}", e.without_url())))?;
+            buf.extend_from_slice(&chunk);
+            if buf.len() > MAX_BODY {
+                return Err(self.fail("response too large"));
+            }
+            while let Some((event, rest)) = split_event(&buf) {
+                let data = event_data(&event);
+                buf = rest;
+                if let Ok(msg) = serde_json::from_str::<Value>(&data)
+                    && msg.get("method").is_none()
+                    && (want_id.is_none() || msg.get("id") == want_id)
+                {
+                    return Ok(Some(msg));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the session (best effort).
+    pub async fn shutdown(&self) {
+        let s = self.session.lock().await.take();
+        if let Some(Session { id: Some(id), era }) = s {
+            let _ = self
+                .client
+                .delete(&self.url)
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", era.version())
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+        }
+    }
+}
+
+/// `Mcp-Name` values that are not plain visible ASCII are sent base64-encoded.
+fn header_value(name: &str) -> String {
+    use base64::Engine as _;
+    let plain = !name.is_empty()
+        && name.bytes().all(|b| (0x21..0x7f).contains(&b))
+        && !name.starts_with("=?");
+    if plain {
+        name.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(name)
+        )
+    }
+}
+
+/// Splits the first complete SSE event (ended by a blank line) off the buffer.
+fn split_event(buf: &[u8]) -> Option<(String, Vec<u8>)> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let candidates = ["\r\n\r\n", "\n\n", "\r\r"];
+    let (pos, len) = candidates
+        .iter()
+        .filter_map(|sep| text.find(sep).map(|p| (p, sep.len())))
+        .min_by_key(|(p, _)| *p)?;
+    Some((text[..pos].to_owned(), buf[pos + len..].to_vec()))
+}
+
+/// The `data:` lines of one SSE event, joined with newlines.
+fn event_data(event: &str) -> String {
+    event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split() {
+        let buf = b"event: message\r\ndata: {\"a\":1}\r\n\r\n: ping\n\ndata: x";
+        let (e1, rest) = split_event(buf).expect("first");
+        assert_eq!(event_data(&e1), "{\"a\":1}");
+        let (e2, rest) = split_event(&rest).expect("second");
+        assert_eq!(event_data(&e2), "");
+        assert!(split_event(&rest).is_none());
+    }
+
+    #[test]
+    fn names_encoded_when_needed() {
+        assert_eq!(header_value("add"), "add");
+        assert!(header_value("é").starts_with("=?base64?"));
+        assert!(header_value("a b").starts_with("=?base64?"));
+    }
+}

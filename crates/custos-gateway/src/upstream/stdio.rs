@@ -1,0 +1,348 @@
+//! A stdio upstream: a child process speaking newline-delimited JSON-RPC. Started on first
+//! use, restarted on the next call after it dies or hangs, stopped on shutdown.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use custos_broker::UpstreamError;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, oneshot};
+
+use super::{Era, discover_params, initialize_params, into_result, negotiated, offers_modern};
+use crate::jsonrpc;
+
+/// The longest line accepted from an upstream (16 MiB): a bigger message kills the connection.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Environment passed to children: enough to run, nothing of Custos's own.
+const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ"];
+
+type Pending = Arc<std::sync::Mutex<HashMap<i64, oneshot::Sender<Value>>>>;
+
+struct Conn {
+    stdin: Mutex<ChildStdin>,
+    child: Mutex<Child>,
+    pending: Pending,
+    next_id: AtomicI64,
+    alive: Arc<AtomicBool>,
+    era: std::sync::Mutex<Era>,
+}
+
+impl Conn {
+    /// Stops the process and everything it started (its process group): SIGTERM, then
+    /// SIGKILL after a short grace period. Wrappers such as `npx` leave their real server as a
+    /// grandchild, which killing the child alone would orphan.
+    async fn kill(&self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        self.alive.store(false, Ordering::SeqCst);
+        let mut child = self.child.lock().await;
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        if let Some(pg) = group {
+            let _ = killpg(pg, Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_millis(500), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        }
+        if let Some(pg) = group {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+    }
+
+    async fn send(&self, msg: &Value) -> Result<(), std::io::Error> {
+        let mut line = msg.to_string();
+        line.push('\n');
+        let mut stdin = self.stdin.lock().await;
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.flush().await
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        let msg = jsonrpc::request(id, method, params);
+        if let Err(e) = self.send(&msg).await {
+            self.forget(id);
+            self.alive.store(false, Ordering::SeqCst);
+            return Err(UpstreamError::Failed(
+                name.to_owned(),
+                format!("write failed: {e}"),
+            ));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => into_result(name, response),
+            Ok(Err(_)) => Err(UpstreamError::Failed(
+                name.to_owned(),
+                "the process exited".into(),
+            )),
+            Err(_) => {
+                self.forget(id);
+                Err(UpstreamError::Timeout(name.to_owned(), timeout))
+            }
+        }
+    }
+
+    fn forget(&self, id: i64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+    }
+}
+
+/// One stdio upstream.
+pub struct StdioUpstream {
+    name: String,
+    command: Vec<String>,
+    timeout: Duration,
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+impl StdioUpstream {
+    /// An upstream that runs `command` when first used.
+    pub fn new(name: &str, command: Vec<String>, timeout: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            command,
+            timeout,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Sends one request, starting (or restarting) the process if needed. A timeout kills
+    /// the process, so the next call starts a fresh one.
+    ///
+    /// # Errors
+    /// [`UpstreamError`] when the process cannot start, dies, hangs or answers with an error.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, UpstreamError> {
+        let conn = self.connection().await?;
+        let era = conn
+            .era
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or(Era::Session(String::new()));
+        let result = conn
+            .call(&self.name, method, era.wrap_params(params), self.timeout)
+            .await;
+        if let Err(UpstreamError::Timeout(..)) = &result {
+            tracing::warn!(upstream = %self.name, method, "upstream timed out; restarting it");
+            conn.kill().await;
+        }
+        result
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, UpstreamError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref()
+            && c.alive.load(Ordering::SeqCst)
+        {
+            return Ok(c.clone());
+        }
+        if let Some(old) = slot.take() {
+            old.kill().await;
+        }
+        let conn = self.spawn().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn spawn(&self) -> Result<Arc<Conn>, UpstreamError> {
+        let fail = |m: String| UpstreamError::Failed(self.name.clone(), m);
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| fail("no command".into()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0)
+            .env_clear();
+        for key in PASSED_ENV {
+            if let Ok(v) = std::env::var(key) {
+                cmd.env(key, v);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot start `{program}`: {e}")))?;
+        let stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail("no stdout".into()))?;
+        let stderr = child.stderr.take();
+        tracing::info!(upstream = %self.name, pid = child.id(), "upstream process started");
+
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let conn = Arc::new(Conn {
+            stdin: Mutex::new(stdin),
+            child: Mutex::new(child),
+            pending: pending.clone(),
+            next_id: AtomicI64::new(1),
+            alive: alive.clone(),
+            era: std::sync::Mutex::new(Era::Session(String::new())),
+        });
+        tokio::spawn(read_loop(
+            self.name.clone(),
+            stdout,
+            pending,
+            alive,
+            Arc::downgrade(&conn),
+        ));
+        if let Some(stderr) = stderr {
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(upstream = %name, line = %line.chars().take(500).collect::<String>(), "upstream stderr");
+                }
+            });
+        }
+
+        // Prefer the stateless era; fall back to the handshake on the same process.
+        let era = match conn
+            .call(
+                &self.name,
+                "server/discover",
+                Some(discover_params()),
+                self.timeout,
+            )
+            .await
+        {
+            Ok(r) if offers_modern(&r) => Era::Modern,
+            Ok(_) | Err(UpstreamError::Rpc { .. }) => {
+                let init = conn
+                    .call(
+                        &self.name,
+                        "initialize",
+                        Some(initialize_params()),
+                        self.timeout,
+                    )
+                    .await;
+                let version = match init {
+                    Ok(r) => negotiated(&r, &self.name),
+                    Err(e) => Err(e),
+                };
+                match version {
+                    Ok(v) => {
+                        let _ = conn
+                            .send(&jsonrpc::notification("notifications/initialized", None))
+                            .await;
+                        Era::Session(v)
+                    }
+                    Err(e) => {
+                        conn.kill().await;
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => {
+                conn.kill().await;
+                return Err(e);
+            }
+        };
+        tracing::info!(upstream = %self.name, version = era.version(), "upstream connected");
+        if let Ok(mut g) = conn.era.lock() {
+            *g = era;
+        }
+        Ok(conn)
+    }
+
+    /// Stops the process.
+    pub async fn shutdown(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            c.kill().await;
+        }
+    }
+}
+
+async fn read_loop(
+    name: String,
+    stdout: tokio::process::ChildStdout,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    conn: std::sync::Weak<Conn>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) => break,
+            Ok(_) if buf.len() > MAX_LINE => {
+                tracing::warn!(upstream = %name, "upstream sent an oversized message; restarting it");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "upstream stdout failed");
+                break;
+            }
+        }
+        let Ok(msg) = serde_json::from_slice::<Value>(&buf) else {
+            tracing::debug!(upstream = %name, "non-JSON line from upstream ignored");
+            continue;
+        };
+        let is_response = msg.get("method").is_none()
+            && (msg.get("result").is_some() || msg.get("error").is_some());
+        if is_response {
+            let Some(id) = msg.get("id").and_then(Value::as_i64) else {
+                continue;
+            };
+            let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
+            if let Some(tx) = tx {
+                let _ = tx.send(msg);
+            }
+        } else if let (Some(id), Some(method)) =
+            (msg.get("id"), msg.get("method").and_then(Value::as_str))
+        {
+            // A request from the upstream: answer ping, refuse the rest (we offer no client features).
+            let answer = if method == "ping" {
+                jsonrpc::result(id, json!({}))
+            } else {
+                jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "Method not found", None)
+            };
+            if let Some(c) = conn.upgrade() {
+                let _ = c.send(&answer).await;
+            }
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+    // Dropping the senders tells every waiting caller the process is gone.
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+    tracing::warn!(upstream = %name, "upstream process exited");
+}

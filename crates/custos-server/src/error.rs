@@ -1,0 +1,83 @@
+//! The one error type at the HTTP boundary: a status, a stable code and a message.
+//! Internal failures become a generic message; the detail goes to the log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use custos_broker::BrokerError;
+use serde_json::json;
+
+/// An API error, rendered as `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// Human message (never a secret, never an internal detail).
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 401 without detail.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "authentication required",
+        )
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let status = match &e {
+            BrokerError::Unauthenticated => return Self::unauthenticated(),
+            BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
+            BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            BrokerError::Conflict(_) => StatusCode::CONFLICT,
+            BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let message = match &e {
+            BrokerError::Unavailable(what) => format!("{what} unavailable; request refused"),
+            other => other.to_string(),
+        };
+        Self::new(status, e.code(), message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({ "error": { "code": self.code, "message": self.message } })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// Maps a body-extraction failure (too large, wrong type, unreadable) to an [`ApiError`].
+pub fn body_error(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "payload_too_large", "request body too large")
+    } else {
+        ApiError::new(status, "invalid_request", text)
+    }
+}

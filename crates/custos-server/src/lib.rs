@@ -1,0 +1,118 @@
+//! The HTTP edge: the JSON API under `/v1/`, OAuth endpoints and metadata, the MCP endpoint,
+//! health and metrics. Handlers are thin: extract, call one broker method, map the result.
+
+mod api;
+mod error;
+mod mcp;
+mod metrics;
+mod oauth;
+pub mod serve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use custos_broker::Broker;
+use custos_gateway::McpGateway;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use metrics::ServerMetrics;
+pub use serve::{ServeConfig, run};
+
+/// The largest body the JSON API accepts.
+pub const API_BODY_LIMIT: usize = 1024 * 1024;
+/// The largest body the MCP endpoint accepts.
+pub const MCP_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The broker.
+    pub broker: Broker,
+    /// The MCP gateway.
+    pub gateway: Arc<McpGateway>,
+    /// Metrics.
+    pub metrics: ServerMetrics,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .request(&method, &route, resp.status().as_u16());
+    resp
+}
+
+/// The whole HTTP surface. Public so tests can drive it without a socket.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/apply", post(api::apply))
+        .route("/v1/resources/{kind}", get(api::list_resources))
+        .route(
+            "/v1/resources/{kind}/{name}",
+            get(api::get_resource).delete(api::delete_resource),
+        )
+        .route(
+            "/v1/operators",
+            post(api::create_operator).get(api::list_operators),
+        )
+        .route("/v1/agents/{name}/suspend", post(api::suspend_agent))
+        .route("/v1/agents/{name}/resume", post(api::resume_agent))
+        .route("/v1/tasks", post(api::start_task).get(api::list_tasks))
+        .route("/v1/tasks/{id}", get(api::get_task))
+        .route("/v1/tasks/{id}/end", post(api::end_task))
+        .route("/v1/audit/verify", get(api::verify_audit))
+        .route("/v1/audit/trace/{task}", get(api::trace_task))
+        .route("/v1/openapi.json", get(api::openapi))
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::authorization_server),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(oauth::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(oauth::protected_resource),
+        )
+        .route("/oauth/token", post(oauth::token))
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ));
+    let mcp = Router::new()
+        .route("/mcp", post(mcp::post).get(mcp::get).delete(mcp::delete))
+        .layer(DefaultBodyLimit::max(MCP_BODY_LIMIT));
+    api.merge(mcp)
+        .fallback(api::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}

@@ -1,0 +1,71 @@
+//! The MCP endpoint: turns HTTP into an [`McpRequest`] for the gateway and back.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use custos_gateway::{GatewayReply, McpRequest, McpVerb};
+use serde_json::json;
+
+use crate::AppState;
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn render(reply: GatewayReply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = match reply.body {
+        Some(body) => (status, axum::Json(body)).into_response(),
+        None => status.into_response(),
+    };
+    for (name, value) in reply.headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(HeaderName::from_static(name), v);
+        }
+    }
+    resp
+}
+
+async fn handle(s: &AppState, verb: McpVerb, headers: &HeaderMap, body: &[u8]) -> Response {
+    let req = McpRequest {
+        verb,
+        authorization: header(headers, "authorization"),
+        session_id: header(headers, "mcp-session-id"),
+        protocol_version: header(headers, "mcp-protocol-version"),
+        mcp_method: header(headers, "mcp-method"),
+        mcp_name: header(headers, "mcp-name"),
+        content_type: header(headers, "content-type"),
+        origin: header(headers, "origin"),
+        body,
+    };
+    render(s.gateway.handle(req).await)
+}
+
+/// `POST /mcp`
+pub async fn post(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match body {
+        Ok(b) => handle(&s, McpVerb::Post, &headers, &b).await,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(json!({ "jsonrpc": "2.0", "id": null, "error": { "code": -32600, "message": "request body too large" } })),
+        )
+            .into_response(),
+        Err(e) => (e.status(), axum::Json(json!({ "error": { "code": "invalid_request", "message": e.body_text() } }))).into_response(),
+    }
+}
+
+/// `GET /mcp` (no server-initiated stream: 405)
+pub async fn get(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    handle(&s, McpVerb::Get, &headers, &[]).await
+}
+
+/// `DELETE /mcp` ends a session.
+pub async fn delete(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    handle(&s, McpVerb::Delete, &headers, &[]).await
+}

@@ -1,0 +1,233 @@
+//! Starting Custos: data directory, keys, store, audit, broker, gateway, listener, shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use custos_audit::AuditLog;
+use custos_broker::{Broker, BrokerConfig};
+use custos_core::{Clock, Role, SystemClock};
+use custos_crypto::{AgentKey, ServerKey, TokenIssuer};
+use custos_gateway::{McpGateway, UpstreamPool};
+use custos_store::{Durability, Store};
+
+use crate::{AppState, ServerMetrics, router};
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where keys, the SQLite database and `admin.token` live.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The URL agents and clients use to reach this server (default `http://<listen>`).
+    pub public_url: Option<String>,
+    /// `postgres://…` or `sqlite:…`; default SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// SQLite durability.
+    pub durability: Durability,
+    /// Development mode: allowed only on a loopback address.
+    pub dev: bool,
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn load_or_create_key(dir: &Path) -> anyhow::Result<AgentKey> {
+    let path = dir.join("signing-key.pem");
+    if path.exists() {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        return AgentKey::from_pkcs8_pem(&text)
+            .with_context(|| format!("{} is not a valid signing key", path.display()));
+    }
+    let key = AgentKey::generate().context("cannot generate the signing key")?;
+    write_private(&path, &key.to_pkcs8_pem())?;
+    tracing::info!(path = %path.display(), "generated the token-signing key");
+    Ok(key)
+}
+
+/// Everything a running server holds, built but not yet listening. Tests use it directly.
+pub struct Built {
+    /// Handler state (broker, gateway, metrics).
+    pub state: AppState,
+    /// Where the admin token was written.
+    pub admin_token_path: PathBuf,
+}
+
+/// Builds the server: data directory, keys, store (migrated), audit writer, broker, gateway,
+/// and the admin token.
+///
+/// # Errors
+/// When the data directory, keys or database cannot be prepared.
+pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Built> {
+    if config.dev && !config.listen.ip().is_loopback() {
+        bail!(
+            "--dev listens on loopback only; `{}` is not a loopback address",
+            config.listen
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let key = load_or_create_key(&config.data_dir)?;
+    let issuer = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let database_url = match &config.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite:{}", config.data_dir.join("custos.db").display()),
+    };
+    let store = Store::connect(&database_url, config.durability)
+        .await
+        .with_context(|| format!("cannot open the database ({})", redact_url(&database_url)))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let audit = AuditLog::start(store.clone(), clock.clone());
+    let broker_config = BrokerConfig {
+        issuer: issuer.clone(),
+        max_token_ttl: Duration::from_secs(900),
+        cache_ttl: Duration::from_secs(1),
+    };
+    let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
+    let broker = Broker::new(store, audit, tokens, clock, broker_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the broker: {e}"))?;
+
+    let admin_token_path = config.data_dir.join("admin.token");
+    let existing = std::fs::read_to_string(&admin_token_path).ok();
+    let still_valid = match existing.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => broker
+            .authenticate_operator(t)
+            .await
+            .is_ok_and(|op| op.role == Role::Admin),
+        _ => false,
+    };
+    if !still_valid {
+        let token = broker
+            .bootstrap_operator("admin", Role::Admin)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the admin operator: {e}"))?;
+        write_private(&admin_token_path, &format!("{}\n", token.expose()))?;
+    }
+
+    let metrics = ServerMetrics::new(broker.metrics());
+    let gateway = Arc::new(McpGateway::new(
+        broker.clone(),
+        Arc::new(UpstreamPool::new()),
+    ));
+    Ok(Built {
+        state: AppState {
+            broker,
+            gateway,
+            metrics,
+        },
+        admin_token_path,
+    })
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db -> postgres://user:***@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then stops upstreams and drains the audit log.
+///
+/// # Errors
+/// When the server cannot start or the listener fails.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    if config.dev && !config.listen.ip().is_loopback() {
+        bail!(
+            "--dev listens on loopback only; `{}` is not a loopback address",
+            config.listen
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let built = build(&config, addr).await?;
+    tracing::info!(
+        addr = %addr,
+        issuer = %built.state.broker.tokens().issuer(),
+        store = built.state.broker.store().backend(),
+        admin_token = %built.admin_token_path.display(),
+        "custos listening"
+    );
+    eprintln!(
+        "custos listening on http://{addr} (admin token in {})",
+        built.admin_token_path.display()
+    );
+    let gateway = built.state.gateway.clone();
+    let store = built.state.broker.store().clone();
+    axum::serve(listener, router(built.state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    gateway.upstreams().shutdown().await;
+    store.close().await;
+    tracing::info!("custos stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(
+            super::redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact_url("sqlite:/x/y.db"), "sqlite:/x/y.db");
+    }
+}
