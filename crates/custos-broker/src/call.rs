@@ -262,6 +262,12 @@ impl Broker {
         self.inner
             .metrics
             .decision("allow", Some(tier), "permitted", outcome.as_str());
+        // Tier 2 is "autonomous and logged"; Tier 1 calls are logged at debug.
+        if tier >= 2 {
+            tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %name, tier, outcome = outcome.as_str(), "tool call allowed");
+        } else {
+            tracing::debug!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %name, tier, outcome = outcome.as_str(), "tool call allowed");
+        }
         self.record(event).await?;
         result.map_err(CallError::Upstream)
     }

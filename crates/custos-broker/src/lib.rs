@@ -61,6 +61,7 @@ struct Inner {
     config: BrokerConfig,
     registry: registry::RegistryCache,
     tasks: tasks::TaskCache,
+    verified: tasks::VerifiedTokens,
     metrics: BrokerMetrics,
 }
 
@@ -95,6 +96,7 @@ impl Broker {
                 config,
                 registry,
                 tasks,
+                verified: tasks::VerifiedTokens::new(),
                 metrics: BrokerMetrics::default(),
             }),
         })

@@ -117,6 +117,35 @@ impl TaskCache {
     }
 }
 
+/// Task tokens whose signature has been verified, keyed by the token's SHA-256.
+pub(crate) struct VerifiedTokens {
+    entries: Mutex<HashMap<[u8; 32], custos_crypto::TaskClaims>>,
+}
+
+impl VerifiedTokens {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<custos_crypto::TaskClaims> {
+        let g = self.entries.lock().ok()?;
+        g.get(digest)
+            .filter(|c| now < c.exp && now >= c.nbf)
+            .cloned()
+    }
+
+    fn put(&self, digest: [u8; 32], claims: custos_crypto::TaskClaims, now: i64) {
+        if let Ok(mut g) = self.entries.lock() {
+            if g.len() >= 100_000 {
+                g.retain(|_, c| now < c.exp);
+            }
+            g.insert(digest, claims);
+        }
+    }
+}
+
 impl Broker {
     /// Starts a task for an initiator.
     ///
@@ -373,13 +402,24 @@ impl Broker {
     /// [`BrokerError::Unauthenticated`] for any failure (audited with the reason).
     pub async fn authenticate_task_token(&self, token: &str) -> Result<TaskContext, BrokerError> {
         let now_ms = self.inner.clock.now_ms();
-        let claims = match self.inner.tokens.verify(token, now_ms.div_euclid(1000)) {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(self
-                    .record_auth_failure("task_token", e.reason(), None)
-                    .await);
-            }
+        let now = now_ms.div_euclid(1000);
+        // A token verified once is remembered by its SHA-256 until it expires, so repeated
+        // calls skip the signature check; task, agent and template state are checked below
+        // on every request.
+        let digest = custos_crypto::digest::sha256(token.as_bytes());
+        let claims = match self.inner.verified.get(&digest, now) {
+            Some(c) => c,
+            None => match self.inner.tokens.verify(token, now) {
+                Ok(c) => {
+                    self.inner.verified.put(digest, c.clone(), now);
+                    c
+                }
+                Err(e) => {
+                    return Err(self
+                        .record_auth_failure("task_token", e.reason(), None)
+                        .await);
+                }
+            },
         };
         let agent = claims.act.sub.clone();
         let snap = self.snapshot().await?;

@@ -1,7 +1,7 @@
 //! Persistence for Custos over SQLite (embedded default) or PostgreSQL (several replicas).
 //!
 //! One schema, two migration sets, runtime queries written once: every query uses `$N`
-//! placeholders, which both backends read, and [`on_pool!`] expands a body once per backend.
+//! placeholders, which both backends read, and `on_pool!` expands a body once per backend.
 
 mod audit;
 mod identity;
