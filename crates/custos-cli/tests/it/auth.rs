@@ -20,29 +20,53 @@ fn setup() -> Setup {
     server.apply(&fixture_yaml("agent-a", &public, "5s"));
     let task = server.start_task("agent-a", "fx-all");
     let token = server.task_token(&task, &key);
-    Setup { server, key, task, token }
+    Setup {
+        server,
+        key,
+        task,
+        token,
+    }
 }
 
 fn now() -> i64 {
-    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs())
-        .expect("i64")
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("i64")
 }
 
 fn records(server: &TestServer) -> i64 {
-    server.cli_json(&["audit", "verify", "--json"])["records"].as_i64().expect("records")
+    server.cli_json(&["audit", "verify", "--json"])["records"]
+        .as_i64()
+        .expect("records")
 }
 
 fn assert_401_without_detail(r: &super::support::RawReply, what: &str) {
     assert_eq!(r.status, 401, "{what}: {}", r.body);
-    assert_eq!(r.body, json!({"error": {"code": "unauthenticated", "message": "authentication required"}}), "{what}");
-    assert!(r.headers.get("www-authenticate").is_some_and(|h| h.contains("resource_metadata")), "{what}");
+    assert_eq!(
+        r.body,
+        json!({"error": {"code": "unauthenticated", "message": "authentication required"}}),
+        "{what}"
+    );
+    assert!(
+        r.headers
+            .get("www-authenticate")
+            .is_some_and(|h| h.contains("resource_metadata")),
+        "{what}"
+    );
 }
 
 #[test]
 fn operator_roles_are_enforced_on_every_call() {
     let s = TestServer::start();
     let init = s.cli_json(&["operator", "create", "ivy", "--role", "initiator", "--json"]);
-    assert_eq!((init["name"].as_str(), init["role"].as_str()), (Some("ivy"), Some("initiator")));
+    assert_eq!(
+        (init["name"].as_str(), init["role"].as_str()),
+        (Some("ivy"), Some("initiator"))
+    );
     let ivy = init["token"].as_str().expect("token").to_owned();
     assert!(ivy.starts_with("custos_op_"));
     let aud = s.cli_json(&["operator", "create", "ada", "--role", "auditor", "--json"]);
@@ -61,24 +85,57 @@ fn operator_roles_are_enforced_on_every_call() {
     let out = s.cli_as(&ivy, &["apply", "-f", path]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("role `initiator` may not do this"));
-    assert!(s.cli(&["apply", "-f", path]).status.success(), "admin applies");
+    assert!(
+        s.cli(&["apply", "-f", path]).status.success(),
+        "admin applies"
+    );
 
-    let start = ["task", "start", "--agent", "agent-a", "--template", "fx-echo", "--on-behalf-of", "bob", "--json"];
-    assert!(s.cli_as(&ivy, &start).status.success(), "initiator starts tasks");
+    let start = [
+        "task",
+        "start",
+        "--agent",
+        "agent-a",
+        "--template",
+        "fx-echo",
+        "--on-behalf-of",
+        "bob",
+        "--json",
+    ];
+    assert!(
+        s.cli_as(&ivy, &start).status.success(),
+        "initiator starts tasks"
+    );
     let out = s.cli_as(&ada, &start);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("403"));
-    assert!(s.cli_as(&ada, &["audit", "verify"]).status.success(), "auditor verifies");
-    assert!(!s.cli_as(&ivy, &["audit", "verify"]).status.success(), "initiator may not audit");
-    assert!(!s.cli_as(&ivy, &["operator", "create", "eve", "--role", "admin"]).status.success());
+    assert!(
+        s.cli_as(&ada, &["audit", "verify"]).status.success(),
+        "auditor verifies"
+    );
+    assert!(
+        !s.cli_as(&ivy, &["audit", "verify"]).status.success(),
+        "initiator may not audit"
+    );
+    assert!(
+        !s.cli_as(&ivy, &["operator", "create", "eve", "--role", "admin"])
+            .status
+            .success()
+    );
 
     // Bad operator tokens: forged (right shape, wrong checksum), unknown, garbage.
     let mut forged = ivy.clone();
     let last = forged.pop().expect("non-empty");
     forged.push(if last == 'a' { 'b' } else { 'a' });
-    for bad in [forged.as_str(), "custos_op_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "nonsense"] {
+    for bad in [
+        forged.as_str(),
+        "custos_op_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "nonsense",
+    ] {
         let out = s.cli_as(bad, &["get", "agents"]);
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("authentication required"), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("authentication required"),
+            "{bad}"
+        );
     }
 }
 
@@ -92,21 +149,70 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
     // Tokens minted with the server's own key but wrong claims, and with a stranger's key.
     let pem = std::fs::read_to_string(s.data_dir().join("signing-key.pem")).expect("signing key");
     let own = |aud: &str| {
-        TokenIssuer::new(ServerKey::new(AgentKey::from_pkcs8_pem(&pem).expect("key")), s.addr.clone(), aud.to_owned())
+        TokenIssuer::new(
+            ServerKey::new(AgentKey::from_pkcs8_pem(&pem).expect("key")),
+            s.addr.clone(),
+            aud.to_owned(),
+        )
     };
     let right = own(&s.mcp_url());
     let t = now();
-    let (expired, _) = right.issue("alice@example.com", "agent-a", &st.task, "fx-all", t - 1000, t - 10).expect("issue");
-    let (wrong_aud, _) = own("http://elsewhere/mcp").issue("alice@example.com", "agent-a", &st.task, "fx-all", t, t + 300).expect("issue");
-    let stranger = TokenIssuer::new(ServerKey::new(AgentKey::generate().expect("key")), s.addr.clone(), s.mcp_url());
-    let (foreign, _) = stranger.issue("alice@example.com", "agent-a", &st.task, "fx-all", t, t + 300).expect("issue");
-    let (other_task, _) = right.issue("alice@example.com", "agent-a", "task_doesnotexist", "fx-all", t, t + 300).expect("issue");
+    let (expired, _) = right
+        .issue(
+            "alice@example.com",
+            "agent-a",
+            &st.task,
+            "fx-all",
+            t - 1000,
+            t - 10,
+        )
+        .expect("issue");
+    let (wrong_aud, _) = own("http://elsewhere/mcp")
+        .issue(
+            "alice@example.com",
+            "agent-a",
+            &st.task,
+            "fx-all",
+            t,
+            t + 300,
+        )
+        .expect("issue");
+    let stranger = TokenIssuer::new(
+        ServerKey::new(AgentKey::generate().expect("key")),
+        s.addr.clone(),
+        s.mcp_url(),
+    );
+    let (foreign, _) = stranger
+        .issue(
+            "alice@example.com",
+            "agent-a",
+            &st.task,
+            "fx-all",
+            t,
+            t + 300,
+        )
+        .expect("issue");
+    let (other_task, _) = right
+        .issue(
+            "alice@example.com",
+            "agent-a",
+            "task_doesnotexist",
+            "fx-all",
+            t,
+            t + 300,
+        )
+        .expect("issue");
     let parts: Vec<&str> = st.token.split('.').collect();
     let none_header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
     let alg_none = format!("{none_header}.{}.", parts[1]);
     let mut claims: Value = serde_json::from_slice(&base64_url_decode(parts[1])).expect("claims");
     claims["template"] = "fx-all-but-bigger".into();
-    let edited = format!("{}.{}.{}", parts[0], base64_url(claims.to_string().as_bytes()), parts[2]);
+    let edited = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64_url(claims.to_string().as_bytes()),
+        parts[2]
+    );
 
     let before = records(s);
     let bad = [
@@ -119,18 +225,40 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
         ("garbage", "not-a-jwt".to_owned()),
     ];
     for (what, token) in &bad {
-        let r = RawMcp::new(&s.mcp_url(), Some(token)).post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}), &[]);
+        let r = RawMcp::new(&s.mcp_url(), Some(token)).post(
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}),
+            &[],
+        );
         assert_401_without_detail(&r, what);
     }
     // No token at all: 401 pointing at the protected-resource metadata (not audited: nothing was presented).
-    assert_401_without_detail(&RawMcp::new(&s.mcp_url(), None).post(&json!({}), &[]), "no token");
-    assert_eq!(records(s), before + bad.len() as i64, "one audit record per refused token");
-    let metrics = reqwest::blocking::get(format!("{}/metrics", s.addr)).expect("metrics").text().expect("text");
-    for reason in ["expired", "wrong_audience", "bad_signature", "unknown_task", "malformed"] {
-        assert!(metrics.contains(&format!("reason=\"{reason}\"")), "metrics lack {reason}");
+    assert_401_without_detail(
+        &RawMcp::new(&s.mcp_url(), None).post(&json!({}), &[]),
+        "no token",
+    );
+    assert_eq!(
+        records(s),
+        before + bad.len() as i64,
+        "one audit record per refused token"
+    );
+    let metrics = reqwest::blocking::get(format!("{}/metrics", s.addr))
+        .expect("metrics")
+        .text()
+        .expect("text");
+    for reason in [
+        "expired",
+        "wrong_audience",
+        "bad_signature",
+        "unknown_task",
+        "malformed",
+    ] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "metrics lack {reason}"
+        );
     }
     // The real token still works.
-    assert_eq!(ok.initialize().is_empty(), false);
+    assert!(!ok.initialize().is_empty());
 }
 
 fn base64_url(b: &[u8]) -> String {
@@ -140,7 +268,9 @@ fn base64_url(b: &[u8]) -> String {
 
 fn base64_url_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).expect("base64")
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64")
 }
 
 fn exchange(s: &TestServer, task: &str, assertion: &str) -> (u16, Value) {
@@ -163,10 +293,20 @@ fn exchange(s: &TestServer, task: &str, assertion: &str) -> (u16, Value) {
 fn assertions_are_single_use_signed_by_the_tasks_agent_and_short_lived() {
     let st = setup();
     let s = &st.server;
-    let key = AgentKey::from_pkcs8_pem(&std::fs::read_to_string(&st.key).expect("key")).expect("key");
+    let key =
+        AgentKey::from_pkcs8_pem(&std::fs::read_to_string(&st.key).expect("key")).expect("key");
     let (_, public_b) = s.keygen("agent-b");
-    s.apply(&fixture_yaml("agent-b", &public_b, "5s").split("---\nkind: Agent").nth(1).map(|a| format!("kind: Agent{a}")).expect("agent doc"));
-    let key_b = AgentKey::from_pkcs8_pem(&std::fs::read_to_string(s.dir.path().join("agent-b.key")).expect("key")).expect("key");
+    s.apply(
+        &fixture_yaml("agent-b", &public_b, "5s")
+            .split("---\nkind: Agent")
+            .nth(1)
+            .map(|a| format!("kind: Agent{a}"))
+            .expect("agent doc"),
+    );
+    let key_b = AgentKey::from_pkcs8_pem(
+        &std::fs::read_to_string(s.dir.path().join("agent-b.key")).expect("key"),
+    )
+    .expect("key");
     let issuer = s.addr.clone();
     let t = now();
 
@@ -176,7 +316,11 @@ fn assertions_are_single_use_signed_by_the_tasks_agent_and_short_lived() {
     assert!(body["expires_in"].as_i64().expect("expires_in") <= 900);
     assert_eq!(body["token_type"], "Bearer");
     let (status, body) = exchange(s, &st.task, &a);
-    assert_eq!((status, body["error"]["message"].as_str()), (401, Some("authentication required")), "replay");
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (401, Some("authentication required")),
+        "replay"
+    );
 
     // Agent B's key, naming itself or naming agent A, cannot get a token for A's task.
     for claimed in [jwk_thumbprint(&key_b.public_key()), "agent-a".to_owned()] {
@@ -211,18 +355,51 @@ fn suspension_and_task_end_take_effect_at_once() {
 
     assert!(s.cli(&["agent", "suspend", "agent-a"]).status.success());
     assert_401_without_detail(&mcp.call(&session, "tools/list", json!({})), "suspended");
-    assert!(!s.cli(&["task", "token", "--task", &st.task, "--agent-key", st.key.to_str().expect("utf-8")]).status.success());
+    assert!(
+        !s.cli(&[
+            "task",
+            "token",
+            "--task",
+            &st.task,
+            "--agent-key",
+            st.key.to_str().expect("utf-8")
+        ])
+        .status
+        .success()
+    );
     assert!(s.cli(&["agent", "resume", "agent-a"]).status.success());
-    assert_eq!(mcp.call(&session, "tools/list", json!({})).status, 200, "resumed");
+    assert_eq!(
+        mcp.call(&session, "tools/list", json!({})).status,
+        200,
+        "resumed"
+    );
 
     assert!(s.cli(&["task", "end", &st.task]).status.success());
     assert_401_without_detail(&mcp.call(&session, "tools/list", json!({})), "ended task");
-    assert!(!s.cli(&["task", "token", "--task", &st.task, "--agent-key", st.key.to_str().expect("utf-8")]).status.success());
+    assert!(
+        !s.cli(&[
+            "task",
+            "token",
+            "--task",
+            &st.task,
+            "--agent-key",
+            st.key.to_str().expect("utf-8")
+        ])
+        .status
+        .success()
+    );
     let again = s.cli(&["task", "end", &st.task]);
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already ended"));
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already ended")
+    );
 
     let trace = s.cli_json(&["audit", "trace", &st.task, "--json"]);
-    let kinds: Vec<&str> = trace["records"].as_array().expect("records").iter().filter_map(|r| r["kind"].as_str()).collect();
+    let kinds: Vec<&str> = trace["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
     assert_eq!(kinds.first(), Some(&"task_start"));
     assert_eq!(kinds.last(), Some(&"task_end"));
 }
@@ -241,19 +418,60 @@ fn another_tasks_token_cannot_use_a_session_and_tasks_expire() {
     // Each token sees its own template.
     let s2 = other.initialize();
     let names = |r: super::support::RawReply| -> Vec<String> {
-        r.body["result"]["tools"].as_array().expect("tools").iter().map(|t| t["name"].as_str().expect("name").to_owned()).collect()
+        r.body["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|t| t["name"].as_str().expect("name").to_owned())
+            .collect()
     };
-    assert_eq!(names(other.call(&s2, "tools/list", json!({}))), vec!["fx__echo".to_owned()]);
+    assert_eq!(
+        names(other.call(&s2, "tools/list", json!({}))),
+        vec!["fx__echo".to_owned()]
+    );
 
     // A task started with a 2-second TTL: its token dies with it.
-    let short = s.cli_json(&["task", "start", "--agent", "agent-a", "--template", "fx-echo", "--on-behalf-of", "bob", "--ttl", "2s", "--json"]);
+    let short = s.cli_json(&[
+        "task",
+        "start",
+        "--agent",
+        "agent-a",
+        "--template",
+        "fx-echo",
+        "--on-behalf-of",
+        "bob",
+        "--ttl",
+        "2s",
+        "--json",
+    ]);
     let short_id = short["task_id"].as_str().expect("id");
     let tok = s.task_token(short_id, &st.key);
     let c = RawMcp::new(&s.mcp_url(), Some(&tok));
     c.initialize();
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert_eq!(c.post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}), &[]).status, 401);
+    assert_eq!(
+        c.post(
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}),
+            &[]
+        )
+        .status,
+        401
+    );
     // A TTL beyond the template's is refused with the reason.
-    let out = s.cli(&["task", "start", "--agent", "agent-a", "--template", "fx-echo", "--on-behalf-of", "bob", "--ttl", "2h"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds template `fx-echo`'s maximum of 10m"));
+    let out = s.cli(&[
+        "task",
+        "start",
+        "--agent",
+        "agent-a",
+        "--template",
+        "fx-echo",
+        "--on-behalf-of",
+        "bob",
+        "--ttl",
+        "2h",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("exceeds template `fx-echo`'s maximum of 10m")
+    );
 }
