@@ -41,6 +41,8 @@ pub struct Snapshot {
 
 pub(crate) struct RegistryCache {
     current: RwLock<Arc<Snapshot>>,
+    // One refresh at a time: callers that find a refresh under way use the snapshot they have.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError> {
@@ -94,6 +96,7 @@ impl RegistryCache {
     pub(crate) async fn load(store: &Store, now: i64) -> Result<Self, BrokerError> {
         Ok(Self {
             current: RwLock::new(Arc::new(load_snapshot(store, now).await?)),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -127,6 +130,9 @@ impl Broker {
         if now - snap.loaded_at <= ttl {
             return Ok(snap);
         }
+        let Ok(_guard) = self.inner.registry.refreshing.try_lock() else {
+            return Ok(snap);
+        };
         self.reload().await
     }
 
