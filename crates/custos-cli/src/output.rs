@@ -23,7 +23,10 @@ pub fn print_resources(v: &Value, yaml: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("{:<12} {:<32} {:>7}  {:<25} BY", "KIND", "NAME", "VERSION", "UPDATED");
+    println!(
+        "{:<12} {:<32} {:>7}  {:<25} BY",
+        "KIND", "NAME", "VERSION", "UPDATED"
+    );
     for item in items {
         let r = &item["resource"];
         println!(

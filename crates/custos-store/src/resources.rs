@@ -3,7 +3,13 @@
 use serde::Serialize;
 use sqlx::Row as _;
 
-use crate::{BeginWrite as _, Store, StoreError, on_pool};
+use crate::{BeginWrite as _, Pool, Store, StoreError, on_pool};
+
+// Any fixed number: serialises registry writes on PostgreSQL, where `BEGIN` alone lets two
+// applies read the same version and both write the next one. SQLite's `BEGIN IMMEDIATE`
+// already serialises writers.
+const PG_REGISTRY_LOCK: i64 = 0x4355_5354_5245;
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// A stored resource.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,8 +96,12 @@ impl Store {
         actor: &str,
         at: i64,
     ) -> Result<Vec<AppliedChange>, StoreError> {
+        let is_pg = matches!(self.pool, Pool::Postgres(_));
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            if is_pg {
+                sqlx::query(LOCK).bind(PG_REGISTRY_LOCK).execute(&mut *tx).await?;
+            }
             let mut out = Vec::with_capacity(items.len());
             for (kind, name, spec) in items {
                 let spec_text = spec.to_string();
@@ -142,8 +152,12 @@ impl Store {
         actor: &str,
         at: i64,
     ) -> Result<Option<AppliedChange>, StoreError> {
+        let is_pg = matches!(self.pool, Pool::Postgres(_));
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
+            if is_pg {
+                sqlx::query(LOCK).bind(PG_REGISTRY_LOCK).execute(&mut *tx).await?;
+            }
             let row = sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2 RETURNING version")
                 .bind(kind).bind(name).fetch_optional(&mut *tx).await?;
             let Some(row) = row else { return Ok(None) };

@@ -27,12 +27,39 @@ fn malformed_yaml_names_the_document_and_field_and_applies_nothing() {
     let (_, public) = s.keygen("agent-a");
     let good = fixture_yaml("agent-a", &public, "5s");
     let cases = [
-        (good.replace("archetype: automation", "archetype: automation\nnickname: x"), "document 4 (Agent `agent-a`): unknown field `nickname`"),
-        (good.replace("ttl: 10m\ntools: [fx__echo]", "ttl: soon\ntools: [fx__echo]"), "document 3 (Template `fx-echo`): field `ttl`"),
-        (good.replace("templates: [fx-all, fx-echo]", "templates: [fx-all, nope]"), "template `nope` does not exist"),
-        (good.replace("-----BEGIN PUBLIC KEY-----\n", "-----BEGIN PUBLIC KEY-----\n  AAAA\n"), "field `public_key`"),
-        (format!("{good}---\nkind: Template\nname: [unclosed\n"), "invalid YAML"),
-        ("kind: Secret\nname: x\n".to_owned(), "unknown kind `Secret`"),
+        (
+            good.replace(
+                "archetype: automation",
+                "archetype: automation\nnickname: x",
+            ),
+            "document 4 (Agent `agent-a`): unknown field `nickname`",
+        ),
+        (
+            good.replace(
+                "ttl: 10m\ntools: [fx__echo]",
+                "ttl: soon\ntools: [fx__echo]",
+            ),
+            "document 3 (Template `fx-echo`): field `ttl`",
+        ),
+        (
+            good.replace("templates: [fx-all, fx-echo]", "templates: [fx-all, nope]"),
+            "template `nope` does not exist",
+        ),
+        (
+            good.replace(
+                "-----BEGIN PUBLIC KEY-----\n",
+                "-----BEGIN PUBLIC KEY-----\n  AAAA\n",
+            ),
+            "field `public_key`",
+        ),
+        (
+            format!("{good}---\nkind: Template\nname: [unclosed\n"),
+            "invalid YAML",
+        ),
+        (
+            "kind: Secret\nname: x\n".to_owned(),
+            "unknown kind `Secret`",
+        ),
     ];
     for (yaml, needle) in cases {
         let path = s.dir.path().join("bad.yaml");
@@ -42,7 +69,11 @@ fn malformed_yaml_names_the_document_and_field_and_applies_nothing() {
         assert!(!out.status.success(), "accepted: {yaml}");
         assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
         for kind in ["upstreams", "templates", "agents"] {
-            assert_eq!(s.cli_json(&["get", kind, "--json"]), json!([]), "{needle}: nothing applied");
+            assert_eq!(
+                s.cli_json(&["get", kind, "--json"]),
+                json!([]),
+                "{needle}: nothing applied"
+            );
         }
     }
     // An oversized apply is refused with a JSON error and 413.
@@ -59,29 +90,72 @@ fn malformed_yaml_names_the_document_and_field_and_applies_nothing() {
     // Re-applying the same file changes nothing and bumps no version.
     let first = s.apply(&good);
     let again = s.apply(&good);
-    assert!(first["changes"].as_array().expect("changes").iter().all(|c| c["op"] == "created"));
-    assert!(again["changes"].as_array().expect("changes").iter().all(|c| c["op"] == "unchanged" && c["version"] == 1));
+    assert!(
+        first["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .all(|c| c["op"] == "created")
+    );
+    assert!(
+        again["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .all(|c| c["op"] == "unchanged" && c["version"] == 1)
+    );
     let changed = s.apply(&good.replace("timeout: 5s", "timeout: 6s"));
-    let up = changed["changes"].as_array().expect("changes").iter().find(|c| c["kind"] == "Upstream").cloned().expect("upstream");
-    assert_eq!((up["op"].as_str(), up["version"].as_i64()), (Some("updated"), Some(2)));
+    let up = changed["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["kind"] == "Upstream")
+        .cloned()
+        .expect("upstream");
+    assert_eq!(
+        (up["op"].as_str(), up["version"].as_i64()),
+        (Some("updated"), Some(2))
+    );
 }
 
 #[test]
 fn garbage_json_rpc_and_oversized_bodies_get_clear_errors() {
     let s = TestServer::start();
     let (mcp, sid, _) = session(&s, "5s", "fx-all");
-    let h = [("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    let h = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
     let r = mcp.post_raw(b"{not json", &h);
-    assert_eq!((r.status, r.body["error"]["code"].as_i64()), (400, Some(-32700)), "{}", r.body);
-    for bad in [&b"[]"[..], b"{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"x\"}", b"{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"x\"}", b"42"] {
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_i64()),
+        (400, Some(-32700)),
+        "{}",
+        r.body
+    );
+    for bad in [
+        &b"[]"[..],
+        b"{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"x\"}",
+        b"{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"x\"}",
+        b"42",
+    ] {
         let r = mcp.post_raw(bad, &h);
-        assert_eq!((r.status, r.body["error"]["code"].as_i64()), (400, Some(-32600)), "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_i64()),
+            (400, Some(-32600)),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
     }
     let r = mcp.call(&sid, "resources/list", json!({}));
     assert_eq!(r.body["error"]["code"], -32601);
     let r = mcp.call(&sid, "tools/call", json!({"arguments": {}}));
     assert_eq!(r.body["error"]["code"], -32602);
-    let r = mcp.call(&sid, "tools/call", json!({"name": "fx__echo", "arguments": [1]}));
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__echo", "arguments": [1]}),
+    );
     assert_eq!(r.body["error"]["code"], -32602);
     let r = mcp.call(&sid, "tools/call", json!({"name": "no-separator"}));
     assert_eq!(r.body["error"]["data"]["reason"], "invalid_tool_name");
@@ -91,7 +165,10 @@ fn garbage_json_rpc_and_oversized_bodies_get_clear_errors() {
     let r = mcp.call("mcps_unknown", "tools/list", json!({}));
     assert_eq!(r.status, 404);
     // Oversized MCP body.
-    let big = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"fx__echo\",\"arguments\":{{\"x\":\"{}\"}}}}}}", "a".repeat(5 * 1024 * 1024));
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"fx__echo\",\"arguments\":{{\"x\":\"{}\"}}}}}}",
+        "a".repeat(5 * 1024 * 1024)
+    );
     assert_eq!(mcp.post_raw(big.as_bytes(), &h).status, 413);
     // Wrong content type, GET, and a foreign Origin.
     let r = reqwest::blocking::Client::new()
@@ -102,12 +179,21 @@ fn garbage_json_rpc_and_oversized_bodies_get_clear_errors() {
         .send()
         .expect("post");
     assert_eq!(r.status().as_u16(), 415);
-    let r = reqwest::blocking::Client::new().get(s.mcp_url()).send().expect("get");
+    let r = reqwest::blocking::Client::new()
+        .get(s.mcp_url())
+        .send()
+        .expect("get");
     assert_eq!(r.status().as_u16(), 405);
-    let r = mcp.post(&json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}), &[h[0], h[1], ("origin", "https://evil.example")]);
+    let r = mcp.post(
+        &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
+        &[h[0], h[1], ("origin", "https://evil.example")],
+    );
     assert_eq!(r.status, 403);
     // The server is still fine and the same session still works.
-    assert_eq!(call(&mcp, &sid, "fx__echo", json!({"a": 1}))["result"]["content"][0]["text"], "{\"a\": 1}");
+    assert_eq!(
+        call(&mcp, &sid, "fx__echo", json!({"a": 1}))["result"]["content"][0]["text"],
+        "{\"a\": 1}"
+    );
     assert!(s.cli(&["audit", "verify"]).status.success());
 }
 
@@ -117,24 +203,43 @@ fn dead_hanging_and_crashing_upstreams_answer_with_errors_and_are_restarted() {
     let (mcp, sid, task) = session(&s, "2s", "fx-all");
     let pid = |v: &Value| -> i64 {
         let text = v["result"]["content"][0]["text"].as_str().expect("text");
-        serde_json::from_str::<Value>(text).expect("json")["pid"].as_i64().expect("pid")
+        serde_json::from_str::<Value>(text).expect("json")["pid"]
+            .as_i64()
+            .expect("pid")
     };
     let who = call(&mcp, &sid, "fx__whoami", json!({}));
     let first = pid(&who);
     // The child's environment holds nothing of Custos's own: the harness starts the server
     // with RUST_LOG set, and that must not reach the upstream (python3 may be a pyenv shim,
     // which adds PYENV_* variables of its own).
-    let env = serde_json::from_str::<Value>(who["result"]["content"][0]["text"].as_str().expect("text")).expect("json")["env"].clone();
-    let keys: Vec<&str> = env.as_array().expect("env").iter().filter_map(Value::as_str).collect();
+    let env =
+        serde_json::from_str::<Value>(who["result"]["content"][0]["text"].as_str().expect("text"))
+            .expect("json")["env"]
+            .clone();
+    let keys: Vec<&str> = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(keys.contains(&"PATH"), "{keys:?}");
     for k in &keys {
-        assert!(!k.starts_with("CUSTOS") && !k.starts_with("RUST") && !k.starts_with("CARGO"), "leaked env var {k}");
+        assert!(
+            !k.starts_with("CUSTOS") && !k.starts_with("RUST") && !k.starts_with("CARGO"),
+            "leaked env var {k}"
+        );
     }
 
     let started = std::time::Instant::now();
     let hung = call(&mcp, &sid, "fx__hang", json!({}));
     assert_eq!(hung["error"]["code"], -32011, "{hung}");
-    assert!(hung["error"]["message"].as_str().expect("msg").contains("did not answer within 2s"), "{hung}");
+    assert!(
+        hung["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("did not answer within 2s"),
+        "{hung}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let second = pid(&call(&mcp, &sid, "fx__whoami", json!({})));
     assert_ne!(first, second, "a hung upstream is restarted");
@@ -150,10 +255,21 @@ fn dead_hanging_and_crashing_upstreams_answer_with_errors_and_are_restarted() {
         .expect("records")
         .iter()
         .filter(|r| r["kind"] == "tool_call")
-        .map(|r| (r["tool"].as_str().unwrap_or("").to_owned(), r["outcome"].as_str().unwrap_or("").to_owned()))
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap_or("").to_owned(),
+                r["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
-    assert!(outcomes.contains(&("fx__hang".into(), "timeout".into())), "{outcomes:?}");
-    assert!(outcomes.contains(&("fx__crash".into(), "upstream_failed".into())), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&("fx__hang".into(), "timeout".into())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("fx__crash".into(), "upstream_failed".into())),
+        "{outcomes:?}"
+    );
 
     // An upstream whose program does not exist.
     s.apply("kind: Upstream\nname: ghost\ncommand: [/nonexistent/mcp-server]\ntiers: {x: 1}\n---\nkind: Template\nname: ghostly\nttl: 5m\ntools: [ghost__x]\n");
@@ -167,9 +283,19 @@ fn dead_hanging_and_crashing_upstreams_answer_with_errors_and_are_restarted() {
     let g = RawMcp::new(&s.mcp_url(), Some(&gtoken));
     let gsid = g.initialize();
     let listed = g.call(&gsid, "tools/list", json!({}));
-    assert_eq!(listed.body["result"]["tools"], json!([]), "a dead upstream lists nothing, and the list still answers");
+    assert_eq!(
+        listed.body["result"]["tools"],
+        json!([]),
+        "a dead upstream lists nothing, and the list still answers"
+    );
     let dead = call(&g, &gsid, "ghost__x", json!({}));
     assert_eq!(dead["error"]["code"], -32011);
-    assert!(dead["error"]["message"].as_str().expect("msg").contains("cannot start"), "{dead}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("cannot start"),
+        "{dead}"
+    );
     assert!(s.cli(&["audit", "verify"]).status.success());
 }

@@ -20,15 +20,26 @@ fn meta() -> Value {
     json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}})
 }
 
-fn modern(mcp: &RawMcp, method: &str, mut params: Value, name: Option<&str>) -> super::support::RawReply {
+fn modern(
+    mcp: &RawMcp,
+    method: &str,
+    mut params: Value,
+    name: Option<&str>,
+) -> super::support::RawReply {
     if params.get("_meta").is_none() {
         params["_meta"] = meta();
     }
-    let mut headers = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
+    let mut headers = vec![
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+    ];
     if let Some(n) = name {
         headers.push(("mcp-name", n));
     }
-    mcp.post(&json!({"jsonrpc":"2.0","id":"r1","method":method,"params":params}), &headers)
+    mcp.post(
+        &json!({"jsonrpc":"2.0","id":"r1","method":method,"params":params}),
+        &headers,
+    )
 }
 
 #[test]
@@ -38,65 +49,195 @@ fn stateless_era_discover_list_and_call() {
     assert_eq!(r.status, 200, "{}", r.body);
     let d = &r.body["result"];
     assert_eq!(d["supportedVersions"], json!(["2026-07-28"]));
-    assert_eq!((d["resultType"].as_str(), d["cacheScope"].as_str(), d["ttlMs"].as_i64()), (Some("complete"), Some("private"), Some(0)));
-    assert_eq!(d["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "custos");
-    assert!(r.headers.get("mcp-session-id").is_none(), "no sessions in the stateless era");
+    assert_eq!(
+        (
+            d["resultType"].as_str(),
+            d["cacheScope"].as_str(),
+            d["ttlMs"].as_i64()
+        ),
+        (Some("complete"), Some("private"), Some(0))
+    );
+    assert_eq!(
+        d["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "custos"
+    );
+    assert!(
+        !r.headers.contains_key("mcp-session-id"),
+        "no sessions in the stateless era"
+    );
 
     let r = modern(&mcp, "tools/list", json!({}), None);
-    let mut names: Vec<&str> = r.body["result"]["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    let mut names: Vec<&str> = r.body["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
     names.sort_unstable();
-    assert_eq!(names, vec!["fx__crash", "fx__echo", "fx__hang", "fx__publish", "fx__whoami"], "tier 4 wipe and the unexposable bad.name are absent");
+    assert_eq!(
+        names,
+        vec![
+            "fx__crash",
+            "fx__echo",
+            "fx__hang",
+            "fx__publish",
+            "fx__whoami"
+        ],
+        "tier 4 wipe and the unexposable bad.name are absent"
+    );
     assert_eq!(r.body["result"]["resultType"], "complete");
 
-    let r = modern(&mcp, "tools/call", json!({"name": "fx__echo", "arguments": {"x": 1}}), Some("fx__echo"));
+    let r = modern(
+        &mcp,
+        "tools/call",
+        json!({"name": "fx__echo", "arguments": {"x": 1}}),
+        Some("fx__echo"),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["result"]["content"][0]["text"], "{\"x\": 1}");
     assert_eq!(r.body["result"]["resultType"], "complete");
     assert_eq!(r.body["id"], "r1");
 
-    let r = modern(&mcp, "tools/call", json!({"name": "fx__wipe", "arguments": {}}), Some("fx__wipe"));
-    assert_eq!((r.status, r.body["error"]["code"].as_i64()), (200, Some(-32010)));
+    let r = modern(
+        &mcp,
+        "tools/call",
+        json!({"name": "fx__wipe", "arguments": {}}),
+        Some("fx__wipe"),
+    );
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_i64()),
+        (200, Some(-32010))
+    );
     assert_eq!(r.body["error"]["data"]["reason"], "tier4_denied");
-    let r = modern(&mcp, "tools/call", json!({"name": "fx__publish", "arguments": {}}), Some("fx__publish"));
+    let r = modern(
+        &mcp,
+        "tools/call",
+        json!({"name": "fx__publish", "arguments": {}}),
+        Some("fx__publish"),
+    );
     assert_eq!(r.body["error"]["data"]["reason"], "approval_unavailable");
-    assert!(r.body["error"]["message"].as_str().expect("msg").contains("approval"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("approval")
+    );
 }
 
 #[test]
 fn stateless_era_validation() {
     let (_s, mcp) = client();
     let cases: Vec<(super::support::RawReply, u16, i64)> = vec![
-        (mcp.post(&json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta": meta()}}), &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")]), 400, -32020),
-        (mcp.post(&json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}), &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")]), 400, -32602),
-        (modern(&mcp, "tools/call", json!({"name": "fx__echo"}), Some("fx__whoami")), 400, -32020),
-        (modern(&mcp, "tools/call", json!({"name": "fx__echo"}), None), 400, -32020),
-        (mcp.post(&json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta": meta()}}), &[("mcp-protocol-version", "2099-01-01"), ("mcp-method", "tools/list")]), 400, -32022),
+        (
+            mcp.post(
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta": meta()}}),
+                &[
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", "tools/call"),
+                ],
+            ),
+            400,
+            -32020,
+        ),
+        (
+            mcp.post(
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}),
+                &[
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", "tools/list"),
+                ],
+            ),
+            400,
+            -32602,
+        ),
+        (
+            modern(
+                &mcp,
+                "tools/call",
+                json!({"name": "fx__echo"}),
+                Some("fx__whoami"),
+            ),
+            400,
+            -32020,
+        ),
+        (
+            modern(&mcp, "tools/call", json!({"name": "fx__echo"}), None),
+            400,
+            -32020,
+        ),
+        (
+            mcp.post(
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta": meta()}}),
+                &[
+                    ("mcp-protocol-version", "2099-01-01"),
+                    ("mcp-method", "tools/list"),
+                ],
+            ),
+            400,
+            -32022,
+        ),
         (modern(&mcp, "initialize", json!({}), None), 404, -32601),
         (modern(&mcp, "ping", json!({}), None), 404, -32601),
     ];
     for (i, (r, status, code)) in cases.iter().enumerate() {
-        assert_eq!((r.status, r.body["error"]["code"].as_i64()), (*status, Some(*code)), "case {i}: {}", r.body);
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_i64()),
+            (*status, Some(*code)),
+            "case {i}: {}",
+            r.body
+        );
     }
-    assert_eq!(cases[4].0.body["error"]["data"]["supported"], json!(["2026-07-28"]));
+    assert_eq!(
+        cases[4].0.body["error"]["data"]["supported"],
+        json!(["2026-07-28"])
+    );
     // A base64-encoded Mcp-Name matches its decoded value.
-    let r = modern(&mcp, "tools/call", json!({"name": "fx__echo", "arguments": {}}), Some("=?base64?ZnhfX2VjaG8=?="));
+    let r = modern(
+        &mcp,
+        "tools/call",
+        json!({"name": "fx__echo", "arguments": {}}),
+        Some("=?base64?ZnhfX2VjaG8=?="),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     // Notifications are accepted without an answer.
-    let r = mcp.post(&json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"_meta": meta()}}), &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "notifications/cancelled")]);
+    let r = mcp.post(
+        &json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"_meta": meta()}}),
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "notifications/cancelled"),
+        ],
+    );
     assert_eq!(r.status, 202);
 }
 
 #[test]
 fn session_era_negotiation_and_termination() {
     let (_s, mcp) = client();
-    for (asked, answered) in [("2025-03-26", "2025-03-26"), ("2025-11-25", "2025-11-25"), ("1999-01-01", "2025-11-25")] {
+    for (asked, answered) in [
+        ("2025-03-26", "2025-03-26"),
+        ("2025-11-25", "2025-11-25"),
+        ("1999-01-01", "2025-11-25"),
+    ] {
         let r = mcp.post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion": asked, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}), &[]);
         assert_eq!(r.body["result"]["protocolVersion"], answered);
-        assert_eq!(r.body["result"]["capabilities"], json!({"tools": {"listChanged": false}}));
+        assert_eq!(
+            r.body["result"]["capabilities"],
+            json!({"tools": {"listChanged": false}})
+        );
     }
     let sid = mcp.initialize();
-    let h = [("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
-    assert_eq!(mcp.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}), &h).status, 202);
+    let h = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    assert_eq!(
+        mcp.post(
+            &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+            &h
+        )
+        .status,
+        202
+    );
     assert_eq!(mcp.call(&sid, "ping", json!({})).body["result"], json!({}));
     let del = reqwest::blocking::Client::new()
         .delete(&mcp.url)
@@ -105,5 +246,9 @@ fn session_era_negotiation_and_termination() {
         .send()
         .expect("delete");
     assert_eq!(del.status().as_u16(), 200);
-    assert_eq!(mcp.call(&sid, "tools/list", json!({})).status, 404, "a deleted session is gone");
+    assert_eq!(
+        mcp.call(&sid, "tools/list", json!({})).status,
+        404,
+        "a deleted session is gone"
+    );
 }

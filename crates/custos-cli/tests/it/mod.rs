@@ -1,4 +1,9 @@
 mod support;
 
+mod audit_tamper;
 mod auth;
+mod badinput;
+mod eras;
+mod python_client;
 mod quickstart;
+mod surface;

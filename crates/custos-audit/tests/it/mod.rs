@@ -1,0 +1,4 @@
+mod append;
+mod encoding;
+mod support;
+mod tamper;

@@ -1,0 +1,6 @@
+mod audit;
+mod connect;
+mod identity;
+mod resources;
+mod tamper;
+mod tasks;
