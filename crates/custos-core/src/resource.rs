@@ -480,3 +480,50 @@ public_key: |
         assert_eq!(Kind::parse("x"), None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::parse_documents;
+    use crate::duration::parse_duration;
+    use crate::glob::glob_match;
+    use crate::names::ExposedTool;
+
+    proptest! {
+        // Whatever an operator or the network sends, parsing answers with a value or an error.
+        #[test]
+        fn parsers_never_panic(text in "\\PC{0,300}") {
+            let _ = parse_documents(&text);
+            let _ = parse_duration(&text);
+            let _ = ExposedTool::parse(&text);
+        }
+
+        #[test]
+        fn yaml_shaped_input_never_panics(
+            kind in prop::sample::select(vec!["Upstream", "Template", "Agent", "x"]),
+            body in "[a-z_: \\n\\[\\]{},*0-9-]{0,200}",
+        ) {
+            let _ = parse_documents(&format!("kind: {kind}\n{body}"));
+        }
+
+        #[test]
+        fn a_literal_pattern_matches_only_itself(a in "[a-z_]{0,20}", b in "[a-z_]{0,20}") {
+            prop_assert_eq!(glob_match(&a, &b), a == b);
+            prop_assert!(glob_match("*", &b));
+            let prefix = format!("{}*", &a);
+            let prefixed = format!("{a}{b}");
+            prop_assert!(glob_match(&prefix, &prefixed));
+        }
+
+        #[test]
+        fn exposed_names_round_trip(up in "[a-z0-9-]{1,20}", tool in "[a-zA-Z0-9_-]{1,30}") {
+            prop_assume!(!up.contains("__"));
+            if let Some(name) = ExposedTool::expose(&up, &tool) {
+                let t = ExposedTool::parse(&name).expect("exposed names parse");
+                prop_assert_eq!(t.upstream, up);
+                prop_assert_eq!(t.tool, tool);
+            }
+        }
+    }
+}
