@@ -75,8 +75,9 @@ impl Broker {
         })
     }
 
-    /// Creates (or, for `replace`, re-keys) an operator without an acting operator: used at
-    /// start-up for the dev admin.
+    /// Creates an operator without an acting operator, at start-up. With `replace` an existing
+    /// one is re-keyed (the embedded database, whose token file was lost); without it an
+    /// existing operator is left alone and `None` returned (a database shared by replicas).
     ///
     /// # Errors
     /// [`BrokerError`] when the store fails.
@@ -84,7 +85,8 @@ impl Broker {
         &self,
         name: &str,
         role: Role,
-    ) -> Result<OperatorToken, BrokerError> {
+        replace: bool,
+    ) -> Result<Option<OperatorToken>, BrokerError> {
         let token = OperatorToken::generate();
         let row = OperatorRow {
             name: name.to_owned(),
@@ -92,17 +94,25 @@ impl Broker {
             created_at: self.inner.clock.now_ms(),
             created_by: "bootstrap".to_owned(),
         };
-        self.inner
-            .store
-            .upsert_operator(&row, &token.hash())
-            .await?;
+        if replace {
+            self.inner
+                .store
+                .upsert_operator(&row, &token.hash())
+                .await?;
+        } else {
+            match self.inner.store.create_operator(&row, &token.hash()).await {
+                Ok(()) => {}
+                Err(custos_store::StoreError::Conflict) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut e = AuditEvent::new("operator_create");
         e.actor = Some("bootstrap".into());
         e.reason = Some(format!(
-            "operator `{name}` with role `{role}` (re)keyed at start"
+            "operator `{name}` with role `{role}` keyed at start"
         ));
         self.record(e).await?;
-        Ok(token)
+        Ok(Some(token))
     }
 
     /// Creates an operator and returns its token once.

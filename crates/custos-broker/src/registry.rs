@@ -136,6 +136,19 @@ impl Broker {
         self.reload().await
     }
 
+    /// The snapshot, re-read at once when it lacks what `has` looks for (something another
+    /// replica just created), unless it was read in the last 200 ms.
+    pub(crate) async fn snapshot_having(
+        &self,
+        has: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>, BrokerError> {
+        let snap = self.snapshot().await?;
+        if has(&snap) || self.inner.clock.now_ms() - snap.loaded_at < 200 {
+            return Ok(snap);
+        }
+        self.reload().await
+    }
+
     async fn reload(&self) -> Result<Arc<Snapshot>, BrokerError> {
         let snap = load_snapshot(&self.inner.store, self.inner.clock.now_ms()).await?;
         self.inner.registry.set(snap);

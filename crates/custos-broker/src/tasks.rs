@@ -154,7 +154,11 @@ impl Broker {
     /// use, or a TTL beyond the template's; [`BrokerError::Forbidden`] without the initiator role.
     pub async fn start_task(&self, op: &Operator, req: StartTask) -> Result<TaskRow, BrokerError> {
         op.require(Permission::RunTasks)?;
-        let snap = self.snapshot().await?;
+        let snap = self
+            .snapshot_having(|s| {
+                s.agents.contains_key(&req.agent) && s.templates.contains_key(&req.template)
+            })
+            .await?;
         let agent = snap
             .agents
             .get(&req.agent)
@@ -331,7 +335,9 @@ impl Broker {
             return fail("unknown_task", None).await;
         };
         let agent_name = task.agent.clone();
-        let snap = self.snapshot().await?;
+        let snap = self
+            .snapshot_having(|s| s.agents.contains_key(&agent_name))
+            .await?;
         let Some(agent) = snap.agents.get(&agent_name) else {
             return fail("unknown_agent", Some(agent_name)).await;
         };
@@ -422,7 +428,11 @@ impl Broker {
             },
         };
         let agent = claims.act.sub.clone();
-        let snap = self.snapshot().await?;
+        let snap = self
+            .snapshot_having(|s| {
+                s.agents.contains_key(&agent) && s.templates.contains_key(&claims.template)
+            })
+            .await?;
         let reason = match self.task(&claims.task_id, now_ms).await? {
             None => Some("unknown_task"),
             Some(t) if t.agent != agent || t.template != claims.template => Some("task_mismatch"),

@@ -127,11 +127,21 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
         _ => false,
     };
     if !still_valid {
+        // Re-key the admin only when the database is the embedded one in this data directory;
+        // a shared database's admin belongs to the replica that created it.
+        let embedded = config.database_url.is_none();
         let token = broker
-            .bootstrap_operator("admin", Role::Admin)
+            .bootstrap_operator("admin", Role::Admin, embedded)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the admin operator: {e}"))?;
-        write_private(&admin_token_path, &format!("{}\n", token.expose()))?;
+        match token {
+            Some(t) => write_private(&admin_token_path, &format!("{}\n", t.expose()))?,
+            None => tracing::warn!(
+                path = %admin_token_path.display(),
+                "the shared database already has an admin operator; no admin token written here \
+                 (copy admin.token from the replica that created it, or use `custos operator create`)"
+            ),
+        }
     }
 
     let metrics = ServerMetrics::new(broker.metrics());
