@@ -87,34 +87,43 @@ async fn writer(
     mut rx: mpsc::Receiver<Pending>,
     last_written: Arc<Mutex<Option<AuditHead>>>,
 ) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    // A connection kept for the writer (SQLite): no pool round trip per commit.
+    let mut appender = store.audit_appender();
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut replies: Vec<oneshot::Sender<Result<AuditRow, AuditError>>> =
+        Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
+        events.push(first.event);
+        replies.push(first.reply);
+        while events.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    events.push(p.event);
+                    replies.push(p.reply);
+                }
                 Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
         let now = clock.now_ms();
-        let result = store
-            .append_audit(move |head| {
+        // Called once, or twice if another writer moved the head (then with the stored head).
+        let result = appender
+            .append(|head| {
                 let (mut seq, mut prev) = match head {
                     Some(h) => (h.seq, h.hash),
                     None => (0, GENESIS_HASH.to_owned()),
                 };
                 events
-                    .into_iter()
+                    .iter()
                     .map(|e| {
                         seq += 1;
-                        let row = e.into_row(seq, now, std::mem::take(&mut prev));
+                        let row = e.clone().into_row(seq, now, std::mem::take(&mut prev));
                         prev = row.hash.clone();
                         row
                     })
                     .collect()
             })
             .await;
+        events.clear();
         match result {
             Ok(rows) => {
                 if let (Some(last), Ok(mut g)) = (rows.last(), last_written.lock()) {
@@ -123,14 +132,14 @@ async fn writer(
                         hash: last.hash.clone(),
                     });
                 }
-                for (p, row) in batch.drain(..).zip(rows) {
-                    let _ = p.reply.send(Ok(row));
+                for (reply, row) in replies.drain(..).zip(rows) {
+                    let _ = reply.send(Ok(row));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "audit append failed; denying");
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(AuditError::Store(StoreError::Corrupt(
+                tracing::error!(error = %e, records = replies.len(), "audit append failed; denying");
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(AuditError::Store(StoreError::Corrupt(
                         "append failed".into(),
                     ))));
                 }

@@ -137,13 +137,15 @@ impl Broker {
     }
 
     /// The snapshot, re-read at once when it lacks what `has` looks for (something another
-    /// replica just created), unless it was read in the last 200 ms.
+    /// replica just created) and is older than `min_age_ms` (which bounds how often a request
+    /// naming something that does not exist can force a re-read).
     pub(crate) async fn snapshot_having(
         &self,
         has: impl Fn(&Snapshot) -> bool,
+        min_age_ms: i64,
     ) -> Result<Arc<Snapshot>, BrokerError> {
         let snap = self.snapshot().await?;
-        if has(&snap) || self.inner.clock.now_ms() - snap.loaded_at < 200 {
+        if has(&snap) || self.inner.clock.now_ms() - snap.loaded_at < min_age_ms {
             return Ok(snap);
         }
         self.reload().await

@@ -155,9 +155,10 @@ impl Broker {
     pub async fn start_task(&self, op: &Operator, req: StartTask) -> Result<TaskRow, BrokerError> {
         op.require(Permission::RunTasks)?;
         let snap = self
-            .snapshot_having(|s| {
-                s.agents.contains_key(&req.agent) && s.templates.contains_key(&req.template)
-            })
+            .snapshot_having(
+                |s| s.agents.contains_key(&req.agent) && s.templates.contains_key(&req.template),
+                0,
+            )
             .await?;
         let agent = snap
             .agents
@@ -336,7 +337,7 @@ impl Broker {
         };
         let agent_name = task.agent.clone();
         let snap = self
-            .snapshot_having(|s| s.agents.contains_key(&agent_name))
+            .snapshot_having(|s| s.agents.contains_key(&agent_name), 0)
             .await?;
         let Some(agent) = snap.agents.get(&agent_name) else {
             return fail("unknown_agent", Some(agent_name)).await;
@@ -429,9 +430,10 @@ impl Broker {
         };
         let agent = claims.act.sub.clone();
         let snap = self
-            .snapshot_having(|s| {
-                s.agents.contains_key(&agent) && s.templates.contains_key(&claims.template)
-            })
+            .snapshot_having(
+                |s| s.agents.contains_key(&agent) && s.templates.contains_key(&claims.template),
+                50,
+            )
             .await?;
         let reason = match self.task(&claims.task_id, now_ms).await? {
             None => Some("unknown_task"),

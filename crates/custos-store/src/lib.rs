@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 };
 use thiserror::Error;
 
-pub use audit::{AuditHead, AuditRow};
+pub use audit::{AuditAppender, AuditHead, AuditRow};
 pub use identity::{AgentStatus, OperatorRow};
 pub use resources::{AppliedChange, ChangeOp, ResourceRow};
 pub use tasks::{TaskRow, TaskState};
@@ -145,6 +145,8 @@ impl Store {
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                // An embedded database cannot drop a connection: skip the ping per acquire.
+                .test_before_acquire(false)
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;

@@ -23,7 +23,8 @@ struct Session {
 /// One HTTP upstream.
 pub struct HttpUpstream {
     name: String,
-    url: String,
+    /// Parsed once: parsing (with IDNA host processing) on every request costs CPU.
+    url: Result<reqwest::Url, String>,
     timeout: Duration,
     client: reqwest::Client,
     session: Mutex<Option<Session>>,
@@ -41,7 +42,7 @@ impl HttpUpstream {
     pub fn new(name: &str, url: &str, timeout: Duration, client: reqwest::Client) -> Self {
         Self {
             name: name.to_owned(),
-            url: url.to_owned(),
+            url: reqwest::Url::parse(url).map_err(|e| e.to_string()),
             timeout,
             client,
             session: Mutex::new(None),
@@ -155,9 +156,13 @@ impl HttpUpstream {
         method: &str,
         params: Option<&Value>,
     ) -> Result<(Reply, Option<String>), UpstreamError> {
+        let url = self
+            .url
+            .clone()
+            .map_err(|e| self.fail(format!("request failed: invalid URL: {e}")))?;
         let mut req = self
             .client
-            .post(&self.url)
+            .post(url)
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .body(msg.to_string());
@@ -266,10 +271,10 @@ impl HttpUpstream {
     /// Ends the session (best effort).
     pub async fn shutdown(&self) {
         let s = self.session.lock().await.take();
-        if let Some(Session { id: Some(id), era }) = s {
+        if let (Some(Session { id: Some(id), era }), Ok(url)) = (s, self.url.clone()) {
             let _ = self
                 .client
-                .delete(&self.url)
+                .delete(url)
                 .header("mcp-session-id", id)
                 .header("mcp-protocol-version", era.version())
                 .timeout(Duration::from_secs(2))
