@@ -95,11 +95,11 @@ macro_rules! row_to_audit {
     }};
 }
 
-macro_rules! insert_row {
-    ($tx:expr, $r:expr) => {{
+/// Binds one row's 19 columns, in `INSERT` order, to a query of either backend.
+macro_rules! bind_row {
+    ($q:expr, $r:expr) => {{
         let r = $r;
-        sqlx::query(INSERT)
-            .bind(r.seq)
+        $q.bind(r.seq)
             .bind(r.at)
             .bind(&r.prev_hash)
             .bind(&r.hash)
@@ -118,6 +118,12 @@ macro_rules! insert_row {
             .bind(&r.outcome)
             .bind(r.latency_us)
             .bind(&r.detail)
+    }};
+}
+
+macro_rules! insert_row {
+    ($tx:expr, $r:expr) => {{
+        bind_row!(sqlx::query(INSERT), $r)
             .execute(&mut *$tx)
             .await?;
     }};
@@ -204,26 +210,7 @@ async fn sqlite_insert_rows(
         let (chunk, tail) = rest.split_at(n);
         let mut q = sqlx::query(sqlite_insert_sql(n, first, tail.is_empty()));
         for r in chunk {
-            q = q
-                .bind(r.seq)
-                .bind(r.at)
-                .bind(&r.prev_hash)
-                .bind(&r.hash)
-                .bind(&r.kind)
-                .bind(&r.actor)
-                .bind(&r.initiator)
-                .bind(&r.agent)
-                .bind(&r.task)
-                .bind(&r.template)
-                .bind(&r.tool)
-                .bind(&r.upstream)
-                .bind(&r.arg_digest)
-                .bind(&r.decision)
-                .bind(r.tier)
-                .bind(&r.reason)
-                .bind(&r.outcome)
-                .bind(r.latency_us)
-                .bind(&r.detail);
+            q = bind_row!(q, r);
         }
         q.execute(&mut *conn).await?;
         rest = tail;
