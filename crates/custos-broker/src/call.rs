@@ -218,8 +218,12 @@ impl Broker {
 
         // Resolve the tool and decide.
         let permit = self.decide(ctx, name, &arguments, &mut event);
-        let (permit, upstream) = match permit {
-            Ok(p) => p,
+        let Resolved {
+            permit,
+            upstream,
+            tool,
+        } = match permit {
+            Ok(r) => r,
             Err((reason, message, tier)) => {
                 event.decision = Some("deny".into());
                 event.reason = Some(format!("{reason}: {message}"));
@@ -240,9 +244,8 @@ impl Broker {
         event.reason = Some(permit.rule().to_owned());
 
         // [Tier 3 hold, credential minting: later stages, before the call.]
-        let tool = ExposedTool::parse(name).map_err(|e| BrokerError::Invalid(e.to_string()))?;
         let call_started = Instant::now();
-        let result = upstreams.call_tool(&upstream, &tool.tool, arguments).await;
+        let result = upstreams.call_tool(upstream, &tool.tool, arguments).await;
         self.inner
             .metrics
             .upstream_latency(&upstream.name, call_started.elapsed().as_secs_f64());
@@ -272,13 +275,14 @@ impl Broker {
         result.map_err(CallError::Upstream)
     }
 
-    fn decide(
+    /// Resolves the exposed name and decides.
+    fn decide<'a>(
         &self,
-        ctx: &TaskContext,
+        ctx: &'a TaskContext,
         name: &str,
         arguments: &Value,
         event: &mut AuditEvent,
-    ) -> Result<(Permit, UpstreamSpec), (&'static str, String, Option<u8>)> {
+    ) -> Result<Resolved<'a>, Refused> {
         let tool =
             ExposedTool::parse(name).map_err(|e| ("invalid_tool_name", e.to_string(), None))?;
         event.upstream = Some(tool.upstream.clone());
@@ -295,7 +299,11 @@ impl Broker {
         let upstream = ctx.snapshot.upstreams.get(&tool.upstream).map(|u| &u.spec);
         match custos_policy::decide(template, upstream, &tool, arguments) {
             Ok(permit) => match upstream {
-                Some(u) => Ok((permit, u.clone())),
+                Some(upstream) => Ok(Resolved {
+                    permit,
+                    upstream,
+                    tool,
+                }),
                 None => Err((
                     "unknown_upstream",
                     format!("tool `{name}` names no registered upstream"),
@@ -306,6 +314,17 @@ impl Broker {
         }
     }
 }
+
+/// A permitted call: the permit, its upstream (borrowed from the request's snapshot) and the
+/// parsed tool.
+struct Resolved<'a> {
+    permit: Permit,
+    upstream: &'a UpstreamSpec,
+    tool: ExposedTool,
+}
+
+/// A refused call: reason code, message for the agent, tier when one was classified.
+type Refused = (&'static str, String, Option<u8>);
 
 fn micros(since: Instant) -> i64 {
     i64::try_from(since.elapsed().as_micros()).unwrap_or(i64::MAX)

@@ -76,9 +76,6 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
         if let Ok(Resource::Agent(spec)) = Resource::from_spec_json(Kind::Agent, row.spec) {
             // INVARIANT: keys were checked at apply; one that no longer parses leaves the agent out (deny).
             if let Ok(key) = parse_public_key_pem(&spec.public_key) {
-                if store.agent_suspended(&row.name).await? {
-                    snap.suspended.insert(row.name.clone());
-                }
                 snap.agents.insert(
                     row.name,
                     Versioned {
@@ -89,6 +86,8 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
             }
         }
     }
+    // One query for every suspension, not one per agent (the snapshot is re-read each second).
+    snap.suspended = store.suspended_agents().await?.into_iter().collect();
     Ok(snap)
 }
 

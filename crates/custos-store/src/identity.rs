@@ -130,6 +130,18 @@ impl Store {
         })
     }
 
+    /// The names of all suspended agents.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn suspended_agents(&self) -> Result<Vec<String>, StoreError> {
+        const Q: &str = "SELECT name FROM agent_status WHERE suspended = $1";
+        on_pool!(self, p => {
+            let rows = sqlx::query(Q).bind(true).fetch_all(p).await?;
+            rows.into_iter().map(|r| Ok(r.try_get("name")?)).collect()
+        })
+    }
+
     /// Records an assertion's `jti`. `false` when it was seen before (a replay).
     ///
     /// Expired entries are swept as a side effect.
