@@ -5,9 +5,11 @@
 //! record is durable, and concurrent appends share one transaction (group commit).
 
 mod chain;
+mod event;
 mod log;
 mod verify;
 
-pub use chain::{AuditEvent, GENESIS_HASH, canonical_bytes, record_hash};
+pub use chain::{CURRENT_FORMAT, GENESIS_HASH, KNOWN_FORMATS, canonical_bytes, record_hash};
+pub use event::{AuditEvent, Detail, EventKind, MAX_DETAIL, MAX_FIELD};
 pub use log::{AuditError, AuditLog};
 pub use verify::{VerifyReport, verify};

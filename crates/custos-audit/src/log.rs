@@ -8,7 +8,8 @@ use custos_store::{AuditHead, AuditRow, Store, StoreError};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chain::{AuditEvent, GENESIS_HASH};
+use crate::chain::GENESIS_HASH;
+use crate::event::AuditEvent;
 
 /// The most records one commit carries.
 const MAX_BATCH: usize = 512;
@@ -19,20 +20,27 @@ pub enum AuditError {
     /// The store refused the append.
     #[error("audit store unavailable")]
     Store(#[from] StoreError),
+    /// The stored chain no longer reaches what this process wrote: someone rewrote the log.
+    /// Nothing more is appended, so the rewrite stays visible.
+    #[error("the stored audit chain is behind what this server wrote; refusing to append")]
+    Rewritten,
     /// The writer task is gone (shutting down).
     #[error("audit writer stopped")]
     Stopped,
 }
 
-struct Pending {
-    event: AuditEvent,
-    reply: oneshot::Sender<Result<AuditRow, AuditError>>,
+enum Msg {
+    Append {
+        event: Box<AuditEvent>,
+        reply: oneshot::Sender<Result<AuditRow, AuditError>>,
+    },
+    Close(oneshot::Sender<()>),
 }
 
 /// A handle to the audit log. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Msg>,
     store: Store,
     last_written: Arc<Mutex<Option<AuditHead>>>,
 }
@@ -46,7 +54,7 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Store, clock: Arc<dyn Clock>) -> Self {
-        let (tx, rx) = mpsc::channel::<Pending>(8192);
+        let (tx, rx) = mpsc::channel::<Msg>(8192);
         let last_written = Arc::new(Mutex::new(None));
         tokio::spawn(writer(store.clone(), clock, rx, last_written.clone()));
         Self {
@@ -63,10 +71,22 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRow, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { event, reply })
+            .send(Msg::Append {
+                event: Box::new(event),
+                reply,
+            })
             .await
             .map_err(|_| AuditError::Stopped)?;
         rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Commits every record sent before this call, then stops the writer: later appends fail
+    /// with [`AuditError::Stopped`]. Returns once the writer has drained.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The store the log writes to.
@@ -81,10 +101,22 @@ impl AuditLog {
     }
 }
 
+/// Whether the stored head no longer reaches `ours`, the last record this process committed.
+/// On SQLite this process is the only writer, so a head behind ours, or one at our position
+/// with another hash, means the log was truncated or rewritten behind our back. (Replicas on
+/// PostgreSQL move the head ahead of each other; behind is still a rewrite there.)
+fn rewritten(stored: Option<&AuditHead>, ours: Option<&AuditHead>) -> bool {
+    match (stored, ours) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(s), Some(o)) => s.seq < o.seq || (s.seq == o.seq && s.hash != o.hash),
+    }
+}
+
 async fn writer(
     store: Store,
     clock: Arc<dyn Clock>,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Msg>,
     last_written: Arc<Mutex<Option<AuditHead>>>,
 ) {
     // A connection kept for the writer (SQLite): no pool round trip per commit.
@@ -92,22 +124,38 @@ async fn writer(
     let mut events: Vec<AuditEvent> = Vec::new();
     let mut replies: Vec<oneshot::Sender<Result<AuditRow, AuditError>>> =
         Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        events.push(first.event);
-        replies.push(first.reply);
-        while events.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => {
-                    events.push(p.event);
-                    replies.push(p.reply);
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        let Some(first) = rx.recv().await else { break };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Append { event, reply } => {
+                    events.push(*event);
+                    replies.push(reply);
                 }
-                Err(_) => break,
+                Msg::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if events.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
+        if events.is_empty() {
+            continue;
+        }
         let now = clock.now_ms();
+        let ours = last_written.lock().ok().and_then(|g| g.clone());
+        let mut refused = false;
         // Called once, or twice if another writer moved the head (then with the stored head).
         let result = appender
             .append(|head| {
+                if rewritten(head.as_ref(), ours.as_ref()) {
+                    refused = true;
+                    return Vec::new();
+                }
                 let (mut seq, mut prev) = match head {
                     Some(h) => (h.seq, h.hash),
                     None => (0, GENESIS_HASH.to_owned()),
@@ -125,7 +173,7 @@ async fn writer(
             .await;
         events.clear();
         match result {
-            Ok(rows) => {
+            Ok(rows) if !refused && rows.len() == replies.len() => {
                 if let (Some(last), Ok(mut g)) = (rows.last(), last_written.lock()) {
                     *g = Some(AuditHead {
                         seq: last.seq,
@@ -134,6 +182,16 @@ async fn writer(
                 }
                 for (reply, row) in replies.drain(..).zip(rows) {
                     let _ = reply.send(Ok(row));
+                }
+            }
+            Ok(_) => {
+                tracing::error!(
+                    records = replies.len(),
+                    "the stored audit chain is behind what this server wrote (truncated or \
+                     rewritten); refusing to append, denying"
+                );
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(AuditError::Rewritten));
                 }
             }
             Err(e) => {
@@ -145,5 +203,48 @@ async fn writer(
                 }
             }
         }
+    }
+    drop(appender);
+    if let Some(done) = closing {
+        rx.close();
+        // Anything queued after the close is refused, never silently dropped.
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Append { reply, .. } = msg {
+                let _ = reply.send(Err(AuditError::Stopped));
+            }
+        }
+        let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(seq: i64, hash: &str) -> AuditHead {
+        AuditHead {
+            seq,
+            hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn a_head_behind_or_different_is_a_rewrite() {
+        assert!(!rewritten(None, None));
+        assert!(!rewritten(Some(&head(3, "a")), None));
+        assert!(!rewritten(Some(&head(3, "a")), Some(&head(3, "a"))));
+        assert!(
+            !rewritten(Some(&head(9, "z")), Some(&head(3, "a"))),
+            "another replica"
+        );
+        assert!(rewritten(None, Some(&head(3, "a"))), "emptied");
+        assert!(
+            rewritten(Some(&head(2, "b")), Some(&head(3, "a"))),
+            "truncated"
+        );
+        assert!(
+            rewritten(Some(&head(3, "x")), Some(&head(3, "a"))),
+            "rewritten"
+        );
     }
 }

@@ -39,6 +39,14 @@ impl Broker {
             .map(|r| {
                 let mut v = json!(r);
                 v["time"] = rfc3339(r.at).into();
+                // The detail is stored as JSON text; the trace shows it as the object it is.
+                if let Some(d) = r
+                    .detail
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                {
+                    v["detail"] = d;
+                }
                 v
             })
             .collect();
@@ -50,7 +58,7 @@ impl Broker {
                 "template": task.template,
                 "template_version": task.template_version,
                 "initiator": task.on_behalf_of,
-                "started_by": task.initiator,
+                "started_by": task.started_by,
                 "purpose": task.purpose,
                 "created": rfc3339(task.created_at),
                 "expires": rfc3339(task.expires_at),

@@ -1,41 +1,51 @@
 //! One tool call through the pipeline, and the filtered tool list.
 //!
 //! ```text
-//! authenticate (done by the edge) -> resolve tool -> classify tier -> decide
-//!   -> [hold for approval: Tier 3]            (approvals)
-//!   -> [mint per-call credential]             (credentials)
-//!   -> call upstream, bounded by its timeout
-//!   -> [scan result: redact, mark taint]      (scanners)
-//!   -> [revoke per-call credential]           (credentials)
-//!   -> append audit record (durable) -> answer
+//! decide (policy: Permit | Hold | Deny)
+//!   -> Hold: [wait for approval]              (approvals; today: refused)
+//!   -> Deny: finish (record, answer)
+//!   -> Permit: commit the decision record (durable, write-ahead)
+//!        -> [mint per-call credential]        (credentials)
+//!        -> call upstream, bounded by its timeout
+//!        -> [scan result: redact, mark taint] (scanners)
+//!        -> [revoke per-call credential]      (credentials)
+//!        -> finish (result record, answer)
 //! ```
-//! Stages in brackets are where later capabilities slot in; each is one function call below.
+//! Each stage is one function below; [`Broker::finish`] ends every call. The pipeline runs on
+//! a task of its own: a client that hangs up cannot stop it between the upstream call and the
+//! record of its outcome.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custos_audit::AuditEvent;
-use custos_core::{ExposedTool, Outcome, UpstreamSpec};
-use custos_crypto::TaskClaims;
-use custos_crypto::sha256_hex;
-use custos_policy::Permit;
+use custos_audit::{AuditEvent, Detail, EventKind};
+use custos_core::text::truncate;
+use custos_core::{Decision, ExposedTool, Outcome, Reason, Tier, UpstreamSpec};
+use custos_crypto::{TaskClaims, new_id};
+use custos_policy::{CallRequest, HeldCall, PermittedCall, PolicyView, Refusal, Verdict};
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::registry::Snapshot;
 use crate::{Broker, BrokerError};
 
-/// An authenticated task: its token's claims and the registry as of this request.
+/// The longest tool name stored in an audit record.
+const MAX_TOOL_FIELD: usize = 128;
+
+/// An authenticated task: its token's claims and the registry as of this request. Only the
+/// broker builds one, by authenticating a task token.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
-    /// The verified claims.
-    pub claims: TaskClaims,
-    /// The registry snapshot used for this request.
-    pub snapshot: Arc<Snapshot>,
+    claims: TaskClaims,
+    snapshot: Arc<Snapshot>,
 }
 
 impl TaskContext {
+    pub(crate) fn new(claims: TaskClaims, snapshot: Arc<Snapshot>) -> Self {
+        Self { claims, snapshot }
+    }
+
     /// The task id.
     pub fn task_id(&self) -> &str {
         &self.claims.task_id
@@ -46,7 +56,23 @@ impl TaskContext {
         &self.claims.act.sub
     }
 
-    fn event(&self, kind: &str) -> AuditEvent {
+    /// The task's template.
+    pub fn template(&self) -> &str {
+        &self.claims.template
+    }
+
+    /// The human or event on whose behalf the task runs.
+    pub fn initiator(&self) -> &str {
+        &self.claims.sub
+    }
+
+    /// The registry snapshot this request is decided against.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// An audit event carrying the task's attribution chain.
+    fn event(&self, kind: EventKind) -> AuditEvent {
         let mut e = AuditEvent::new(kind);
         e.initiator = Some(self.claims.sub.clone());
         e.agent = Some(self.claims.act.sub.clone());
@@ -88,19 +114,17 @@ impl UpstreamError {
 }
 
 /// The MCP client side, implemented by the gateway: lists and calls tools on upstreams.
-pub trait Upstreams: Send + Sync {
+pub trait Upstreams: Send + Sync + 'static {
     /// The upstream's tools (raw MCP tool objects, names as the upstream gives them).
     fn list_tools(
         &self,
         upstream: &UpstreamSpec,
     ) -> impl Future<Output = Result<Vec<Value>, UpstreamError>> + Send;
 
-    /// Calls one tool; the result is the raw MCP `CallToolResult`.
+    /// Makes one permitted call; the result is the raw MCP `CallToolResult`.
     fn call_tool(
         &self,
-        upstream: &UpstreamSpec,
-        tool: &str,
-        arguments: Value,
+        call: &PermittedCall<'_>,
     ) -> impl Future<Output = Result<Value, UpstreamError>> + Send;
 }
 
@@ -108,13 +132,8 @@ pub trait Upstreams: Send + Sync {
 #[derive(Debug, Error)]
 pub enum CallError {
     /// Refused by policy; the upstream was not called.
-    #[error("{message}")]
-    Denied {
-        /// Stable reason code.
-        reason: &'static str,
-        /// What the agent is told.
-        message: String,
-    },
+    #[error("{}", .0.message)]
+    Refused(Refusal),
     /// Allowed, but the upstream failed.
     #[error("{0}")]
     Upstream(UpstreamError),
@@ -123,27 +142,54 @@ pub enum CallError {
     Broker(#[from] BrokerError),
 }
 
+impl CallError {
+    /// The stable reason code for the agent (`data.reason`), metrics and logs.
+    pub fn reason(&self) -> Reason {
+        match self {
+            CallError::Refused(r) => r.reason,
+            CallError::Upstream(_) => Reason::UpstreamFailed,
+            CallError::Broker(_) => Reason::Unavailable,
+        }
+    }
+}
+
 /// A tool result to return to the agent.
 pub type CallResult = Result<Value, CallError>;
 
-/// SHA-256 of the arguments' JSON with object keys sorted (so equal arguments digest equally).
-pub fn argument_digest(arguments: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                Value::Object(
-                    keys.into_iter()
-                        .map(|k| (k.clone(), sorted(&m[k])))
-                        .collect(),
-                )
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
+/// One call on its way through the pipeline: its id, its attribution and its clock.
+struct CallLog {
+    event: AuditEvent,
+    started: Instant,
+}
+
+impl CallLog {
+    fn begin(ctx: &TaskContext, request: &CallRequest) -> Self {
+        let mut event = ctx.event(EventKind::ToolCall);
+        event.call_id = Some(new_id("call_"));
+        event.tool = Some(truncate(request.name(), MAX_TOOL_FIELD).into_owned());
+        event.arg_digest = Some(request.digest().to_owned());
+        event.policy_version = Some(ctx.snapshot.policy_version);
+        Self {
+            event,
+            started: Instant::now(),
         }
     }
-    sha256_hex(sorted(arguments).to_string().as_bytes())
+
+    fn micros(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+/// How a call ended, for [`Broker::finish`].
+enum Ending {
+    /// Refused before any upstream was called.
+    Refused(Refusal),
+    /// Permitted and called.
+    Called {
+        tier: Tier,
+        upstream: String,
+        result: Result<Value, UpstreamError>,
+    },
 }
 
 impl Broker {
@@ -187,7 +233,7 @@ impl Broker {
                     continue;
                 };
                 let Some(exposed) = ExposedTool::expose(name, &tool_name) else {
-                    tracing::debug!(upstream = %name, tool = %tool_name, "tool name cannot be exposed; skipped");
+                    tracing::debug!(upstream = %name, tool = %custos_core::text::for_display(&tool_name, 80), "tool name cannot be exposed; skipped");
                     continue;
                 };
                 if custos_policy::lists(template, &up.spec, &exposed, &tool_name) {
@@ -199,147 +245,182 @@ impl Broker {
         Ok(out)
     }
 
-    /// Runs one `tools/call` through the pipeline. Every outcome is audited before it returns.
+    /// Runs one `tools/call` through the pipeline, on a task of its own: once started it runs
+    /// to its end (and its records are written) even if the caller stops waiting. A permitted
+    /// call's decision is durable before the upstream is called; every call's ending is
+    /// recorded before this returns.
     ///
     /// # Errors
-    /// [`CallError::Denied`] when policy refuses, [`CallError::Upstream`] when the upstream fails,
-    /// [`CallError::Broker`] when the decision cannot be recorded (nothing is called then).
+    /// [`CallError::Refused`] when policy refuses, [`CallError::Upstream`] when the upstream
+    /// fails, [`CallError::Broker`] when the decision or outcome cannot be recorded (a
+    /// permitted call whose decision cannot be recorded is never made).
     pub async fn call_tool<U: Upstreams>(
+        &self,
+        ctx: TaskContext,
+        name: String,
+        arguments: Value,
+        upstreams: Arc<U>,
+    ) -> CallResult {
+        let broker = self.clone();
+        let run = self.inner.background.spawn(async move {
+            broker
+                .run_call(&ctx, &name, arguments, upstreams.as_ref())
+                .await
+        });
+        match run.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "call pipeline failed");
+                Err(CallError::Broker(BrokerError::Unavailable("call pipeline")))
+            }
+        }
+    }
+
+    /// The pipeline: each stage passes the call on or stops it; [`Broker::finish`] ends it.
+    async fn run_call<U: Upstreams>(
         &self,
         ctx: &TaskContext,
         name: &str,
         arguments: Value,
         upstreams: &U,
     ) -> CallResult {
-        let started = Instant::now();
-        let mut event = ctx.event("tool_call");
-        event.tool = Some(name.chars().take(128).collect());
-        event.arg_digest = Some(argument_digest(&arguments));
-
-        // Resolve the tool and decide.
-        let permit = self.decide(ctx, name, &arguments, &mut event);
-        let Resolved {
-            permit,
-            upstream,
-            tool,
-        } = match permit {
-            Ok(r) => r,
-            Err((reason, message, tier)) => {
-                event.decision = Some("deny".into());
-                event.reason = Some(format!("{reason}: {message}"));
-                event.outcome = Some(Outcome::NotCalled.as_str().into());
-                event.tier = tier.map(i64::from);
-                event.latency_us = Some(micros(started));
-                self.inner
-                    .metrics
-                    .decision("deny", tier, reason, Outcome::NotCalled.as_str());
-                tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %name, reason, "tool call denied");
-                self.record(event).await?;
-                return Err(CallError::Denied { reason, message });
+        let request = CallRequest::new(ctx.task_id(), name, arguments);
+        let mut call = CallLog::begin(ctx, &request);
+        let permitted = match decide(ctx, request) {
+            Verdict::Permit(p) => p,
+            Verdict::Hold(held) => {
+                return self.finish(ctx, call, Ending::Refused(hold(held))).await;
+            }
+            Verdict::Deny(refusal) => {
+                return self.finish(ctx, call, Ending::Refused(refusal)).await;
             }
         };
-        let tier = permit.tier().number();
-        event.tier = Some(i64::from(tier));
-        event.decision = Some("allow".into());
-        event.reason = Some(permit.rule().to_owned());
-
-        // [Tier 3 hold, credential minting: later stages, before the call.]
-        let call_started = Instant::now();
-        let result = upstreams.call_tool(upstream, &tool.tool, arguments).await;
-        self.inner
-            .metrics
-            .upstream_latency(&upstream.name, call_started.elapsed().as_secs_f64());
+        self.commit_decision(&mut call, &permitted).await?;
+        // [Credential minting: a later stage, before the call.]
+        let result = self.invoke(&permitted, upstreams).await;
         // [Result scanning and per-call credential revocation: later stages, after the call.]
-
-        let outcome = match &result {
-            Ok(v) if v.get("isError").and_then(Value::as_bool) == Some(true) => Outcome::ToolError,
-            Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome(),
+        let ending = Ending::Called {
+            tier: permitted.tier(),
+            upstream: permitted.upstream().name.clone(),
+            result,
         };
-        event.outcome = Some(outcome.as_str().into());
-        if let Err(e) = &result {
-            event.detail =
-                serde_json::to_string(&serde_json::json!({ "error": e.to_string() })).ok();
-        }
-        event.latency_us = Some(micros(started));
+        self.finish(ctx, call, ending).await
+    }
+
+    /// Write-ahead: the decision to allow is durable before the upstream is called. If it
+    /// cannot be recorded, the call is not made.
+    async fn commit_decision(
+        &self,
+        call: &mut CallLog,
+        permitted: &PermittedCall<'_>,
+    ) -> Result<(), CallError> {
+        let mut e = call.event.clone();
+        e.upstream = Some(permitted.upstream().name.clone());
+        e.decision = Some(Decision::Allow);
+        e.tier = Some(permitted.tier());
+        e.reason = Some(Reason::Permitted);
+        e.policy_version = Some(permitted.policy_version());
+        e.detail = Some(Detail::Permit {
+            rule: permitted.rule().to_owned(),
+        });
+        self.record(e).await?;
+        // The result record follows the decision it belongs to.
+        call.event.kind = EventKind::ToolResult;
+        call.event.upstream = Some(permitted.upstream().name.clone());
+        Ok(())
+    }
+
+    /// Calls the upstream.
+    async fn invoke<U: Upstreams>(
+        &self,
+        permitted: &PermittedCall<'_>,
+        upstreams: &U,
+    ) -> Result<Value, UpstreamError> {
+        let started = Instant::now();
+        let result = upstreams.call_tool(permitted).await;
         self.inner
             .metrics
-            .decision("allow", Some(tier), "permitted", outcome.as_str());
-        // Tier 2 is "autonomous and logged"; Tier 1 calls are logged at debug.
-        if tier >= 2 {
-            tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %name, tier, outcome = outcome.as_str(), "tool call allowed");
-        } else {
-            tracing::debug!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %name, tier, outcome = outcome.as_str(), "tool call allowed");
+            .upstream_latency(&permitted.upstream().name, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The one place every call ends: its last record (a refusal, or the result of a
+    /// permitted call), its metric, its log line and the answer.
+    async fn finish(&self, ctx: &TaskContext, call: CallLog, ending: Ending) -> CallResult {
+        let mut e = call.event.clone();
+        e.latency_us = Some(call.micros());
+        let tool = e.tool.clone().unwrap_or_default();
+        match ending {
+            Ending::Refused(refusal) => {
+                e.decision = Some(Decision::Deny);
+                e.tier = refusal.tier;
+                e.reason = Some(refusal.reason);
+                e.outcome = Some(Outcome::NotCalled);
+                e.upstream = refusal.upstream.clone();
+                e.detail = Some(Detail::Refusal {
+                    message: refusal.message.clone(),
+                });
+                self.inner.metrics.decision(
+                    Decision::Deny,
+                    refusal.tier,
+                    refusal.reason,
+                    Outcome::NotCalled,
+                );
+                tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %custos_core::text::escape_unsafe(&tool), reason = %refusal.reason, "tool call denied");
+                self.record(e).await?;
+                Err(CallError::Refused(refusal))
+            }
+            Ending::Called {
+                tier,
+                upstream,
+                result,
+            } => {
+                let outcome = match &result {
+                    Ok(v) if v.get("isError").and_then(Value::as_bool) == Some(true) => {
+                        Outcome::ToolError
+                    }
+                    Ok(_) => Outcome::Ok,
+                    Err(err) => err.outcome(),
+                };
+                e.tier = Some(tier);
+                e.outcome = Some(outcome);
+                if let Err(err) = &result {
+                    e.detail = Some(Detail::UpstreamError {
+                        message: truncate(&err.to_string(), 1024).into_owned(),
+                    });
+                }
+                self.inner.metrics.decision(
+                    Decision::Allow,
+                    Some(tier),
+                    Reason::Permitted,
+                    outcome,
+                );
+                // Tier 2 is "autonomous and logged"; Tier 1 calls are logged at debug.
+                if tier >= Tier::T2 {
+                    tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %tool, upstream = %upstream, tier = tier.number(), outcome = outcome.as_str(), "tool call allowed");
+                } else {
+                    tracing::debug!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %tool, upstream = %upstream, tier = tier.number(), outcome = outcome.as_str(), "tool call allowed");
+                }
+                self.record(e).await?;
+                result.map_err(CallError::Upstream)
+            }
         }
-        self.record(event).await?;
-        result.map_err(CallError::Upstream)
-    }
-
-    /// Resolves the exposed name and decides.
-    fn decide<'a>(
-        &self,
-        ctx: &'a TaskContext,
-        name: &str,
-        arguments: &Value,
-        event: &mut AuditEvent,
-    ) -> Result<Resolved<'a>, Refused> {
-        let tool =
-            ExposedTool::parse(name).map_err(|e| ("invalid_tool_name", e.to_string(), None))?;
-        event.upstream = Some(tool.upstream.clone());
-        let template = &ctx
-            .snapshot
-            .templates
-            .get(&ctx.claims.template)
-            .ok_or((
-                "unknown_template",
-                "the task's template no longer exists".to_owned(),
-                None,
-            ))?
-            .spec;
-        let upstream = ctx.snapshot.upstreams.get(&tool.upstream).map(|u| &u.spec);
-        match custos_policy::decide(template, upstream, &tool, arguments) {
-            Ok(permit) => match upstream {
-                Some(upstream) => Ok(Resolved {
-                    permit,
-                    upstream,
-                    tool,
-                }),
-                None => Err((
-                    "unknown_upstream",
-                    format!("tool `{name}` names no registered upstream"),
-                    None,
-                )),
-            },
-            Err(r) => Err((r.reason, r.message, r.tier.map(|t| t.number()))),
-        }
     }
 }
 
-/// A permitted call: the permit, its upstream (borrowed from the request's snapshot) and the
-/// parsed tool.
-struct Resolved<'a> {
-    permit: Permit,
-    upstream: &'a UpstreamSpec,
-    tool: ExposedTool,
+/// Decides one call against the request's registry snapshot.
+fn decide(ctx: &TaskContext, request: CallRequest) -> Verdict<'_> {
+    let snap = &ctx.snapshot;
+    let view = PolicyView {
+        template: snap.templates.get(ctx.template()).map(|t| &t.spec),
+        upstreams: &snap.upstreams,
+        version: snap.policy_version,
+    };
+    custos_policy::decide(view, request)
 }
 
-/// A refused call: reason code, message for the agent, tier when one was classified.
-type Refused = (&'static str, String, Option<u8>);
-
-fn micros(since: Instant) -> i64 {
-    i64::try_from(since.elapsed().as_micros()).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::argument_digest;
-
-    #[test]
-    fn digest_ignores_key_order_but_not_values() {
-        let a = serde_json::json!({"a": 1, "b": {"x": [1, 2], "y": null}});
-        let b = serde_json::json!({"b": {"y": null, "x": [1, 2]}, "a": 1});
-        let c = serde_json::json!({"a": 2, "b": {"x": [1, 2], "y": null}});
-        assert_eq!(argument_digest(&a), argument_digest(&b));
-        assert_ne!(argument_digest(&a), argument_digest(&c));
-    }
+/// The hold stage: a Tier 3 call waits for a human. Until approvals exist there is no one to
+/// ask, so it is refused.
+fn hold(held: HeldCall) -> Refusal {
+    held.unavailable()
 }

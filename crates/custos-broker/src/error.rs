@@ -20,6 +20,9 @@ pub enum BrokerError {
     /// The request conflicts with what exists.
     #[error("{0}")]
     Conflict(String),
+    /// Too many failed authentications from this source: refused without checking.
+    #[error("too many failed authentications from this address; try again later")]
+    RateLimited,
     /// A dependency is down; the request was refused (fail closed).
     #[error("{0} unavailable")]
     Unavailable(&'static str),
@@ -34,6 +37,7 @@ impl BrokerError {
             BrokerError::NotFound(_) => "not_found",
             BrokerError::Invalid(_) => "invalid_request",
             BrokerError::Conflict(_) => "conflict",
+            BrokerError::RateLimited => "rate_limited",
             BrokerError::Unavailable(_) => "unavailable",
         }
     }

@@ -3,6 +3,7 @@
 //! the pipeline. Edges (HTTP, MCP, CLI) call the broker; nothing here knows about HTTP or MCP.
 
 mod audit;
+mod auth_failures;
 mod call;
 mod error;
 mod metrics;
@@ -13,12 +14,16 @@ mod tasks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_audit::{AuditEvent, AuditLog};
+use custos_audit::{AuditEvent, AuditLog, Detail, EventKind};
 use custos_core::Clock;
+use custos_core::Reason;
 use custos_crypto::TokenIssuer;
 use custos_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
+pub use custos_policy::{PermittedCall, Refusal};
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;
 pub use operators::{CreatedOperator, Operator};
@@ -38,6 +43,23 @@ pub struct BrokerConfig {
     /// How long cached task state is trusted before it is re-read (bounds staleness across
     /// replicas; changes made through this process take effect at once).
     pub cache_ttl: Duration,
+    /// How long failed authentications are summed before their audit record is written.
+    pub auth_failure_window: Duration,
+    /// Failed authentications from one source in one window past which its requests are
+    /// refused (429) before any token is checked.
+    pub auth_failure_limit: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "http://127.0.0.1:8470".to_owned(),
+            max_token_ttl: Duration::from_secs(900),
+            cache_ttl: Duration::from_secs(1),
+            auth_failure_window: Duration::from_secs(10),
+            auth_failure_limit: 200,
+        }
+    }
 }
 
 impl BrokerConfig {
@@ -63,6 +85,14 @@ struct Inner {
     tasks: tasks::TaskCache,
     verified: tasks::VerifiedTokens,
     metrics: BrokerMetrics,
+    /// Work that must run to its end (tool calls in flight, the failure summaries): drained
+    /// on shutdown.
+    background: TaskTracker,
+    /// Tells background loops to finish.
+    stopping: CancellationToken,
+    auth_failures: auth_failures::AuthFailures,
+    /// Tasks that ended, for the edges that hold something per task (sessions, connections).
+    task_ends: tokio::sync::broadcast::Sender<String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -87,7 +117,8 @@ impl Broker {
     ) -> Result<Self, BrokerError> {
         let registry = registry::RegistryCache::load(&store, clock.now_ms()).await?;
         let tasks = tasks::TaskCache::new(config.cache_ttl);
-        Ok(Self {
+        let auth_failures = auth_failures::AuthFailures::new(config.auth_failure_limit);
+        let broker = Self {
             inner: Arc::new(Inner {
                 store,
                 audit,
@@ -98,8 +129,18 @@ impl Broker {
                 tasks,
                 verified: tasks::VerifiedTokens::new(),
                 metrics: BrokerMetrics::default(),
+                background: TaskTracker::new(),
+                stopping: CancellationToken::new(),
+                auth_failures,
+                task_ends: tokio::sync::broadcast::channel(1024).0,
             }),
-        })
+        };
+        let flusher = broker.clone();
+        broker
+            .inner
+            .background
+            .spawn(async move { flusher.summarise_auth_failures().await });
+        Ok(broker)
     }
 
     /// The token issuer (JWKS, issuer, audience).
@@ -132,6 +173,36 @@ impl Broker {
         &self.inner.config
     }
 
+    /// Waits for every call in flight to finish (their records written), writes the pending
+    /// failure summaries, then drains the audit log. Later calls are refused.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.cancel();
+        self.inner.background.close();
+        self.inner.background.wait().await;
+        self.inner.audit.close().await;
+    }
+
+    /// Runs `work` under the broker's supervision until it ends or the broker shuts down;
+    /// shutdown waits for it.
+    pub fn spawn_supervised<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stopping = self.inner.stopping.clone();
+        self.inner.background.spawn(async move {
+            tokio::select! {
+                () = stopping.cancelled() => {}
+                () = work => {}
+            }
+        });
+    }
+
+    /// The ids of tasks as they end (by an operator or by expiry noticed on use). A receiver
+    /// that lags misses ids; holders of per-task state should also expire it on their own.
+    pub fn task_ends(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.task_ends.subscribe()
+    }
+
     /// Appends an audit record, failing closed.
     pub(crate) async fn record(&self, event: AuditEvent) -> Result<(), BrokerError> {
         self.inner
@@ -145,23 +216,87 @@ impl Broker {
             })
     }
 
-    /// Records an authentication failure. The reason goes to the audit log and metrics,
-    /// never to the caller.
-    pub async fn record_auth_failure(
+    /// Refuses a source that failed to authenticate too often in this window, before any
+    /// token it sends is checked.
+    ///
+    /// # Errors
+    /// [`BrokerError::RateLimited`] for such a source.
+    pub fn check_source(&self, source: Source) -> Result<(), BrokerError> {
+        if self.inner.auth_failures.limited(&source.to_string()) {
+            self.inner.metrics.auth_failure("any", Reason::RateLimited);
+            return Err(BrokerError::RateLimited);
+        }
+        Ok(())
+    }
+
+    /// Counts an authentication failure; the reason goes to metrics and, summed per source and
+    /// reason over a window, to the audit log, never to the caller. Returns the error to
+    /// answer with.
+    pub fn record_auth_failure(
         &self,
         subject: &str,
-        reason: &str,
+        reason: Reason,
         agent: Option<&str>,
+        source: Source,
     ) -> BrokerError {
         self.inner.metrics.auth_failure(subject, reason);
-        tracing::info!(subject, reason, agent, "authentication failed");
-        let mut e = AuditEvent::new("auth_failure");
-        e.agent = agent.map(str::to_owned);
-        e.decision = Some("deny".into());
-        e.reason = Some(format!("{subject}: {reason}"));
-        if let Err(err) = self.record(e).await {
-            return err;
-        }
+        tracing::info!(subject, reason = %reason, agent, source = %source, "authentication failed");
+        self.inner.auth_failures.note(
+            &source.to_string(),
+            subject,
+            reason,
+            agent,
+            self.inner.clock.now_ms(),
+        );
         BrokerError::Unauthenticated
+    }
+
+    /// Writes one record per (source, subject, reason) each window, until shutdown (which
+    /// writes the last window's).
+    async fn summarise_auth_failures(&self) {
+        let window = self.inner.config.auth_failure_window;
+        loop {
+            let stop = tokio::select! {
+                () = self.inner.stopping.cancelled() => true,
+                () = tokio::time::sleep(window) => false,
+            };
+            self.write_auth_failures().await;
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Writes the current window's failure sums now (also called by tests and at shutdown).
+    pub async fn write_auth_failures(&self) {
+        for (key, sum) in self.inner.auth_failures.take() {
+            let mut e = AuditEvent::new(EventKind::AuthFailures);
+            e.agent = sum.agent;
+            e.decision = Some(custos_core::Decision::Deny);
+            e.reason = Some(key.reason);
+            e.detail = Some(Detail::AuthFailures {
+                subject: key.subject,
+                source: key.source,
+                count: sum.count,
+                first_at: sum.first_at,
+                last_at: sum.last_at,
+            });
+            if let Err(err) = self.record(e).await {
+                tracing::error!(error = %err, "failed authentications could not be recorded");
+            }
+        }
+    }
+}
+
+/// Where a request came from: the client's address, when the edge knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Source(pub Option<std::net::IpAddr>);
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("unknown"),
+        }
     }
 }

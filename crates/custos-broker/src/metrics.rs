@@ -1,6 +1,7 @@
 //! The broker's metrics: decisions, authentication failures, upstream latency.
 //! Names and labels are defined here and nowhere else.
 
+use custos_core::{Decision, Outcome, Reason, Tier};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,7 +11,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
-    tier: String,
+    tier: &'static str,
     reason: &'static str,
     outcome: &'static str,
 }
@@ -18,7 +19,19 @@ struct DecisionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     subject: String,
-    reason: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublicDecisionLabels {
+    decision: &'static str,
+    tier: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubjectLabels {
+    subject: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,12 +46,18 @@ fn latency_histogram() -> Histogram {
     ])
 }
 
-/// Counters and histograms the broker updates.
+/// Counters and histograms the broker updates, in two views: the full one (reasons and
+/// upstream names) for operators, and a coarse one for anyone who can reach `/metrics`, which
+/// must not tell an outsider whether a task exists, which agent owns it, or which upstreams
+/// there are.
 #[derive(Clone, Debug)]
 pub struct BrokerMetrics {
     decisions: Family<DecisionLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    public_decisions: Family<PublicDecisionLabels, Counter>,
+    public_auth_failures: Family<SubjectLabels, Counter>,
+    public_upstream_latency: Histogram,
 }
 
 impl Default for BrokerMetrics {
@@ -47,6 +66,9 @@ impl Default for BrokerMetrics {
             decisions: Family::default(),
             auth_failures: Family::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram),
+            public_decisions: Family::default(),
+            public_auth_failures: Family::default(),
+            public_upstream_latency: latency_histogram(),
         }
     }
 }
@@ -71,29 +93,66 @@ impl BrokerMetrics {
         );
     }
 
+    /// Registers the coarse view under the same names: no reasons, no upstream names.
+    pub fn register_public(&self, registry: &mut Registry) {
+        registry.register(
+            "custos_decisions",
+            "Tool-call decisions by decision, tier and outcome",
+            self.public_decisions.clone(),
+        );
+        registry.register(
+            "custos_auth_failures",
+            "Refused authentications by subject",
+            self.public_auth_failures.clone(),
+        );
+        registry.register(
+            "custos_upstream_latency_seconds",
+            "Time upstreams took to answer tool calls",
+            self.public_upstream_latency.clone(),
+        );
+    }
+
     pub(crate) fn decision(
         &self,
-        decision: &'static str,
-        tier: Option<u8>,
-        reason: &'static str,
-        outcome: &'static str,
+        decision: Decision,
+        tier: Option<Tier>,
+        reason: Reason,
+        outcome: Outcome,
     ) {
-        let tier = tier.map_or_else(|| "none".to_owned(), |t| t.to_string());
+        let tier = match tier {
+            None => "none",
+            Some(Tier::T1) => "1",
+            Some(Tier::T2) => "2",
+            Some(Tier::T3) => "3",
+            Some(Tier::T4) => "4",
+        };
         self.decisions
             .get_or_create(&DecisionLabels {
-                decision,
+                decision: decision.as_str(),
                 tier,
-                reason,
-                outcome,
+                reason: reason.as_str(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.public_decisions
+            .get_or_create(&PublicDecisionLabels {
+                decision: decision.as_str(),
+                tier,
+                outcome: outcome.as_str(),
             })
             .inc();
     }
 
-    pub(crate) fn auth_failure(&self, subject: &str, reason: &str) {
+    pub(crate) fn auth_failure(&self, subject: &str, reason: Reason) {
         self.auth_failures
             .get_or_create(&AuthLabels {
                 subject: subject.to_owned(),
-                reason: reason.to_owned(),
+                reason: reason.as_str(),
+            })
+            .inc();
+        self.public_auth_failures
+            .get_or_create(&SubjectLabels {
+                subject: subject.to_owned(),
             })
             .inc();
     }
@@ -104,5 +163,6 @@ impl BrokerMetrics {
                 upstream: upstream.to_owned(),
             })
             .observe(seconds);
+        self.public_upstream_latency.observe(seconds);
     }
 }

@@ -1,6 +1,7 @@
 //! Operators: authentication by token and role checks.
 
-use custos_audit::AuditEvent;
+use custos_audit::{AuditEvent, Detail, EventKind};
+use custos_core::Reason;
 use custos_core::Role;
 use custos_core::names::check_resource_name;
 use custos_core::operator::Permission;
@@ -8,7 +9,7 @@ use custos_crypto::operator_token::{self, OperatorToken};
 use custos_store::OperatorRow;
 use serde::Serialize;
 
-use crate::{Broker, BrokerError};
+use crate::{Broker, BrokerError, Source};
 
 /// An authenticated operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,11 +53,14 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::Unauthenticated`] for any bad token (the reason is audited, not returned).
-    pub async fn authenticate_operator(&self, token: &str) -> Result<Operator, BrokerError> {
+    pub async fn authenticate_operator(
+        &self,
+        token: &str,
+        source: Source,
+    ) -> Result<Operator, BrokerError> {
+        self.check_source(source)?;
         if !operator_token::well_formed(token) {
-            return Err(self
-                .record_auth_failure("operator", "malformed", None)
-                .await);
+            return Err(self.record_auth_failure("operator", Reason::Malformed, None, source));
         }
         let Some(row) = self
             .inner
@@ -64,9 +68,7 @@ impl Broker {
             .operator_by_token_hash(&operator_token::hash(token))
             .await?
         else {
-            return Err(self
-                .record_auth_failure("operator", "unknown_token", None)
-                .await);
+            return Err(self.record_auth_failure("operator", Reason::UnknownToken, None, source));
         };
         let role = Role::parse(&row.role).ok_or(BrokerError::Unavailable("store"))?;
         Ok(Operator {
@@ -106,11 +108,12 @@ impl Broker {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut e = AuditEvent::new("operator_create");
+        let mut e = AuditEvent::new(EventKind::OperatorCreate);
         e.actor = Some("bootstrap".into());
-        e.reason = Some(format!(
-            "operator `{name}` with role `{role}` keyed at start"
-        ));
+        e.detail = Some(Detail::OperatorCreate {
+            name: name.to_owned(),
+            role: role.as_str().to_owned(),
+        });
         self.record(e).await?;
         Ok(Some(token))
     }
@@ -144,9 +147,12 @@ impl Broker {
                 }
                 other => other.into(),
             })?;
-        let mut e = AuditEvent::new("operator_create");
+        let mut e = AuditEvent::new(EventKind::OperatorCreate);
         e.actor = Some(op.name.clone());
-        e.reason = Some(format!("operator `{name}` with role `{role}`"));
+        e.detail = Some(Detail::OperatorCreate {
+            name: name.to_owned(),
+            role: role.as_str().to_owned(),
+        });
         self.record(e).await?;
         Ok(CreatedOperator {
             name: name.to_owned(),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use custos_audit::AuditEvent;
+use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::resource::parse_documents;
 use custos_core::{AgentSpec, Kind, Resource, TemplateSpec, UpstreamSpec};
@@ -24,9 +24,18 @@ pub struct Versioned<T> {
     pub spec: T,
 }
 
+impl AsRef<UpstreamSpec> for Versioned<UpstreamSpec> {
+    fn as_ref(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+}
+
 /// Everything the hot path needs from the registry, as of one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The policy version: grows with every change to upstreams or templates; every decision
+    /// records the version it was made under.
+    pub policy_version: i64,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Versioned<UpstreamSpec>>,
     /// Templates by name.
@@ -86,6 +95,7 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
             }
         }
     }
+    snap.policy_version = store.policy_version().await?;
     // One query for every suspension, not one per agent (the snapshot is re-read each second).
     snap.suspended = store.suspended_agents().await?.into_iter().collect();
     Ok(snap)
@@ -292,9 +302,9 @@ impl Broker {
             .await?;
         self.reload().await?;
         let mut e = AuditEvent::new(if suspended {
-            "agent_suspend"
+            EventKind::AgentSuspend
         } else {
-            "agent_resume"
+            EventKind::AgentResume
         });
         e.actor = Some(op.name.clone());
         e.agent = Some(agent.to_owned());
@@ -303,15 +313,13 @@ impl Broker {
 }
 
 fn registry_event(op: &Operator, c: &AppliedChange) -> AuditEvent {
-    let mut e = AuditEvent::new("registry_change");
+    let mut e = AuditEvent::new(EventKind::RegistryChange);
     e.actor = Some(op.name.clone());
-    e.reason = Some(format!(
-        "{} {} `{}` version {}",
-        c.op.as_str(),
-        c.kind,
-        c.name,
-        c.version
-    ));
-    e.detail = serde_json::to_string(c).ok();
+    e.detail = Some(Detail::RegistryChange {
+        op: c.op.as_str().to_owned(),
+        resource_kind: c.kind.clone(),
+        name: c.name.clone(),
+        version: c.version,
+    });
     e
 }

@@ -5,17 +5,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use custos_audit::AuditEvent;
+use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::duration::format_duration;
 use custos_core::operator::Permission;
+use custos_core::text::{has_unsafe_chars, truncate};
+use custos_core::{Decision, Reason};
+use custos_core::{Task as TaskRow, TaskState};
 use custos_crypto::jwt::{assertion_issuer, verify_assertion};
 use custos_crypto::{jwk_thumbprint, new_id};
-use custos_store::{TaskRow, TaskState};
 use serde::{Deserialize, Serialize};
 
 use crate::call::TaskContext;
 use crate::operators::Operator;
-use crate::{Broker, BrokerError};
+use crate::{Broker, BrokerError, Source};
 
 /// RFC 8693 grant type.
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -179,11 +181,8 @@ impl Broker {
         let template = snap.templates.get(&req.template).ok_or_else(|| {
             BrokerError::Invalid(format!("template `{}` does not exist", req.template))
         })?;
-        if req.on_behalf_of.trim().is_empty() || req.on_behalf_of.len() > 256 {
-            return Err(BrokerError::Invalid(
-                "`on_behalf_of` must name the initiator (1 to 256 characters)".into(),
-            ));
-        }
+        check_initiator(&req.on_behalf_of)?;
+        check_purpose(req.purpose.as_deref())?;
         let max = template.spec.max_ttl();
         let ttl = match &req.ttl {
             Some(t) => custos_core::parse_duration(t).map_err(BrokerError::Invalid)?,
@@ -203,7 +202,7 @@ impl Broker {
             agent: req.agent,
             template: req.template,
             template_version: template.version,
-            initiator: op.name.clone(),
+            started_by: op.name.clone(),
             on_behalf_of: req.on_behalf_of,
             purpose: req.purpose,
             created_at: now,
@@ -213,19 +212,14 @@ impl Broker {
             ended_by: None,
         };
         self.inner.store.create_task(&row).await?;
-        let mut e = AuditEvent::new("task_start");
+        let mut e = task_event(EventKind::TaskStart, &row);
         e.actor = Some(op.name.clone());
-        e.initiator = Some(row.on_behalf_of.clone());
-        e.agent = Some(row.agent.clone());
-        e.task = Some(row.id.clone());
-        e.template = Some(row.template.clone());
-        e.decision = Some("allow".into());
-        e.reason = row.purpose.clone();
-        e.detail = serde_json::to_string(&serde_json::json!({
-            "expires_at": row.expires_at,
-            "template_version": row.template_version,
-        }))
-        .ok();
+        e.decision = Some(Decision::Allow);
+        e.detail = Some(Detail::TaskStart {
+            expires_at: row.expires_at,
+            template_version: row.template_version,
+            purpose: row.purpose.clone(),
+        });
         self.record(e).await?;
         Ok(row)
     }
@@ -250,13 +244,10 @@ impl Broker {
                 "task `{id}` has already ended"
             )));
         }
-        let mut e = AuditEvent::new("task_end");
+        let mut e = task_event(EventKind::TaskEnd, &row);
         e.actor = Some(op.name.clone());
-        e.initiator = Some(row.on_behalf_of.clone());
-        e.agent = Some(row.agent.clone());
-        e.task = Some(row.id.clone());
-        e.template = Some(row.template.clone());
         self.record(e).await?;
+        let _ = self.inner.task_ends.send(row.id.clone());
         Ok(row)
     }
 
@@ -303,7 +294,12 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::Invalid`] for a malformed request; [`BrokerError::Unauthenticated`] for
     /// anything about identity, replay or task state (the reason is audited, not returned).
-    pub async fn exchange(&self, req: &TokenRequest) -> Result<TokenResponse, BrokerError> {
+    pub async fn exchange(
+        &self,
+        req: &TokenRequest,
+        source: Source,
+    ) -> Result<TokenResponse, BrokerError> {
+        self.check_source(source)?;
         if req.grant_type != TOKEN_EXCHANGE_GRANT {
             return Err(BrokerError::Invalid(format!(
                 "unsupported grant_type; use `{TOKEN_EXCHANGE_GRANT}`"
@@ -322,28 +318,26 @@ impl Broker {
                 )));
             }
         }
-        let fail = |reason: &'static str, agent: Option<String>| async move {
-            Err(self
-                .record_auth_failure("agent", reason, agent.as_deref())
-                .await)
+        let fail = |reason: Reason, agent: Option<String>| async move {
+            Err(self.record_auth_failure("agent", reason, agent.as_deref(), source))
         };
         let Ok(claimed) = assertion_issuer(&req.actor_token) else {
-            return fail("malformed_assertion", None).await;
+            return fail(Reason::MalformedAssertion, None).await;
         };
         // The task names the agent; the assertion must be signed by that agent's key and name
         // the agent (by name or by its key's JWK thumbprint).
         let Some(task) = self.inner.store.get_task(&req.subject_token).await? else {
-            return fail("unknown_task", None).await;
+            return fail(Reason::UnknownTask, None).await;
         };
         let agent_name = task.agent.clone();
         let snap = self
             .snapshot_having(|s| s.agents.contains_key(&agent_name), 0)
             .await?;
         let Some(agent) = snap.agents.get(&agent_name) else {
-            return fail("unknown_agent", Some(agent_name)).await;
+            return fail(Reason::UnknownAgent, Some(agent_name)).await;
         };
         if claimed != agent_name && claimed != jwk_thumbprint(&agent.spec.1) {
-            return fail("assertion_names_another_agent", Some(agent_name)).await;
+            return fail(Reason::AssertionNamesAnotherAgent, Some(agent_name)).await;
         }
         let now = self.inner.clock.now_secs();
         let claims = match verify_assertion(
@@ -361,14 +355,21 @@ impl Broker {
             .claim_jti(&claims.jti, &agent_name, claims.exp * 1000, now * 1000)
             .await?
         {
-            return fail("replayed_assertion", Some(agent_name)).await;
+            return fail(Reason::ReplayedAssertion, Some(agent_name)).await;
         }
         if snap.suspended.contains(&agent_name) {
-            return fail("agent_suspended", Some(agent_name)).await;
+            return fail(Reason::AgentSuspended, Some(agent_name)).await;
         }
         let now_ms = self.inner.clock.now_ms();
         if task.state != TaskState::Active || task.expires_at <= now_ms {
-            return fail("task_not_active", Some(agent_name)).await;
+            return fail(Reason::TaskNotActive, Some(agent_name)).await;
+        }
+        // The agent's templates are read now, not when the task started: removing a template
+        // from an agent stops its tasks under it.
+        if !agent.spec.0.templates.contains(&task.template)
+            || !snap.templates.contains_key(&task.template)
+        {
+            return fail(Reason::TemplateNotAllowed, Some(agent_name)).await;
         }
         let max_ttl = i64::try_from(self.inner.config.max_token_ttl.as_secs())
             .unwrap_or(900)
@@ -386,13 +387,12 @@ impl Broker {
                 exp,
             )
             .map_err(|_| BrokerError::Unavailable("token signing"))?;
-        let mut e = AuditEvent::new("token_issued");
-        e.initiator = Some(task.on_behalf_of.clone());
-        e.agent = Some(agent_name);
-        e.task = Some(task.id.clone());
-        e.template = Some(task.template.clone());
-        e.decision = Some("allow".into());
-        e.detail = serde_json::to_string(&serde_json::json!({ "jti": tc.jti, "exp": tc.exp })).ok();
+        let mut e = task_event(EventKind::TokenIssued, &task);
+        e.decision = Some(Decision::Allow);
+        e.detail = Some(Detail::TokenIssued {
+            jti: tc.jti,
+            exp: tc.exp,
+        });
         self.record(e).await?;
         Ok(TokenResponse {
             access_token: token,
@@ -407,7 +407,12 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::Unauthenticated`] for any failure (audited with the reason).
-    pub async fn authenticate_task_token(&self, token: &str) -> Result<TaskContext, BrokerError> {
+    pub async fn authenticate_task_token(
+        &self,
+        token: &str,
+        source: Source,
+    ) -> Result<TaskContext, BrokerError> {
+        self.check_source(source)?;
         let now_ms = self.inner.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         // A token verified once is remembered by its SHA-256 until it expires, so repeated
@@ -422,9 +427,7 @@ impl Broker {
                     c
                 }
                 Err(e) => {
-                    return Err(self
-                        .record_auth_failure("task_token", e.reason(), None)
-                        .await);
+                    return Err(self.record_auth_failure("task_token", e.reason(), None, source));
                 }
             },
         };
@@ -436,24 +439,79 @@ impl Broker {
             )
             .await?;
         let reason = match self.task(&claims.task_id, now_ms).await? {
-            None => Some("unknown_task"),
-            Some(t) if t.agent != agent || t.template != claims.template => Some("task_mismatch"),
-            Some(t) if t.state != TaskState::Active || t.expires_at <= now_ms => {
-                Some("task_not_active")
+            None => Some(Reason::UnknownTask),
+            Some(t) if t.agent != agent || t.template != claims.template => {
+                Some(Reason::TaskMismatch)
             }
-            Some(_) if !snap.agents.contains_key(&agent) => Some("unknown_agent"),
-            Some(_) if snap.suspended.contains(&agent) => Some("agent_suspended"),
-            Some(_) if !snap.templates.contains_key(&claims.template) => Some("unknown_template"),
+            Some(t) if t.state != TaskState::Active || t.expires_at <= now_ms => {
+                Some(Reason::TaskNotActive)
+            }
+            Some(_) if !snap.agents.contains_key(&agent) => Some(Reason::UnknownAgent),
+            Some(_) if snap.suspended.contains(&agent) => Some(Reason::AgentSuspended),
+            Some(_) if !snap.templates.contains_key(&claims.template) => {
+                Some(Reason::UnknownTemplate)
+            }
+            // The agent's templates as of now: a template removed from the agent stops its
+            // tasks at once.
+            Some(_)
+                if !snap
+                    .agents
+                    .get(&agent)
+                    .is_some_and(|a| a.spec.0.templates.contains(&claims.template)) =>
+            {
+                Some(Reason::TemplateNotAllowed)
+            }
             Some(_) => None,
         };
         if let Some(r) = reason {
-            return Err(self
-                .record_auth_failure("task_token", r, Some(&agent))
-                .await);
+            return Err(self.record_auth_failure("task_token", r, Some(&agent), source));
         }
-        Ok(TaskContext {
-            claims,
-            snapshot: snap,
-        })
+        Ok(TaskContext::new(claims, snap))
     }
+}
+
+/// An audit event carrying a task's attribution chain.
+fn task_event(kind: EventKind, t: &TaskRow) -> AuditEvent {
+    let mut e = AuditEvent::new(kind);
+    e.initiator = Some(t.on_behalf_of.clone());
+    e.agent = Some(t.agent.clone());
+    e.task = Some(t.id.clone());
+    e.template = Some(t.template.clone());
+    e
+}
+
+/// The longest `on_behalf_of`.
+const MAX_INITIATOR: usize = 256;
+/// The longest `purpose`.
+const MAX_PURPOSE: usize = 1024;
+
+/// Who a task runs for: shown in every trace line of it, so one printable line of bounded
+/// length (an e-mail address, a team, `event:…`), never text that could forge another line.
+fn check_initiator(who: &str) -> Result<(), BrokerError> {
+    if who.trim().is_empty()
+        || who.len() > MAX_INITIATOR
+        || who.trim() != who
+        || has_unsafe_chars(who)
+    {
+        return Err(BrokerError::Invalid(format!(
+            "`on_behalf_of` must name the initiator: 1 to {MAX_INITIATOR} bytes of printable text \
+             without control characters or surrounding spaces (got `{}`)",
+            custos_core::text::for_display(who, 64)
+        )));
+    }
+    Ok(())
+}
+
+/// Why a task runs: free text, bounded, printable (newlines and escapes would forge trace lines).
+fn check_purpose(purpose: Option<&str>) -> Result<(), BrokerError> {
+    let Some(p) = purpose else { return Ok(()) };
+    if p.len() > MAX_PURPOSE || has_unsafe_chars(p) {
+        return Err(BrokerError::Invalid(format!(
+            "`purpose` must be at most {MAX_PURPOSE} bytes of printable text without control \
+             characters (got {} bytes starting `{}`)",
+            p.len(),
+            truncate(&custos_core::text::escape_unsafe(p), 40)
+        )));
+    }
+    Ok(())
 }

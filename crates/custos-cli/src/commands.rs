@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::{Body, Client};
-use crate::output::{print_json, print_resources, print_trace};
+use crate::output::{print_json, print_resources, print_trace, text};
 
 /// Custos: identity broker and MCP gateway for AI agents.
 #[derive(Debug, Parser)]
@@ -128,6 +128,14 @@ struct ServeArgs {
     /// SQLite durability of audit records and every other write.
     #[arg(long, env = "CUSTOS_DURABILITY", value_enum, default_value = "process")]
     durability: DurabilityArg,
+    /// How long failed authentications are summed into one audit record per source and
+    /// reason, e.g. `10s`.
+    #[arg(long, env = "CUSTOS_AUTH_FAILURE_WINDOW", default_value = "10s", value_parser = parse_duration_arg)]
+    auth_failure_window: std::time::Duration,
+    /// Failed authentications from one address in one window past which its requests are
+    /// refused (429) before any token is checked.
+    #[arg(long, env = "CUSTOS_AUTH_FAILURE_LIMIT", default_value_t = 200)]
+    auth_failure_limit: u64,
     /// Log format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -264,6 +272,13 @@ enum AuditCmd {
     },
 }
 
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    match custos_core::parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
 fn operator_client(conn: &Conn) -> anyhow::Result<Client> {
     let token = match &conn.token {
         Some(t) => Some(t.trim().to_owned()),
@@ -311,6 +326,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     DurabilityArg::Power => custos_store::Durability::Power,
                 },
                 dev: a.dev,
+                auth_failure_window: a.auth_failure_window,
+                auth_failure_limit: a.auth_failure_limit,
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -337,9 +354,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 for c in out["changes"].as_array().into_iter().flatten() {
                     println!(
                         "{} {} {} (version {})",
-                        c["kind"].as_str().unwrap_or(""),
-                        c["name"].as_str().unwrap_or(""),
-                        c["op"].as_str().unwrap_or(""),
+                        crate::output::text(&c["kind"]),
+                        crate::output::text(&c["name"]),
+                        crate::output::text(&c["op"]),
                         c["version"]
                     );
                 }
@@ -387,18 +404,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             done(json, &out, || {
                 eprintln!("operator `{name}` created with role `{role}`; its token is shown once:");
-                println!("{}", out["token"].as_str().unwrap_or(""));
+                println!("{}", text(&out["token"]));
             })
         }
         Command::Operator(OperatorCmd::List { json }) => {
             let out = operator_client(&conn)?.get("/v1/operators").await?;
             done(json, &out, || {
                 for o in out.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {}",
-                        o["name"].as_str().unwrap_or(""),
-                        o["role"].as_str().unwrap_or("")
-                    );
+                    println!("{:<24} {}", text(&o["name"]), text(&o["role"]));
                 }
             })
         }
@@ -426,10 +439,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let body = json!({ "agent": agent, "template": template, "on_behalf_of": on_behalf_of, "purpose": purpose, "ttl": ttl });
             let out = operator_client(&conn)?.post("/v1/tasks", body).await?;
             done(json, &out, || {
-                println!("{}", out["task_id"].as_str().unwrap_or(""));
+                println!("{}", text(&out["task_id"]));
                 eprintln!(
                     "task started for {on_behalf_of}: agent {agent}, template {template}, expires {}",
-                    out["expires"].as_str().unwrap_or("")
+                    text(&out["expires"])
                 );
             })
         }
@@ -451,12 +464,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             done(json, &out, || {
                 println!(
                     "{} {} agent={} template={} on_behalf_of={} expires={}",
-                    out["id"].as_str().unwrap_or(""),
-                    out["state"].as_str().unwrap_or(""),
-                    out["agent"].as_str().unwrap_or(""),
-                    out["template"].as_str().unwrap_or(""),
-                    out["on_behalf_of"].as_str().unwrap_or(""),
-                    out["expires"].as_str().unwrap_or("")
+                    text(&out["id"]),
+                    text(&out["state"]),
+                    text(&out["agent"]),
+                    text(&out["template"]),
+                    text(&out["on_behalf_of"]),
+                    text(&out["expires"])
                 );
             })
         }
@@ -470,11 +483,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 for t in out.as_array().into_iter().flatten() {
                     println!(
                         "{} {:<7} {:<28} {:<20} {}",
-                        t["id"].as_str().unwrap_or(""),
-                        t["state"].as_str().unwrap_or(""),
-                        t["agent"].as_str().unwrap_or(""),
-                        t["template"].as_str().unwrap_or(""),
-                        t["on_behalf_of"].as_str().unwrap_or("")
+                        text(&t["id"]),
+                        text(&t["state"]),
+                        text(&t["agent"]),
+                        text(&t["template"]),
+                        text(&t["on_behalf_of"])
                     );
                 }
             })
@@ -489,12 +502,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "audit log intact: {} records, last #{} {}",
                     out["records"],
                     out["last_seq"],
-                    out["last_hash"].as_str().unwrap_or("")
+                    text(&out["last_hash"])
                 );
             } else {
                 eprintln!("audit log BROKEN:");
                 for p in out["problems"].as_array().into_iter().flatten() {
-                    eprintln!("  - {}", p.as_str().unwrap_or(""));
+                    eprintln!("  - {}", text(p));
                 }
             }
             Ok(if ok {
@@ -580,7 +593,5 @@ async fn task_token(
     ];
     let out = client.send(Method::POST, path, Body::Form(form)).await?;
     let value = json!({ "access_token": out["access_token"], "expires_in": out["expires_in"], "token_type": out["token_type"] });
-    done(json, &value, || {
-        println!("{}", out["access_token"].as_str().unwrap_or(""))
-    })
+    done(json, &value, || println!("{}", text(&out["access_token"])))
 }

@@ -1,5 +1,7 @@
 //! Printing answers for people and for scripts.
 
+use custos_core::clock::rfc3339;
+use custos_core::text::escape_unsafe;
 use serde_json::Value;
 
 /// Prints exactly one JSON document on stdout.
@@ -31,18 +33,65 @@ pub fn print_resources(v: &Value, yaml: bool) -> anyhow::Result<()> {
         let r = &item["resource"];
         println!(
             "{:<12} {:<32} {:>7}  {:<25} {}",
-            r["kind"].as_str().unwrap_or(""),
-            r["name"].as_str().unwrap_or(""),
+            s(&r["kind"]),
+            s(&r["name"]),
             item["version"].to_string(),
-            item["updated_at"].as_str().unwrap_or(""),
-            item["updated_by"].as_str().unwrap_or("")
+            s(&item["updated_at"]),
+            s(&item["updated_by"])
         );
     }
     Ok(())
 }
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
+/// A string field as a human reads it: `-` when absent, control characters escaped (a
+/// newline or an ANSI escape in a value from outside must not forge or hide a line).
+fn s(v: &Value) -> String {
+    match v.as_str() {
+        Some(text) => escape_unsafe(text).into_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+/// A string field as a human reads it: empty when absent, control characters escaped.
+pub fn text(v: &Value) -> String {
+    v.as_str()
+        .map(|t| escape_unsafe(t).into_owned())
+        .unwrap_or_default()
+}
+
+/// What a record's detail adds to its trace line, escaped.
+fn detail_note(d: &Value) -> Option<String> {
+    let text = match d["type"].as_str()? {
+        "permit" => format!("rule {}", s(&d["rule"])),
+        "refusal" | "upstream_error" => s(&d["message"]),
+        "task_start" => format!(
+            "expires {}",
+            d["expires_at"].as_i64().map(rfc3339).unwrap_or_default()
+        ),
+        "token_issued" => format!(
+            "token {} until {}",
+            s(&d["jti"]),
+            d["exp"]
+                .as_i64()
+                .map(|secs| rfc3339(secs.saturating_mul(1000)))
+                .unwrap_or_default()
+        ),
+        "registry_change" => format!(
+            "{} {} `{}` version {}",
+            s(&d["op"]),
+            s(&d["resource_kind"]),
+            s(&d["name"]),
+            d["version"]
+        ),
+        "auth_failures" => format!(
+            "{} x{} from {}",
+            s(&d["subject"]),
+            d["count"],
+            s(&d["source"])
+        ),
+        other => escape_unsafe(other).into_owned(),
+    };
+    Some(text)
 }
 
 /// Prints a task's chain: initiator → task → agent → each record with decision and outcome.
@@ -63,29 +112,38 @@ pub fn print_trace(v: &Value) {
         s(&t["template"]),
         t["template_version"]
     );
-    if let Some(p) = t["purpose"].as_str() {
-        println!("purpose    {p}");
+    if t["purpose"].is_string() {
+        println!("purpose    {}", s(&t["purpose"]));
     }
     println!();
     for r in v["records"].as_array().into_iter().flatten() {
         let mut line = format!("#{:<6} {}  {:<13}", r["seq"], s(&r["time"]), s(&r["kind"]));
-        if let Some(tool) = r["tool"].as_str() {
-            line.push_str(&format!(" {tool}"));
+        if r["tool"].is_string() {
+            line.push_str(&format!(" {}", s(&r["tool"])));
         }
         if let Some(tier) = r["tier"].as_i64() {
             line.push_str(&format!(" tier {tier}"));
         }
-        if let Some(d) = r["decision"].as_str() {
-            line.push_str(&format!(" -> {d}"));
+        if r["decision"].is_string() {
+            line.push_str(&format!(" -> {}", s(&r["decision"])));
         }
-        if let Some(o) = r["outcome"].as_str() {
-            line.push_str(&format!(" -> {o}"));
+        if r["outcome"].is_string() {
+            line.push_str(&format!(" -> {}", s(&r["outcome"])));
         }
         if let Some(us) = r["latency_us"].as_i64() {
             line.push_str(&format!(" ({:.2} ms)", us as f64 / 1000.0));
         }
-        if let Some(reason) = r["reason"].as_str() {
-            line.push_str(&format!("  [{reason}]"));
+        if r["reason"].is_string() {
+            line.push_str(&format!("  [{}]", s(&r["reason"])));
+        }
+        if let Some(note) = detail_note(&r["detail"]) {
+            line.push_str(&format!("  {note}"));
+        }
+        if let Some(pv) = r["policy_version"].as_i64() {
+            line.push_str(&format!("  (policy v{pv})"));
+        }
+        if r["call_id"].is_string() {
+            line.push_str(&format!("  {}", s(&r["call_id"])));
         }
         println!("{line}");
     }

@@ -11,16 +11,21 @@ pub mod decision;
 pub mod duration;
 pub mod glob;
 pub mod names;
+pub mod reason;
 pub mod resource;
+pub mod task;
+pub mod text;
 pub mod tier;
 
 pub use clock::{Clock, SystemClock, UnixMillis};
 pub use decision::{Decision, Outcome};
 pub use duration::parse_duration;
 pub use names::{ExposedTool, NameError};
+pub use reason::Reason;
 pub use resource::{
     AgentSpec, Archetype, Kind, Resource, ResourceError, TemplateSpec, UpstreamSpec,
 };
+pub use task::{Task, TaskState};
 pub use tier::Tier;
 pub mod operator;
 pub use operator::Role;

@@ -147,6 +147,12 @@ impl UpstreamSpec {
     }
 }
 
+impl AsRef<UpstreamSpec> for UpstreamSpec {
+    fn as_ref(&self) -> &UpstreamSpec {
+        self
+    }
+}
+
 /// A permission template for a task type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

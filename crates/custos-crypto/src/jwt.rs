@@ -41,14 +41,14 @@ pub enum TokenError {
 
 impl TokenError {
     /// A coarse reason for metrics and audit.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> custos_core::Reason {
+        use custos_core::Reason;
         match self {
-            TokenError::Malformed => "malformed",
-            TokenError::Signature => "bad_signature",
-            TokenError::Expired => "expired",
-            TokenError::Audience => "wrong_audience",
-            TokenError::Lifetime => "lifetime",
-            TokenError::Signing => "signing",
+            TokenError::Malformed | TokenError::Signing => Reason::Malformed,
+            TokenError::Signature => Reason::BadSignature,
+            TokenError::Expired => Reason::Expired,
+            TokenError::Audience => Reason::WrongAudience,
+            TokenError::Lifetime => Reason::Lifetime,
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod keys;
 pub mod operator_token;
 pub mod random;
 
-pub use digest::sha256_hex;
+pub use digest::{argument_digest, sha256_hex};
 pub use jwt::{ActClaim, AssertionClaims, TaskClaims, TokenError, TokenIssuer};
 pub use keys::{AgentKey, KeyError, ServerKey, jwk_thumbprint, parse_public_key_pem};
 pub use operator_token::OperatorToken;

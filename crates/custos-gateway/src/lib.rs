@@ -4,9 +4,11 @@
 
 pub mod jsonrpc;
 mod server;
+mod sessions;
 pub mod upstream;
 
 pub use server::{GatewayReply, McpGateway, McpRequest, McpVerb};
+pub use sessions::{MAX_SESSIONS_PER_TASK, SessionMetrics};
 pub use upstream::UpstreamPool;
 
 /// The protocol version of the stateless era.

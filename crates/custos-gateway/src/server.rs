@@ -5,19 +5,17 @@
 //! session era (`initialize`, `Mcp-Session-Id`); `2026-07-28` is the stateless era
 //! (`server/discover`, `_meta` on every request, `Mcp-Method`/`Mcp-Name` headers).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use custos_broker::{Broker, BrokerError, CallError, TaskContext, UpstreamError};
+use custos_broker::{Broker, BrokerError, CallError, Source, TaskContext, UpstreamError};
+use custos_core::Reason;
 use custos_crypto::new_id;
 use serde_json::{Value, json};
 
 use crate::jsonrpc::{self, META_CAPABILITIES, META_SERVER_INFO, META_VERSION, Message};
+use crate::sessions::{SessionMetrics, Sessions};
 use crate::upstream::UpstreamPool;
 use crate::{HANDSHAKE_VERSIONS, MODERN_VERSION};
-
-/// Sessions kept at most; the oldest are dropped beyond this.
-const MAX_SESSIONS: usize = 50_000;
 
 /// The HTTP verb of a request to the MCP endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +47,8 @@ pub struct McpRequest<'a> {
     pub content_type: Option<&'a str>,
     /// `Origin`.
     pub origin: Option<&'a str>,
+    /// The client's address, when the edge knows it.
+    pub peer: Option<std::net::IpAddr>,
     /// The body.
     pub body: &'a [u8],
 }
@@ -86,13 +86,6 @@ impl GatewayReply {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Session {
-    task_id: String,
-    version: String,
-    created_ms: i64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Era {
     Session,
@@ -103,7 +96,7 @@ enum Era {
 pub struct McpGateway {
     broker: Broker,
     upstreams: Arc<UpstreamPool>,
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Arc<Mutex<Sessions>>,
     resource_metadata: String,
     own_origin: String,
 }
@@ -160,14 +153,32 @@ fn is_loopback_origin(origin: &str) -> bool {
 
 impl McpGateway {
     /// A gateway for `broker`, calling upstreams through `upstreams`.
-    pub fn new(broker: Broker, upstreams: Arc<UpstreamPool>) -> Self {
+    pub fn new(broker: Broker, upstreams: Arc<UpstreamPool>, metrics: SessionMetrics) -> Self {
         let issuer = broker.tokens().issuer().trim_end_matches('/').to_owned();
+        let sessions = Arc::new(Mutex::new(Sessions::new(metrics)));
+        // A task that ends takes its sessions with it.
+        let mut ends = broker.task_ends();
+        let table = sessions.clone();
+        broker.spawn_supervised(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match ends.recv().await {
+                    Ok(task) => table
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .close_task(&task),
+                    // Missed ends: those sessions still fail authentication, and expire idle.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
         Self {
             resource_metadata: format!("{issuer}/.well-known/oauth-protected-resource"),
             own_origin: issuer,
             broker,
             upstreams,
-            sessions: Mutex::new(HashMap::new()),
+            sessions,
         }
     }
 
@@ -198,8 +209,16 @@ impl McpGateway {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Err(self.unauthorized());
         };
-        match self.broker.authenticate_task_token(token).await {
+        match self
+            .broker
+            .authenticate_task_token(token, Source(req.peer))
+            .await
+        {
             Ok(ctx) => Ok(ctx),
+            Err(BrokerError::RateLimited) => Err(GatewayReply::json(
+                429,
+                json!({ "error": { "code": "rate_limited", "message": BrokerError::RateLimited.to_string() } }),
+            )),
             Err(BrokerError::Unavailable(what)) => Err(GatewayReply::json(
                 503,
                 json!({ "error": { "code": "unavailable", "message": format!("{what} unavailable; request refused") } }),
@@ -231,14 +250,10 @@ impl McpGateway {
                     Err(r) => return r,
                 };
                 let removed = req.session_id.is_some_and(|sid| {
-                    let mut g = self
-                        .sessions
+                    self.sessions
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    match g.get(sid) {
-                        Some(s) if s.task_id == ctx.task_id() => g.remove(sid).is_some(),
-                        _ => false,
-                    }
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .close(sid, ctx.task_id())
                 });
                 if removed {
                     GatewayReply::empty(200)
@@ -324,33 +339,20 @@ impl McpGateway {
                 HANDSHAKE_VERSIONS[0]
             };
             let sid = new_id("mcps_");
-            {
-                let mut g = self
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if g.len() >= MAX_SESSIONS
-                    && let Some(oldest) = g
-                        .iter()
-                        .min_by_key(|(_, s)| s.created_ms)
-                        .map(|(k, _)| k.clone())
-                {
-                    g.remove(&oldest);
-                }
-                g.insert(
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .open(
                     sid.clone(),
-                    Session {
-                        task_id: ctx.task_id().to_owned(),
-                        version: version.to_owned(),
-                        created_ms: self.broker.clock().now_ms(),
-                    },
+                    ctx.task_id(),
+                    version,
+                    self.broker.clock().now_ms(),
                 );
-            }
             let result = json!({
                 "protocolVersion": version,
                 "capabilities": { "tools": { "listChanged": false } },
                 "serverInfo": server_info(),
-                "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.claims.template),
+                "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.template()),
             });
             let mut reply = GatewayReply::json(200, jsonrpc::result(id, result));
             reply.headers.push(("mcp-session-id", sid));
@@ -365,14 +367,12 @@ impl McpGateway {
                 None,
             );
         };
-        let known = {
-            let g = self
-                .sessions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            g.get(sid)
-                .is_some_and(|s| s.task_id == ctx.task_id() && !s.version.is_empty())
-        };
+        let known = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .use_session(sid, ctx.task_id(), self.broker.clock().now_ms())
+            .is_some_and(|v| !v.is_empty());
         if !known {
             return GatewayReply::rpc_error(
                 404,
@@ -526,15 +526,20 @@ impl McpGateway {
                 };
                 match self
                     .broker
-                    .call_tool(ctx, name, arguments, self.upstreams.as_ref())
+                    .call_tool(
+                        ctx.clone(),
+                        name.to_owned(),
+                        arguments,
+                        self.upstreams.clone(),
+                    )
                     .await
                 {
                     Ok(result) => jsonrpc::result(id, adapt_result(result, era)),
-                    Err(CallError::Denied { reason, message }) => jsonrpc::error(
+                    Err(CallError::Refused(refusal)) => jsonrpc::error(
                         id,
                         jsonrpc::DENIED,
-                        &format!("custos: {message}"),
-                        Some(json!({ "reason": reason })),
+                        &format!("custos: {}", refusal.message),
+                        Some(json!({ "reason": refusal.reason })),
                     ),
                     Err(CallError::Upstream(UpstreamError::Rpc { code, message, .. })) => {
                         jsonrpc::error(id, code, &message, None)
@@ -543,7 +548,7 @@ impl McpGateway {
                         id,
                         jsonrpc::UPSTREAM_FAILED,
                         &format!("custos: {e}"),
-                        Some(json!({ "reason": "upstream_failed" })),
+                        Some(json!({ "reason": Reason::UpstreamFailed })),
                     ),
                     Err(CallError::Broker(e)) => broker_error(id, &e),
                 }
@@ -564,7 +569,7 @@ fn broker_error(id: &Value, e: &BrokerError) -> Value {
             id,
             jsonrpc::UNAVAILABLE,
             &format!("custos: {what} unavailable; refused"),
-            Some(json!({ "reason": "unavailable" })),
+            Some(json!({ "reason": Reason::Unavailable })),
         ),
         other => jsonrpc::error(
             id,

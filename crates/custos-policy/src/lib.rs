@@ -1,42 +1,165 @@
-//! Policy: which tools a task's template allows, at which tier, and the decision on one call.
+//! Policy: which tools a task's template allows, at which tier, and the verdict on one call.
 //!
-//! A [`Permit`] can only be built here: code that calls an upstream must hold one.
-//! Cedar policies compiled from templates (argument constraints) slot in behind [`decide`].
+//! A [`PermittedCall`] can only be built here (and, once approvals exist, from an approval):
+//! code that calls an upstream must hold one, so nothing reaches an upstream without a
+//! verdict. Cedar policies compiled from templates (argument constraints) slot in behind
+//! [`decide`].
+
+use std::collections::BTreeMap;
 
 use custos_core::glob::glob_match;
-use custos_core::{Decision, ExposedTool, TemplateSpec, Tier, UpstreamSpec};
+use custos_core::text::for_display;
+use custos_core::{ExposedTool, Reason, TemplateSpec, Tier, UpstreamSpec};
+use serde_json::Value;
 
-/// Why a call was refused: a stable code for metrics and audit, and a message for the agent.
+/// How much of a name from outside a message echoes.
+const ECHO: usize = 80;
+
+/// One tool call as the agent asked for it, with the digest that binds records (and later
+/// approvals) to its exact arguments.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    task: String,
+    name: String,
+    arguments: Value,
+    digest: String,
+}
+
+impl CallRequest {
+    /// A call of `name` with `arguments` for `task`.
+    pub fn new(task: &str, name: &str, arguments: Value) -> Self {
+        let digest = custos_crypto::argument_digest(&arguments);
+        Self {
+            task: task.to_owned(),
+            name: name.to_owned(),
+            arguments,
+            digest,
+        }
+    }
+
+    /// The tool name as the agent sent it (unbounded: bound it before storing or echoing).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SHA-256 of the canonical arguments.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `tool_not_allowed`, `unknown_upstream`, `tier4_denied`, `approval_unavailable`, `invalid_tool_name`.
-    pub reason: &'static str,
-    /// What the agent is told.
+    /// The stable code.
+    pub reason: Reason,
+    /// What the agent is told (bounded, escaped).
     pub message: String,
     /// The tier, when one was classified.
     pub tier: Option<Tier>,
-    /// The decision recorded (`deny`; `hold` once approvals exist).
-    pub decision: Decision,
+    /// The upstream the tool names, when it parsed.
+    pub upstream: Option<String>,
 }
 
-/// Permission to call one tool. Only [`decide`] builds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permit {
+/// Permission to make exactly one call: this task, this tool, these arguments, under this
+/// policy version. Only [`decide`] builds it.
+#[derive(Debug, Clone)]
+pub struct PermittedCall<'a> {
+    task: String,
+    tool: ExposedTool,
+    upstream: &'a UpstreamSpec,
+    arguments: Value,
+    digest: String,
     tier: Tier,
     rule: String,
-    _sealed: (),
+    policy_version: i64,
 }
 
-impl Permit {
+impl PermittedCall<'_> {
+    /// The task the call belongs to.
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+    /// The tool, parsed.
+    pub fn tool(&self) -> &ExposedTool {
+        &self.tool
+    }
+    /// The upstream serving it.
+    pub fn upstream(&self) -> &UpstreamSpec {
+        self.upstream
+    }
+    /// The arguments permitted.
+    pub fn arguments(&self) -> &Value {
+        &self.arguments
+    }
+    /// Their digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
     /// The call's tier.
     pub fn tier(&self) -> Tier {
         self.tier
     }
-
     /// The template rule that allowed it (`template:pattern`).
     pub fn rule(&self) -> &str {
         &self.rule
     }
+    /// The policy version it was decided under.
+    pub fn policy_version(&self) -> i64 {
+        self.policy_version
+    }
+}
+
+/// A call that needs a human approval before it may run (Tier 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCall {
+    /// The tool, parsed.
+    pub tool: ExposedTool,
+    /// The digest of its arguments.
+    pub digest: String,
+    /// Its tier.
+    pub tier: Tier,
+    /// The rule that would allow it.
+    pub rule: String,
+    /// The policy version it was decided under.
+    pub policy_version: i64,
+}
+
+impl HeldCall {
+    /// The refusal while no approval can be had.
+    pub fn unavailable(&self) -> Refusal {
+        Refusal {
+            reason: Reason::ApprovalUnavailable,
+            message: format!(
+                "tool `{}` is Tier 3 and needs a human approval, which this Custos does not offer yet",
+                self.tool
+            ),
+            tier: Some(self.tier),
+            upstream: Some(self.tool.upstream.clone()),
+        }
+    }
+}
+
+/// The verdict on one call.
+#[derive(Debug, Clone)]
+pub enum Verdict<'a> {
+    /// Let it through.
+    Permit(PermittedCall<'a>),
+    /// Hold it for a human.
+    Hold(HeldCall),
+    /// Refuse it.
+    Deny(Refusal),
+}
+
+/// What policy reads from the registry: one template, the upstreams, the policy version.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyView<'a, U> {
+    /// The task's template, if it still exists.
+    pub template: Option<&'a TemplateSpec>,
+    /// Upstreams by name.
+    pub upstreams: &'a BTreeMap<String, U>,
+    /// The registry's policy version.
+    pub version: i64,
 }
 
 /// The template pattern that allows `exposed`, if any.
@@ -48,78 +171,103 @@ pub fn allowing_pattern<'a>(template: &'a TemplateSpec, exposed: &str) -> Option
         .map(String::as_str)
 }
 
-/// Classifies the tier of a call: the upstream's tier for the tool. Argument rules raise it
-/// here when templates gain argument constraints.
-pub fn classify(upstream: &UpstreamSpec, tool: &str, _arguments: &serde_json::Value) -> Tier {
+/// The tier of a call: the upstream's tier for the tool. Argument rules raise it here when
+/// templates gain argument constraints. The one place tiers are classified: listing and
+/// deciding both come here.
+pub fn classify(upstream: &UpstreamSpec, tool: &str, _arguments: &Value) -> Tier {
     upstream.tier_of(tool)
 }
 
-/// Whether a tool is listed to an agent running under `template`: allowed and not Tier 4.
+/// Whether a tool is listed to an agent running under `template`: allowed and, without
+/// arguments, not Tier 4.
 pub fn lists(template: &TemplateSpec, upstream: &UpstreamSpec, exposed: &str, tool: &str) -> bool {
-    allowing_pattern(template, exposed).is_some() && upstream.tier_of(tool) != Tier::T4
+    allowing_pattern(template, exposed).is_some()
+        && classify(upstream, tool, &Value::Null) != Tier::T4
 }
 
-/// Decides one call. Deny by default: a tool the template does not name, an unknown
-/// upstream, Tier 4 and (until approvals exist) Tier 3 are refused.
-///
-/// # Errors
-/// A [`Refusal`] saying why.
-pub fn decide(
-    template: &TemplateSpec,
-    upstream: Option<&UpstreamSpec>,
-    tool: &ExposedTool,
-    arguments: &serde_json::Value,
-) -> Result<Permit, Refusal> {
-    let exposed = tool.to_string();
-    let refuse = |reason, message: String, tier| Refusal {
-        reason,
-        message,
-        tier,
-        decision: Decision::Deny,
+/// Decides one call. Deny by default: an unknown template, a malformed name, a tool the
+/// template does not name, an unknown upstream and Tier 4 are refused; Tier 3 is held.
+pub fn decide<'a, U: AsRef<UpstreamSpec>>(
+    view: PolicyView<'a, U>,
+    call: CallRequest,
+) -> Verdict<'a> {
+    let refuse = |reason, message: String, upstream: Option<String>| {
+        Verdict::Deny(Refusal {
+            reason,
+            message,
+            tier: None,
+            upstream,
+        })
     };
+    let Some(template) = view.template else {
+        return refuse(
+            Reason::UnknownTemplate,
+            "the task's template no longer exists".into(),
+            None,
+        );
+    };
+    let tool = match ExposedTool::parse(&call.name) {
+        Ok(t) => t,
+        Err(_) => {
+            return refuse(
+                Reason::InvalidToolName,
+                format!(
+                    "invalid tool name `{}`: expected `<upstream>__<tool>` matching ^[a-zA-Z0-9_-]{{1,64}}$",
+                    for_display(&call.name, ECHO)
+                ),
+                None,
+            );
+        }
+    };
+    let exposed = tool.to_string();
     let Some(pattern) = allowing_pattern(template, &exposed) else {
-        return Err(refuse(
-            "tool_not_allowed",
+        return refuse(
+            Reason::ToolNotAllowed,
             format!(
                 "tool `{exposed}` is not allowed by template `{}`",
                 template.name
             ),
-            None,
-        ));
+            Some(tool.upstream),
+        );
     };
-    let Some(upstream) = upstream else {
-        return Err(refuse(
-            "unknown_upstream",
+    let Some(upstream) = view.upstreams.get(&tool.upstream).map(AsRef::as_ref) else {
+        return refuse(
+            Reason::UnknownUpstream,
             format!("tool `{exposed}` names no registered upstream"),
-            None,
-        ));
+            Some(tool.upstream),
+        );
     };
-    let tier = classify(upstream, &tool.tool, arguments);
+    let tier = classify(upstream, &tool.tool, &call.arguments);
+    let rule = format!("{}:{pattern}", template.name);
     match tier {
-        Tier::T4 => Err(refuse(
-            "tier4_denied",
-            format!("tool `{exposed}` is Tier 4: always refused"),
-            Some(tier),
-        )),
-        Tier::T3 => Err(refuse(
-            "approval_unavailable",
-            format!(
-                "tool `{exposed}` is Tier 3 and needs a human approval, which this Custos does not offer yet"
-            ),
-            Some(tier),
-        )),
-        Tier::T1 | Tier::T2 => Ok(Permit {
+        Tier::T4 => Verdict::Deny(Refusal {
+            reason: Reason::Tier4Denied,
+            message: format!("tool `{exposed}` is Tier 4: always refused"),
+            tier: Some(tier),
+            upstream: Some(tool.upstream),
+        }),
+        Tier::T3 => Verdict::Hold(HeldCall {
+            tool,
+            digest: call.digest,
             tier,
-            rule: format!("{}:{pattern}", template.name),
-            _sealed: (),
+            rule,
+            policy_version: view.version,
+        }),
+        Tier::T1 | Tier::T2 => Verdict::Permit(PermittedCall {
+            task: call.task,
+            tool,
+            upstream,
+            arguments: call.arguments,
+            digest: call.digest,
+            tier,
+            rule,
+            policy_version: view.version,
         }),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn template() -> TemplateSpec {
@@ -132,82 +280,123 @@ mod tests {
                 "files__list_*".into(),
                 "files__danger".into(),
                 "files__write_file".into(),
+                "ghost__x".into(),
             ],
         }
     }
 
-    fn upstream() -> UpstreamSpec {
-        UpstreamSpec {
-            name: "files".into(),
-            description: None,
-            command: Some(vec!["x".into()]),
-            url: None,
-            tiers: BTreeMap::from([
-                ("read_text_file".into(), Tier::T1),
-                ("list_directory".into(), Tier::T2),
-                ("danger".into(), Tier::T4),
-            ]),
-            default_tier: Tier::T3,
-            timeout: None,
+    fn upstreams() -> BTreeMap<String, UpstreamSpec> {
+        BTreeMap::from([(
+            "files".to_owned(),
+            UpstreamSpec {
+                name: "files".into(),
+                description: None,
+                command: Some(vec!["x".into()]),
+                url: None,
+                tiers: BTreeMap::from([
+                    ("read_text_file".into(), Tier::T1),
+                    ("list_directory".into(), Tier::T2),
+                    ("danger".into(), Tier::T4),
+                ]),
+                default_tier: Tier::T3,
+                timeout: None,
+            },
+        )])
+    }
+
+    fn verdict(name: &str) -> Result<(Tier, String, i64), Result<HeldCall, Refusal>> {
+        let t = template();
+        let ups = upstreams();
+        let view = PolicyView {
+            template: Some(&t),
+            upstreams: &ups,
+            version: 7,
+        };
+        match decide(
+            view,
+            CallRequest::new("task_1", name, serde_json::json!({"p": 1})),
+        ) {
+            Verdict::Permit(p) => {
+                assert_eq!(p.task(), "task_1");
+                assert_eq!(p.digest(), custos_crypto::argument_digest(p.arguments()));
+                Ok((p.tier(), p.rule().to_owned(), p.policy_version()))
+            }
+            Verdict::Hold(h) => Err(Ok(h)),
+            Verdict::Deny(r) => Err(Err(r)),
         }
     }
 
-    fn call(name: &str) -> Result<Permit, Refusal> {
-        let t = ExposedTool::parse(name).expect("valid name");
-        decide(&template(), Some(&upstream()), &t, &serde_json::Value::Null)
+    fn reason(name: &str) -> Reason {
+        match verdict(name) {
+            Err(Err(r)) => r.reason,
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]
-    fn allowed_tiers_pass() {
+    fn allowed_tiers_pass_with_rule_and_version() {
         assert_eq!(
-            call("files__read_text_file").expect("allowed").tier(),
-            Tier::T1
+            verdict("files__read_text_file").expect("allowed"),
+            (Tier::T1, "docs:files__read_text_file".into(), 7)
         );
-        let p = call("files__list_directory").expect("allowed by glob");
-        assert_eq!((p.tier(), p.rule()), (Tier::T2, "docs:files__list_*"));
+        assert_eq!(
+            verdict("files__list_directory").expect("allowed by glob"),
+            (Tier::T2, "docs:files__list_*".into(), 7)
+        );
     }
 
     #[test]
-    fn refusals() {
-        assert_eq!(
-            call("files__move_file")
-                .expect_err("not in template")
-                .reason,
-            "tool_not_allowed"
-        );
-        assert_eq!(
-            call("files__danger").expect_err("tier 4").reason,
-            "tier4_denied"
-        );
-        assert_eq!(
-            call("files__write_file")
-                .expect_err("tier 3 default")
-                .reason,
-            "approval_unavailable"
-        );
-        let t = ExposedTool::parse("files__read_text_file").expect("valid");
-        assert_eq!(
-            decide(&template(), None, &t, &serde_json::Value::Null)
-                .expect_err("no upstream")
-                .reason,
-            "unknown_upstream"
-        );
+    fn refusals_and_holds() {
+        assert_eq!(reason("files__move_file"), Reason::ToolNotAllowed);
+        assert_eq!(reason("files__danger"), Reason::Tier4Denied);
+        assert_eq!(reason("ghost__x"), Reason::UnknownUpstream);
+        assert_eq!(reason("files"), Reason::InvalidToolName);
+        match verdict("files__write_file") {
+            Err(Ok(h)) => {
+                assert_eq!((h.tier, h.policy_version), (Tier::T3, 7));
+                assert_eq!(h.unavailable().reason, Reason::ApprovalUnavailable);
+            }
+            other => panic!("tier 3 must be held: {other:?}"),
+        }
+        let ups = upstreams();
+        let none = PolicyView {
+            template: None,
+            upstreams: &ups,
+            version: 1,
+        };
+        assert!(matches!(
+            decide(
+                none,
+                CallRequest::new("t", "files__read_text_file", Value::Null)
+            ),
+            Verdict::Deny(Refusal {
+                reason: Reason::UnknownTemplate,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn echoed_names_are_bounded_and_escaped() {
+        let huge = format!("\u{1b}[31m{}\n", "x".repeat(4 << 20));
+        let Err(Err(r)) = verdict(&huge) else {
+            panic!("refused")
+        };
+        assert!(r.message.len() < 300, "{}", r.message.len());
+        assert!(!r.message.contains('\u{1b}') && !r.message.contains('\n'));
     }
 
     #[test]
     fn tier4_is_never_listed() {
+        let ups = upstreams();
+        let u = &ups["files"];
         assert!(lists(
             &template(),
-            &upstream(),
+            u,
             "files__read_text_file",
             "read_text_file"
         ));
-        assert!(!lists(&template(), &upstream(), "files__danger", "danger"));
-        assert!(!lists(
-            &template(),
-            &upstream(),
-            "files__move_file",
-            "move_file"
-        ));
+        assert!(!lists(&template(), u, "files__danger", "danger"));
+        assert!(!lists(&template(), u, "files__move_file", "move_file"));
     }
 }

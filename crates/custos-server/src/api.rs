@@ -12,8 +12,8 @@ use custos_core::{Kind, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::AppState;
 use crate::error::{ApiError, body_error};
+use crate::{AppState, Peer};
 
 /// An authenticated operator, from `Authorization: Bearer custos_op_…`.
 pub struct Op(pub Operator);
@@ -25,16 +25,25 @@ impl FromRequestParts<AppState> for Op {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().to_owned())
-            .ok_or_else(ApiError::unauthenticated)?;
-        Ok(Op(state.broker.authenticate_operator(&token).await?))
+        let token = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+        let peer = Peer::from_request_parts(parts, state)
+            .await
+            .unwrap_or(Peer(None));
+        Ok(Op(state
+            .broker
+            .authenticate_operator(&token, peer.source())
+            .await?))
     }
+}
+
+/// The bearer token of `Authorization: Bearer …`, if any.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
 }
 
 fn kind(s: &str) -> Result<Kind, ApiError> {
@@ -262,14 +271,34 @@ pub async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics` (Prometheus text).
-pub async fn metrics(State(s): State<AppState>) -> Response {
+/// `GET /metrics` (Prometheus text). Without credentials: the public view (no reasons, no
+/// upstream names). With an operator token that may audit (admin, auditor): everything.
+pub async fn metrics(
+    State(s): State<AppState>,
+    peer: Peer,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let full = match bearer(&headers) {
+        None => false,
+        Some(token) => match s.broker.authenticate_operator(&token, peer.source()).await {
+            Ok(op) if op.role.allows(custos_core::operator::Permission::Audit) => true,
+            Ok(_) => {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the full metrics need the admin or auditor role",
+                )
+                .into_response();
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
     (
         [(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(),
+        s.metrics.render(full),
     )
         .into_response()
 }

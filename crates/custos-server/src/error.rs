@@ -46,6 +46,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
             BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
             BrokerError::Conflict(_) => StatusCode::CONFLICT,
+            BrokerError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let message = match &e {

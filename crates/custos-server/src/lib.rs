@@ -47,6 +47,34 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// The client's address, when the listener recorded it (`ConnectInfo`); absent when the
+/// router is driven without a socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+impl Peer {
+    /// As the broker names a source.
+    pub fn source(self) -> custos_broker::Source {
+        custos_broker::Source(self.0)
+    }
+}
+
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
     let route = req

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use custos_gateway::{GatewayReply, McpRequest, McpVerb};
 use serde_json::json;
 
-use crate::AppState;
+use crate::{AppState, Peer};
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
@@ -28,7 +28,13 @@ fn render(reply: GatewayReply) -> Response {
     resp
 }
 
-async fn handle(s: &AppState, verb: McpVerb, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn handle(
+    s: &AppState,
+    verb: McpVerb,
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let req = McpRequest {
         verb,
         authorization: header(headers, "authorization"),
@@ -38,6 +44,7 @@ async fn handle(s: &AppState, verb: McpVerb, headers: &HeaderMap, body: &[u8]) -
         mcp_name: header(headers, "mcp-name"),
         content_type: header(headers, "content-type"),
         origin: header(headers, "origin"),
+        peer,
         body,
     };
     render(s.gateway.handle(req).await)
@@ -46,11 +53,12 @@ async fn handle(s: &AppState, verb: McpVerb, headers: &HeaderMap, body: &[u8]) -
 /// `POST /mcp`
 pub async fn post(
     State(s): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match body {
-        Ok(b) => handle(&s, McpVerb::Post, &headers, &b).await,
+        Ok(b) => handle(&s, McpVerb::Post, peer.0, &headers, &b).await,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => (
             StatusCode::PAYLOAD_TOO_LARGE,
             axum::Json(json!({ "jsonrpc": "2.0", "id": null, "error": { "code": -32600, "message": "request body too large" } })),
@@ -61,11 +69,11 @@ pub async fn post(
 }
 
 /// `GET /mcp` (no server-initiated stream: 405)
-pub async fn get(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    handle(&s, McpVerb::Get, &headers, &[]).await
+pub async fn get(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> Response {
+    handle(&s, McpVerb::Get, peer.0, &headers, &[]).await
 }
 
 /// `DELETE /mcp` ends a session.
-pub async fn delete(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    handle(&s, McpVerb::Delete, &headers, &[]).await
+pub async fn delete(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> Response {
+    handle(&s, McpVerb::Delete, peer.0, &headers, &[]).await
 }

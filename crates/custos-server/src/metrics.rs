@@ -14,27 +14,38 @@ struct RequestLabels {
     status: u16,
 }
 
-/// The server's metrics.
+/// The server's metrics, in a full registry (for operators) and a public one (anyone who
+/// reaches `/metrics`: no reasons, no upstream names).
 #[derive(Clone, Debug)]
 pub struct ServerMetrics {
     requests: Family<RequestLabels, Counter>,
-    registry: Arc<Registry>,
+    full: Arc<Registry>,
+    public: Arc<Registry>,
 }
 
 impl ServerMetrics {
     /// Builds the registry with the server's and the broker's metrics.
-    pub fn new(broker: &custos_broker::BrokerMetrics) -> Self {
-        let mut registry = Registry::default();
+    pub fn new(
+        broker: &custos_broker::BrokerMetrics,
+        sessions: &custos_gateway::SessionMetrics,
+    ) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "custos_http_requests",
-            "HTTP requests by method, route and status",
-            requests.clone(),
-        );
-        broker.register(&mut registry);
+        let mut full = Registry::default();
+        let mut public = Registry::default();
+        for r in [&mut full, &mut public] {
+            r.register(
+                "custos_http_requests",
+                "HTTP requests by method, route and status",
+                requests.clone(),
+            );
+            sessions.register(r);
+        }
+        broker.register(&mut full);
+        broker.register_public(&mut public);
         Self {
             requests,
-            registry: Arc::new(registry),
+            full: Arc::new(full),
+            public: Arc::new(public),
         }
     }
 
@@ -49,10 +60,11 @@ impl ServerMetrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition: the full view, or the public one.
+    pub fn render(&self, full: bool) -> String {
+        let registry = if full { &self.full } else { &self.public };
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
             out.clear();
         }
         out

@@ -8,8 +8,8 @@ use custos_broker::{
 };
 use serde_json::{Value, json};
 
-use crate::AppState;
 use crate::error::{ApiError, body_error};
+use crate::{AppState, Peer};
 
 /// `GET /.well-known/jwks.json`
 pub async fn jwks(State(s): State<AppState>) -> Json<Value> {
@@ -46,8 +46,9 @@ pub async fn protected_resource(State(s): State<AppState>) -> Json<Value> {
 /// `POST /oauth/token`: an agent's assertion and a task id in, a task token out.
 pub async fn token(
     State(s): State<AppState>,
+    peer: Peer,
     form: Result<Form<TokenRequest>, FormRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let Form(req) = form.map_err(|e| body_error(e.status(), e.body_text()))?;
-    Ok(Json(s.broker.exchange(&req).await?))
+    Ok(Json(s.broker.exchange(&req, peer.source()).await?))
 }

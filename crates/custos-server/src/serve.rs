@@ -30,6 +30,10 @@ pub struct ServeConfig {
     pub durability: Durability,
     /// Development mode: allowed only on a loopback address.
     pub dev: bool,
+    /// How long failed authentications are summed per audit record.
+    pub auth_failure_window: Duration,
+    /// Failures per source and window past which its requests get 429 unchecked.
+    pub auth_failure_limit: u64,
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -111,6 +115,8 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
         issuer: issuer.clone(),
         max_token_ttl: Duration::from_secs(900),
         cache_ttl: Duration::from_secs(1),
+        auth_failure_window: config.auth_failure_window,
+        auth_failure_limit: config.auth_failure_limit,
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
     let broker = Broker::new(store, audit, tokens, clock, broker_config)
@@ -121,7 +127,7 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
     let existing = std::fs::read_to_string(&admin_token_path).ok();
     let still_valid = match existing.as_deref().map(str::trim) {
         Some(t) if !t.is_empty() => broker
-            .authenticate_operator(t)
+            .authenticate_operator(t, custos_broker::Source::default())
             .await
             .is_ok_and(|op| op.role == Role::Admin),
         _ => false,
@@ -144,10 +150,12 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
         }
     }
 
-    let metrics = ServerMetrics::new(broker.metrics());
+    let sessions = custos_gateway::SessionMetrics::default();
+    let metrics = ServerMetrics::new(broker.metrics(), &sessions);
     let gateway = Arc::new(McpGateway::new(
         broker.clone(),
         Arc::new(UpstreamPool::new()),
+        sessions,
     ));
     Ok(Built {
         state: AppState {
@@ -201,11 +209,17 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         built.admin_token_path.display()
     );
     let gateway = built.state.gateway.clone();
+    let broker = built.state.broker.clone();
     let store = built.state.broker.store().clone();
-    axum::serve(listener, router(built.state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+    axum::serve(
+        listener,
+        router(built.state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server failed")?;
+    // Calls in flight finish and are recorded, the audit log drains, then upstreams stop.
+    broker.shutdown().await;
     gateway.upstreams().shutdown().await;
     store.close().await;
     tracing::info!("custos stopped");

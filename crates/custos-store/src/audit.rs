@@ -4,11 +4,21 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
-use sqlx::SqliteConnection;
+use sqlx::{AssertSqlSafe, SqliteConnection};
 
 use crate::{BeginWrite as _, Pool, Store, StoreError, on_pool};
 
-/// One stored audit record.
+/// Every column of `audit_log`, in one place: the row struct, the `INSERT`, the `SELECT`s,
+/// the bind order and the row decoding are all generated from this list.
+macro_rules! audit_columns {
+    ($m:ident $(, $arg:expr)*) => {
+        $m!($($arg,)* seq, at, prev_hash, hash, format, kind, actor, initiator, agent, task, template,
+            call_id, tool, upstream, arg_digest, decision, tier, reason, outcome, latency_us,
+            policy_version, detail)
+    };
+}
+
+/// One stored audit record. Which fields its hash covers depends on its `format`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRow {
     /// Position in the chain, from 1, without gaps.
@@ -17,9 +27,11 @@ pub struct AuditRow {
     pub at: i64,
     /// The previous record's hash (64 zeros for the first).
     pub prev_hash: String,
-    /// SHA-256 over the canonical encoding of every other field.
+    /// SHA-256 over the canonical encoding of every other field (see `custos-audit`).
     pub hash: String,
-    /// What happened: `tool_call`, `auth_failure`, `task_start`, `registry_change`, ...
+    /// The record format (1: the foundation's; 2: adds `call_id` and `policy_version`).
+    pub format: i64,
+    /// What happened: `tool_call`, `tool_result`, `auth_failures`, `task_start`, ...
     pub kind: String,
     /// The operator who acted, when an operator did.
     pub actor: Option<String>,
@@ -31,6 +43,8 @@ pub struct AuditRow {
     pub task: Option<String>,
     /// The template.
     pub template: Option<String>,
+    /// The tool call a decision and its result share.
+    pub call_id: Option<String>,
     /// The tool (exposed name).
     pub tool: Option<String>,
     /// The upstream.
@@ -41,12 +55,14 @@ pub struct AuditRow {
     pub decision: Option<String>,
     /// 1 to 4.
     pub tier: Option<i64>,
-    /// Why: a stable reason code and text.
+    /// Why: a stable reason code.
     pub reason: Option<String>,
     /// How it ended.
     pub outcome: Option<String>,
     /// Time spent, microseconds.
     pub latency_us: Option<i64>,
+    /// The registry policy version a decision was made under.
+    pub policy_version: Option<i64>,
     /// Kind-specific details, JSON.
     pub detail: Option<String>,
 }
@@ -60,70 +76,70 @@ pub struct AuditHead {
     pub hash: String,
 }
 
-const INSERT: &str = "INSERT INTO audit_log (seq, at, prev_hash, hash, kind, actor, initiator, agent, task, template, tool, upstream, arg_digest, decision, tier, reason, outcome, latency_us, detail) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+macro_rules! column_list {
+    ($($c:ident),* $(,)?) => { concat!($(stringify!($c), ","),*) };
+}
+macro_rules! column_count {
+    ($($c:ident),* $(,)?) => { [$(stringify!($c)),*].len() };
+}
+/// `seq,at,…,detail` (with a trailing comma, cut off by [`columns`]).
+const COLUMN_LIST: &str = audit_columns!(column_list);
+/// Bound parameters per row.
+const COLUMNS: usize = audit_columns!(column_count);
+
+fn columns() -> &'static str {
+    COLUMN_LIST.trim_end_matches(',')
+}
+
+fn insert_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let params: Vec<String> = (1..=COLUMNS).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO audit_log ({}) VALUES ({})",
+            columns(),
+            params.join(", ")
+        )
+    })
+}
+
+fn select_sql(filter: &str) -> String {
+    format!("SELECT {} FROM audit_log {filter}", columns())
+}
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
 
 // Any fixed number: serialises appends from several replicas sharing one PostgreSQL.
 const PG_AUDIT_LOCK: i64 = 0x4355_5354_4f53;
 
-macro_rules! row_to_audit {
-    ($r:expr) => {{
+macro_rules! decode_row {
+    ($r:expr, $($c:ident),* $(,)?) => {{
         let r = $r;
-        Ok::<_, StoreError>(AuditRow {
-            seq: r.try_get("seq")?,
-            at: r.try_get("at")?,
-            prev_hash: r.try_get("prev_hash")?,
-            hash: r.try_get("hash")?,
-            kind: r.try_get("kind")?,
-            actor: r.try_get("actor")?,
-            initiator: r.try_get("initiator")?,
-            agent: r.try_get("agent")?,
-            task: r.try_get("task")?,
-            template: r.try_get("template")?,
-            tool: r.try_get("tool")?,
-            upstream: r.try_get("upstream")?,
-            arg_digest: r.try_get("arg_digest")?,
-            decision: r.try_get("decision")?,
-            tier: r.try_get("tier")?,
-            reason: r.try_get("reason")?,
-            outcome: r.try_get("outcome")?,
-            latency_us: r.try_get("latency_us")?,
-            detail: r.try_get("detail")?,
-        })
+        Ok::<_, StoreError>(AuditRow { $($c: r.try_get(stringify!($c))?,)* })
     }};
 }
+macro_rules! row_to_audit {
+    ($r:expr) => {
+        audit_columns!(decode_row, $r)
+    };
+}
 
-/// Binds one row's 19 columns, in `INSERT` order, to a query of either backend.
-macro_rules! bind_row {
-    ($q:expr, $r:expr) => {{
+macro_rules! bind_fields {
+    ($q:expr, $r:expr, $($c:ident),* $(,)?) => {{
         let r = $r;
-        $q.bind(r.seq)
-            .bind(r.at)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .bind(&r.kind)
-            .bind(&r.actor)
-            .bind(&r.initiator)
-            .bind(&r.agent)
-            .bind(&r.task)
-            .bind(&r.template)
-            .bind(&r.tool)
-            .bind(&r.upstream)
-            .bind(&r.arg_digest)
-            .bind(&r.decision)
-            .bind(r.tier)
-            .bind(&r.reason)
-            .bind(&r.outcome)
-            .bind(r.latency_us)
-            .bind(&r.detail)
+        $q$(.bind(&r.$c))*
     }};
+}
+/// Binds one row's columns, in [`audit_columns!`] order, to a query of either backend.
+macro_rules! bind_row {
+    ($q:expr, $r:expr) => {
+        audit_columns!(bind_fields, $q, $r)
+    };
 }
 
 macro_rules! insert_row {
     ($tx:expr, $r:expr) => {{
-        bind_row!(sqlx::query(INSERT), $r)
+        bind_row!(sqlx::query(insert_sql()), $r)
             .execute(&mut *$tx)
             .await?;
     }};
@@ -139,11 +155,8 @@ macro_rules! insert_row {
 
 /// Rows per multi-row INSERT, largest first; a batch is cut into chunks of these sizes.
 const SQLITE_CHUNKS: [usize; 4] = [64, 16, 4, 1];
-/// Bound parameters per row.
-const COLUMNS: usize = 19;
 const SQLITE_BEGIN_AND_HEAD: &str =
     "BEGIN IMMEDIATE; SELECT seq, hash FROM audit_head WHERE id = 1";
-const SQLITE_INSERT_COLUMNS: &str = "INSERT INTO audit_log (seq, at, prev_hash, hash, kind, actor, initiator, agent, task, template, tool, upstream, arg_digest, decision, tier, reason, outcome, latency_us, detail) VALUES ";
 /// Fails the statement (NOT NULL on `audit_head.seq`) unless the stored head is the record
 /// the first row follows: `$1` is its `seq`, `$3` its `prev_hash`.
 const SQLITE_BEGIN_AND_CHECK_HEAD: &str = "BEGIN IMMEDIATE; INSERT INTO audit_head (id, seq, hash) SELECT 1, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM audit_head WHERE id = 1 AND seq = $1 - 1 AND hash = $3); ";
@@ -161,7 +174,7 @@ fn sqlite_insert_sql(rows: usize, first: bool, last: bool) -> &'static str {
                 if first {
                     sql.push_str(SQLITE_BEGIN_AND_CHECK_HEAD);
                 }
-                sql.push_str(SQLITE_INSERT_COLUMNS);
+                sql.push_str(&format!("INSERT INTO audit_log ({}) VALUES ", columns()));
                 for r in 0..n {
                     if r > 0 {
                         sql.push_str(", ");
@@ -436,9 +449,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
-        const Q: &str = "SELECT seq, at, prev_hash, hash, kind, actor, initiator, agent, task, template, tool, upstream, arg_digest, decision, tier, reason, outcome, latency_us, detail FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+        static Q: OnceLock<String> = OnceLock::new();
+        let q = Q.get_or_init(|| select_sql("WHERE seq > $1 ORDER BY seq LIMIT $2"));
         on_pool!(self, p => {
-            let rows = sqlx::query(Q).bind(after).bind(limit).fetch_all(p).await?;
+            let rows = sqlx::query(AssertSqlSafe(q.as_str())).bind(after).bind(limit).fetch_all(p).await?;
             rows.into_iter().map(|r| row_to_audit!(r)).collect()
         })
     }
@@ -448,9 +462,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn audit_for_task(&self, task: &str) -> Result<Vec<AuditRow>, StoreError> {
-        const Q: &str = "SELECT seq, at, prev_hash, hash, kind, actor, initiator, agent, task, template, tool, upstream, arg_digest, decision, tier, reason, outcome, latency_us, detail FROM audit_log WHERE task = $1 ORDER BY seq";
+        static Q: OnceLock<String> = OnceLock::new();
+        let q = Q.get_or_init(|| select_sql("WHERE task = $1 ORDER BY seq"));
         on_pool!(self, p => {
-            let rows = sqlx::query(Q).bind(task).fetch_all(p).await?;
+            let rows = sqlx::query(AssertSqlSafe(q.as_str())).bind(task).fetch_all(p).await?;
             rows.into_iter().map(|r| row_to_audit!(r)).collect()
         })
     }
@@ -467,12 +482,14 @@ mod tests {
             at: 1_000 + seq,
             prev_hash,
             hash: format!("h{seq}"),
+            format: 2,
             kind: "tool_call".into(),
             actor: None,
             initiator: Some("alice@example.com".into()),
             agent: Some("agent-a".into()),
             task: Some(format!("task_{}", seq % 3)),
             template: None,
+            call_id: Some(format!("call_{seq}")),
             tool: Some("fx__echo \u{0} ✓ 'quoted'".into()),
             upstream: Some("fx".into()),
             arg_digest: None,
@@ -481,6 +498,7 @@ mod tests {
             reason: None,
             outcome: Some("ok".into()),
             latency_us: Some(seq * 7),
+            policy_version: Some(seq / 10),
             detail: (seq % 2 == 0).then(|| r#"{"k":[1,2]}"#.to_owned()),
         }
     }

@@ -67,6 +67,15 @@ pub struct AppliedChange {
     pub op: ChangeOp,
 }
 
+/// Bumps the policy version, in the transaction that changes what decides calls.
+const BUMP_POLICY: &str =
+    "UPDATE registry_meta SET policy_version = policy_version + 1 WHERE id = 1";
+
+/// Whether a change to a resource of this kind can change a call's decision.
+fn decides_calls(kind: &str) -> bool {
+    matches!(kind, "Upstream" | "Template")
+}
+
 fn parse_spec(text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -136,6 +145,9 @@ impl Store {
                     .execute(&mut *tx).await?;
                 out.push(AppliedChange { kind: kind.clone(), name: name.clone(), version, op });
             }
+            if out.iter().any(|c| c.op != ChangeOp::Unchanged && decides_calls(&c.kind)) {
+                sqlx::query(BUMP_POLICY).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(out)
         })
@@ -165,6 +177,9 @@ impl Store {
             sqlx::query("INSERT INTO resource_history (kind, name, version, op, spec, at, actor) VALUES ($1, $2, $3, 'deleted', NULL, $4, $5)")
                 .bind(kind).bind(name).bind(version).bind(at).bind(actor)
                 .execute(&mut *tx).await?;
+            if decides_calls(kind) {
+                sqlx::query(BUMP_POLICY).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(Some(AppliedChange { kind: kind.to_owned(), name: name.to_owned(), version, op: ChangeOp::Deleted }))
         })
@@ -198,6 +213,16 @@ impl Store {
             let rows = sqlx::query(Q).bind(kind).fetch_all(p).await?;
             rows.into_iter().map(|r| row_to_resource!(r)).collect()
         })
+    }
+
+    /// The policy version: starts at 1 and grows with every change to upstreams or templates
+    /// (made in the same transaction), so every replica reads the same number.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn policy_version(&self) -> Result<i64, StoreError> {
+        const Q: &str = "SELECT policy_version FROM registry_meta WHERE id = 1";
+        on_pool!(self, p => Ok(sqlx::query(Q).fetch_one(p).await?.try_get("policy_version")?))
     }
 
     /// The history of one resource, oldest first: `(version, op, at, actor)`.

@@ -1,64 +1,12 @@
 //! Tasks: one run of work by one agent under one template for one initiator.
 
-use serde::Serialize;
+pub use custos_core::task::{Task as TaskRow, TaskState};
 use sqlx::Row as _;
 
 use crate::{Store, StoreError, on_pool};
 
-/// A task's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskState {
-    /// Running; tokens may be issued and used until `expires_at`.
-    Active,
-    /// Ended by an operator; everything under it is refused.
-    Ended,
-}
-
-impl TaskState {
-    fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Active => "active",
-            TaskState::Ended => "ended",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "active" => Ok(TaskState::Active),
-            "ended" => Ok(TaskState::Ended),
-            other => Err(StoreError::Corrupt(format!("task state `{other}`"))),
-        }
-    }
-}
-
-/// A stored task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TaskRow {
-    /// `task_…`.
-    pub id: String,
-    /// The agent doing the work.
-    pub agent: String,
-    /// The template it runs under.
-    pub template: String,
-    /// The template's version when the task started.
-    pub template_version: i64,
-    /// The operator who started it.
-    pub initiator: String,
-    /// The human or event on whose behalf it runs.
-    pub on_behalf_of: String,
-    /// Why.
-    pub purpose: Option<String>,
-    /// Unix ms.
-    pub created_at: i64,
-    /// Unix ms.
-    pub expires_at: i64,
-    /// Lifecycle state.
-    pub state: TaskState,
-    /// Unix ms.
-    pub ended_at: Option<i64>,
-    /// Who ended it.
-    pub ended_by: Option<String>,
+fn parse_state(s: &str) -> Result<TaskState, StoreError> {
+    TaskState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("task state `{s}`")))
 }
 
 macro_rules! row_to_task {
@@ -69,12 +17,12 @@ macro_rules! row_to_task {
             agent: r.try_get("agent")?,
             template: r.try_get("template")?,
             template_version: r.try_get("template_version")?,
-            initiator: r.try_get("initiator")?,
+            started_by: r.try_get("started_by")?,
             on_behalf_of: r.try_get("on_behalf_of")?,
             purpose: r.try_get("purpose")?,
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
-            state: TaskState::parse(&r.try_get::<String, _>("state")?)?,
+            state: parse_state(&r.try_get::<String, _>("state")?)?,
             ended_at: r.try_get("ended_at")?,
             ended_by: r.try_get("ended_by")?,
         })
@@ -87,10 +35,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn create_task(&self, t: &TaskRow) -> Result<(), StoreError> {
-        const Q: &str = "INSERT INTO tasks (id, agent, template, template_version, initiator, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by) \
+        const Q: &str = "INSERT INTO tasks (id, agent, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
         on_pool!(self, p => sqlx::query(Q)
-            .bind(&t.id).bind(&t.agent).bind(&t.template).bind(t.template_version).bind(&t.initiator)
+            .bind(&t.id).bind(&t.agent).bind(&t.template).bind(t.template_version).bind(&t.started_by)
             .bind(&t.on_behalf_of).bind(&t.purpose).bind(t.created_at).bind(t.expires_at)
             .bind(t.state.as_str()).bind(t.ended_at).bind(&t.ended_by)
             .execute(p).await.map(|_| ()).map_err(StoreError::from_write))
@@ -101,7 +49,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
-        const Q: &str = "SELECT id, agent, template, template_version, initiator, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks WHERE id = $1";
+        const Q: &str = "SELECT id, agent, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks WHERE id = $1";
         on_pool!(self, p => match sqlx::query(Q).bind(id).fetch_optional(p).await? {
             Some(r) => row_to_task!(r).map(Some),
             None => Ok(None),
@@ -117,7 +65,7 @@ impl Store {
         agent: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TaskRow>, StoreError> {
-        const Q: &str = "SELECT id, agent, template, template_version, initiator, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks \
+        const Q: &str = "SELECT id, agent, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks \
                          WHERE ($1 IS NULL OR agent = $1) ORDER BY created_at DESC, id LIMIT $2";
         on_pool!(self, p => {
             let rows = sqlx::query(Q).bind(agent).bind(limit).fetch_all(p).await?;

@@ -10,6 +10,8 @@
 //! when the test passes and kept for inspection when it fails (the name is printed); a
 //! throwaway cluster, and everything in it, is removed once the test process exits.
 
+pub mod tamper;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

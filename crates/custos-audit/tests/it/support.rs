@@ -2,30 +2,39 @@
 
 use std::sync::Arc;
 
-use custos_audit::{AuditEvent, AuditLog, VerifyReport};
+use custos_audit::{AuditEvent, AuditLog, Detail, EventKind, VerifyReport};
 use custos_core::clock::ManualClock;
-use custos_store::{AuditRow, Pool, Store};
-use sqlx::AssertSqlSafe;
+use custos_core::{Decision, Outcome, Reason, Tier};
+use custos_store::{AuditRow, Store};
+use custos_test_support::tamper;
 
 /// A varied event: every field the chain covers gets a value in some records.
 pub fn event(i: usize) -> AuditEvent {
-    AuditEvent {
-        kind: ["tool_call", "task_start", "registry_change"][i % 3].to_owned(),
-        actor: i.is_multiple_of(2).then(|| "admin".to_owned()),
-        initiator: Some(format!("user{}@example.com", i % 4)),
-        agent: Some(format!("agent-{}", i % 3)),
-        task: Some(format!("task_{}", i % 7)),
-        template: (!i.is_multiple_of(5)).then(|| "tpl".to_owned()),
-        tool: Some(format!("fx__tool{}", i % 6)),
-        upstream: Some("fx".to_owned()),
-        arg_digest: Some(format!("{i:064x}")),
-        decision: Some("deny".to_owned()),
-        tier: Some(i64::try_from(i % 4).unwrap_or(0) + 1),
-        reason: Some(format!("reason \"{i}\" ✓")),
-        outcome: i.is_multiple_of(3).then(|| "ok".to_owned()),
-        latency_us: Some(i64::try_from(i).unwrap_or(0) * 17),
-        detail: Some(format!(r#"{{"i":{i}}}"#)),
-    }
+    let kinds = [
+        EventKind::ToolCall,
+        EventKind::TaskStart,
+        EventKind::RegistryChange,
+    ];
+    let mut e = AuditEvent::new(kinds[i % 3]);
+    e.actor = i.is_multiple_of(2).then(|| "admin".to_owned());
+    e.initiator = Some(format!("user{}@example.com", i % 4));
+    e.agent = Some(format!("agent-{}", i % 3));
+    e.task = Some(format!("task_{}", i % 7));
+    e.template = (!i.is_multiple_of(5)).then(|| "tpl".to_owned());
+    e.call_id = i.is_multiple_of(3).then(|| format!("call_{i}"));
+    e.tool = Some(format!("fx__tool{}", i % 6));
+    e.upstream = Some("fx".to_owned());
+    e.arg_digest = Some(format!("{i:064x}"));
+    e.decision = Some([Decision::Deny, Decision::Allow][i % 2]);
+    e.tier = Some([Tier::T1, Tier::T2, Tier::T3, Tier::T4][i % 4]);
+    e.reason = Some(Reason::ALL[i % Reason::ALL.len()]);
+    e.outcome = i.is_multiple_of(3).then_some(Outcome::Ok);
+    e.latency_us = Some(i64::try_from(i).unwrap_or(0) * 17);
+    e.policy_version = Some(i64::try_from(i % 5).unwrap_or(0));
+    e.detail = Some(Detail::Refusal {
+        message: format!("reason \"{i}\" ✓"),
+    });
+    e
 }
 
 /// A log over `store` with `n` records appended one after the other.
@@ -53,72 +62,17 @@ pub async fn row(store: &Store, seq: i64) -> AuditRow {
 
 /// Runs SQL (one or more statements, no parameters) directly on the store's database.
 pub async fn exec(store: &Store, sql: &str) {
-    let r = match store.pool() {
-        Pool::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(p)
-            .await
-            .map(|_| ()),
-        Pool::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(p)
-            .await
-            .map(|_| ()),
-    };
-    r.unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-fn text(v: Option<&str>) -> String {
-    v.map_or_else(
-        || "NULL".to_owned(),
-        |s| format!("'{}'", s.replace('\'', "''")),
-    )
-}
-
-fn int(v: Option<i64>) -> String {
-    v.map_or_else(|| "NULL".to_owned(), |i| i.to_string())
+    tamper::exec(store, sql).await;
 }
 
 /// Writes `r` in place of whatever record has its `seq` (or adds it).
 pub async fn put_row(store: &Store, r: &AuditRow) {
-    let sql = format!(
-        "DELETE FROM audit_log WHERE seq = {seq}; \
-         INSERT INTO audit_log (seq, at, prev_hash, hash, kind, actor, initiator, agent, task, \
-         template, tool, upstream, arg_digest, decision, tier, reason, outcome, latency_us, detail) \
-         VALUES ({seq}, {at}, {prev}, {hash}, {kind}, {actor}, {initiator}, {agent}, {task}, \
-         {template}, {tool}, {upstream}, {arg}, {decision}, {tier}, {reason}, {outcome}, \
-         {latency}, {detail});",
-        seq = r.seq,
-        at = r.at,
-        prev = text(Some(&r.prev_hash)),
-        hash = text(Some(&r.hash)),
-        kind = text(Some(&r.kind)),
-        actor = text(r.actor.as_deref()),
-        initiator = text(r.initiator.as_deref()),
-        agent = text(r.agent.as_deref()),
-        task = text(r.task.as_deref()),
-        template = text(r.template.as_deref()),
-        tool = text(r.tool.as_deref()),
-        upstream = text(r.upstream.as_deref()),
-        arg = text(r.arg_digest.as_deref()),
-        decision = text(r.decision.as_deref()),
-        tier = int(r.tier),
-        reason = text(r.reason.as_deref()),
-        outcome = text(r.outcome.as_deref()),
-        latency = int(r.latency_us),
-        detail = text(r.detail.as_deref()),
-    );
-    exec(store, &sql).await;
+    tamper::put_audit_row(store, r).await;
 }
 
 /// Rewrites the stored head.
 pub async fn set_head(store: &Store, seq: i64, hash: &str) {
-    exec(
-        store,
-        &format!(
-            "UPDATE audit_head SET seq = {seq}, hash = {} WHERE id = 1",
-            text(Some(hash))
-        ),
-    )
-    .await;
+    tamper::set_audit_head(store, seq, hash).await;
 }
 
 /// Whether one of the problems names record `seq` ("record 5", not "record 50").

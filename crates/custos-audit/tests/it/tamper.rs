@@ -90,6 +90,10 @@ async fn an_edit_to_any_column_is_caught(store: Store) {
         "latency_us = 0",
         "detail = '{}'",
         "detail = NULL",
+        "call_id = 'call_other'",
+        "policy_version = 99",
+        "policy_version = NULL",
+        "format = 1",
     ];
     for edit in edits {
         exec(
@@ -161,7 +165,7 @@ async fn a_record_inserted_after_a_gap_is_caught(store: Store) {
         decision: Some("allow".into()),
         ..last.clone()
     };
-    forged.hash = record_hash(&forged);
+    forged.hash = record_hash(&forged).expect("known format");
     put_row(&store, &forged).await;
     assert_caught(&store, &head, &[N + 2], "record inserted after a gap").await;
 
@@ -194,7 +198,7 @@ async fn a_record_inserted_in_the_middle_is_caught(store: Store) {
         detail: Some(r#"{"forged":true}"#.into()),
         ..fifth.clone()
     };
-    forged.hash = record_hash(&forged);
+    forged.hash = record_hash(&forged).expect("known format");
     put_row(&store, &forged).await;
     let new_last = row(&store, N + 1).await;
     set_head(&store, N + 1, &new_last.hash).await;
@@ -229,7 +233,7 @@ async fn an_edit_with_its_hash_recomputed_is_caught_by_the_next_record(store: St
     let (_log, head) = setup(&store).await;
     let mut fifth = row(&store, 5).await;
     fifth.decision = Some("allow".into());
-    fifth.hash = record_hash(&fifth);
+    fifth.hash = record_hash(&fifth).expect("known format");
     exec(
         &store,
         &format!(
@@ -260,7 +264,7 @@ async fn a_rewritten_chain_is_caught_by_the_expected_head(store: Store) {
             r.decision = Some("allow".into());
         }
         r.prev_hash = prev;
-        r.hash = record_hash(&r);
+        r.hash = record_hash(&r).expect("known format");
         prev = r.hash.clone();
         put_row(&store, &r).await;
     }
@@ -286,12 +290,14 @@ async fn the_chain_is_checked_across_verification_pages(store: Store) {
                         at: 1_700_000_000_000 + seq,
                         prev_hash: std::mem::take(&mut prev),
                         hash: String::new(),
+                        format: 2,
                         kind: "tool_call".into(),
                         actor: None,
                         initiator: None,
                         agent: Some("a".into()),
                         task: None,
                         template: None,
+                        call_id: None,
                         tool: None,
                         upstream: None,
                         arg_digest: None,
@@ -300,9 +306,10 @@ async fn the_chain_is_checked_across_verification_pages(store: Store) {
                         reason: None,
                         outcome: None,
                         latency_us: None,
+                        policy_version: None,
                         detail: None,
                     };
-                    r.hash = record_hash(&r);
+                    r.hash = record_hash(&r).expect("known format");
                     prev = r.hash.clone();
                     r
                 })
@@ -323,7 +330,7 @@ async fn the_chain_is_checked_across_verification_pages(store: Store) {
     // Rehash the last record of the first page: only the first of the next page can tell.
     let mut r = row(&store, 5_000).await;
     r.decision = Some("allow".into());
-    r.hash = record_hash(&r);
+    r.hash = record_hash(&r).expect("known format");
     put_row(&store, &r).await;
     assert_caught(&store, &head, &[5_001], "record 5000 edited and rehashed").await;
 }

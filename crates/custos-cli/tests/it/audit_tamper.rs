@@ -2,14 +2,10 @@
 //! file underneath it (WAL mode lets a second connection write while the server runs), and
 //! the CLI must fail and name the record.
 
-use std::process::Output;
-use std::time::Duration;
-
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Row as _};
+use std::process::Output;
 
-use super::support::{TestServer, fixture_yaml};
+use super::support::{TestServer, fixture_yaml, sql};
 
 /// A server with a few records of several kinds: resources applied, tasks started and ended.
 fn server_with_records() -> TestServer {
@@ -20,39 +16,6 @@ fn server_with_records() -> TestServer {
     s.start_task("agent-a", "fx-all");
     s.cli_json(&["task", "end", &first, "--json"]);
     s
-}
-
-/// Runs SQL statements directly on the server's database file; the first column of the
-/// first row of the last statement's result, if any.
-fn sql(s: &TestServer, statements: &str) -> Option<i64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let opts = SqliteConnectOptions::new()
-            .filename(s.db_path())
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await
-            .expect("open the server's database");
-        let mut last = None;
-        for stmt in statements
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            let rows = sqlx::query(AssertSqlSafe(stmt.to_owned()))
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_else(|e| panic!("{stmt}: {e}"));
-            last = rows.first().and_then(|r| r.try_get::<i64, _>(0).ok());
-        }
-        pool.close().await;
-        last
-    })
 }
 
 /// `custos audit verify` (text) and `custos audit verify --json` (parsed).

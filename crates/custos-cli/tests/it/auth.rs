@@ -5,7 +5,7 @@ use custos_crypto::jwt::sign_assertion;
 use custos_crypto::{AgentKey, ServerKey, TokenIssuer, jwk_thumbprint};
 use serde_json::{Value, json};
 
-use super::support::{RawMcp, TestServer, fixture_yaml};
+use super::support::{RawMcp, TestServer, auth_failures_on_record, fixture_yaml};
 
 struct Setup {
     server: TestServer,
@@ -214,7 +214,7 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
         parts[2]
     );
 
-    let before = records(s);
+    let (_, failures_before) = auth_failures_on_record(s);
     let bad = [
         ("expired", expired),
         ("wrong audience", wrong_aud),
@@ -236,12 +236,37 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
         &RawMcp::new(&s.mcp_url(), None).post(&json!({}), &[]),
         "no token",
     );
+    // Every refusal is on record, summed per source and reason once the window closes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let failures = loop {
+        let (_, failures) = auth_failures_on_record(s);
+        if failures >= failures_before + bad.len() as i64 || std::time::Instant::now() > deadline {
+            break failures;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert_eq!(
-        records(s),
-        before + bad.len() as i64,
-        "one audit record per refused token"
+        failures,
+        failures_before + bad.len() as i64,
+        "every refused token counted in the audit log"
     );
-    let metrics = reqwest::blocking::get(format!("{}/metrics", s.addr))
+    // Anyone may read the coarse metrics: they say failures happened, never why (which
+    // would tell an outsider whether a task exists or which agent owns it).
+    let public = reqwest::blocking::get(format!("{}/metrics", s.addr))
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(
+        public.contains("custos_auth_failures_total{subject=\"task_token\"}"),
+        "{public}"
+    );
+    assert!(!public.contains("reason="), "{public}");
+    assert!(!public.contains("upstream="), "{public}");
+    // An operator who may audit sees the reasons.
+    let metrics = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", s.addr))
+        .bearer_auth(&s.admin_token)
+        .send()
         .expect("metrics")
         .text()
         .expect("text");
@@ -474,4 +499,55 @@ fn another_tasks_token_cannot_use_a_session_and_tasks_expire() {
         String::from_utf8_lossy(&out.stderr)
             .contains("exceeds template `fx-echo`'s maximum of 10m")
     );
+}
+
+#[test]
+fn a_flood_of_bad_tokens_costs_a_few_records_and_is_rate_limited() {
+    let s = TestServer::start_with(&["--auth-failure-window", "2s", "--auth-failure-limit", "100"]);
+    let http = reqwest::blocking::Client::new();
+    let before = records(&s);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..1500 {
+        let status = http
+            .post(s.mcp_url())
+            .bearer_auth(format!("garbage-{i}"))
+            .header("content-type", "application/json")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+            .send()
+            .expect("POST /mcp")
+            .status()
+            .as_u16();
+        *statuses.entry(status).or_default() += 1;
+    }
+    assert!(
+        statuses.get(&401).is_some_and(|n| *n >= 100),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&429).is_some_and(|n| *n > 0),
+        "past the limit a source is refused unchecked: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&401).unwrap_or(&0) + statuses.get(&429).unwrap_or(&0),
+        1500
+    );
+    // Once the windows close, the flood is a handful of summary records, not 1,500.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (summaries, failures) = auth_failures_on_record(&s);
+    assert_eq!(
+        failures,
+        *statuses.get(&401).unwrap_or(&0) as i64,
+        "every refusal counted"
+    );
+    assert!(
+        summaries <= 6,
+        "{summaries} summary records for one source and reason"
+    );
+    assert!(
+        records(&s) - before <= 6 + 1,
+        "the flood wrote {} records",
+        records(&s) - before
+    );
+    // A well-behaved source elsewhere is unaffected, and so is this one after the window.
+    assert!(s.cli(&["get", "agents"]).status.success());
 }

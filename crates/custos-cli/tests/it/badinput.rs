@@ -254,7 +254,7 @@ fn dead_hanging_and_crashing_upstreams_answer_with_errors_and_are_restarted() {
         .as_array()
         .expect("records")
         .iter()
-        .filter(|r| r["kind"] == "tool_call")
+        .filter(|r| r["kind"] == "tool_result")
         .map(|r| {
             (
                 r["tool"].as_str().unwrap_or("").to_owned(),

@@ -81,6 +81,8 @@ fn stateless_era_discover_list_and_call() {
             "fx__echo",
             "fx__hang",
             "fx__publish",
+            "fx__sleep",
+            "fx__touch",
             "fx__whoami"
         ],
         "tier 4 wipe and the unexposable bad.name are absent"

@@ -33,8 +33,20 @@ fn quickstart_script_runs_end_to_end() {
     );
     assert!(stdout.contains("Tier 4: always refused"), "{stdout}");
     assert!(stdout.contains("initiator  alice@example.com"), "{stdout}");
+    // The decision, written before the call, then its result, under one call id.
+    let decision = stdout
+        .lines()
+        .find(|l| l.contains("tool_call     files__read_text_file tier 1 -> allow"))
+        .unwrap_or_else(|| panic!("no decision line: {stdout}"));
+    let call_id = decision
+        .split_whitespace()
+        .find(|w| w.starts_with("call_"))
+        .unwrap_or_else(|| panic!("no call id: {decision}"));
     assert!(
-        stdout.contains("tool_call     files__read_text_file tier 1 -> allow -> ok"),
+        stdout.lines().any(
+            |l| l.contains("tool_result   files__read_text_file tier 1 -> ok")
+                && l.contains(call_id)
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("audit log intact"), "{stdout}");

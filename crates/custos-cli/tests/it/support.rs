@@ -116,6 +116,12 @@ impl TestServer {
         let mut child = Command::new(custos_bin())
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
+            // Failed authentications are summed per window; a short one lets tests see them.
+            .args(if extra.contains(&"--auth-failure-window") {
+                &[][..]
+            } else {
+                &["--auth-failure-window", "1s"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info,custos_gateway=debug")
             .env_remove("CUSTOS_TOKEN")
@@ -314,6 +320,56 @@ fn fastrand_suffix() -> String {
     )
 }
 
+/// Runs SQL statements on a server's database file from a second connection; the first
+/// column of the first row of the last statement, when it is an integer.
+pub fn sql(s: &TestServer, statements: &str) -> Option<i64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite:{}", s.db_path().display());
+        let store = custos_store::Store::connect(&url, custos_store::Durability::Process)
+            .await
+            .expect("open the server's database");
+        let last = custos_test_support::tamper::sql(&store, statements).await;
+        store.close().await;
+        last
+    })
+}
+
+/// Runs SQL (several statements, triggers allowed) on a server's database file from a second
+/// connection.
+pub fn sql_exec(s: &TestServer, statements: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite:{}", s.db_path().display());
+        let store = custos_store::Store::connect(&url, custos_store::Durability::Process)
+            .await
+            .expect("open the server's database");
+        custos_test_support::tamper::exec(&store, statements).await;
+        store.close().await;
+    });
+}
+
+/// The failed authentications on record: (summary records, failures they sum).
+pub fn auth_failures_on_record(s: &TestServer) -> (i64, i64) {
+    let records = sql(
+        s,
+        "SELECT COUNT(*) FROM audit_log WHERE kind = 'auth_failures'",
+    )
+    .unwrap_or(0);
+    let failures = sql(
+        s,
+        "SELECT COALESCE(SUM(json_extract(detail, '$.count')), 0) FROM audit_log WHERE kind = 'auth_failures'",
+    )
+    .unwrap_or(0);
+    (records, failures)
+}
+
 /// A blocking MCP-over-HTTP client for raw protocol tests (JSON in, status/headers/JSON out).
 pub struct RawMcp {
     /// The endpoint.
@@ -418,7 +474,7 @@ pub fn fixture_yaml(agent: &str, public_key: &str, timeout: &str) -> String {
 name: fx
 command: [python3, "{script}"]
 timeout: {timeout}
-tiers: {{ echo: 1, hang: 1, crash: 1, whoami: 2, wipe: 4, publish: 3 }}
+tiers: {{ echo: 1, hang: 1, crash: 1, whoami: 2, wipe: 4, publish: 3, sleep: 1, touch: 1 }}
 default_tier: 3
 ---
 kind: Template

@@ -7,7 +7,7 @@ mod stdio;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use custos_broker::{UpstreamError, Upstreams};
+use custos_broker::{PermittedCall, UpstreamError, Upstreams};
 use custos_core::UpstreamSpec;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -243,18 +243,13 @@ impl Upstreams for UpstreamPool {
         Ok(tools)
     }
 
-    async fn call_tool(
-        &self,
-        upstream: &UpstreamSpec,
-        tool: &str,
-        arguments: Value,
-    ) -> Result<Value, UpstreamError> {
-        let entry = self.entry(upstream).await;
+    async fn call_tool(&self, call: &PermittedCall<'_>) -> Result<Value, UpstreamError> {
+        let entry = self.entry(call.upstream()).await;
         entry
             .client
             .request(
                 "tools/call",
-                Some(json!({ "name": tool, "arguments": arguments })),
+                Some(json!({ "name": call.tool().tool, "arguments": call.arguments() })),
             )
             .await
     }

@@ -16,7 +16,7 @@ fn task(id: &str, agent: &str, created_at: i64) -> TaskRow {
         agent: agent.to_owned(),
         template: "tpl".to_owned(),
         template_version: 3,
-        initiator: "op".to_owned(),
+        started_by: "op".to_owned(),
         on_behalf_of: "alice@example.com".to_owned(),
         purpose: None,
         created_at,

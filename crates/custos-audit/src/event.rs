@@ -1,0 +1,209 @@
+//! What a caller records: a typed event. Kinds, decisions, outcomes and reasons are types; the
+//! kind-specific part is a typed [`Detail`]. Turning an event into a stored row bounds every
+//! field, so nothing from outside is stored at whatever length it arrived.
+
+use custos_core::text::truncate;
+use custos_core::{Decision, Outcome, Reason, Tier};
+use serde::Serialize;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A decision on one tool call: allowed (written before the upstream is called) or
+    /// refused (the call never reaches an upstream).
+    ToolCall,
+    /// How an allowed tool call ended; linked to its decision by the call id.
+    ToolResult,
+    /// Failed authentications of one source and reason, summed over a window.
+    AuthFailures,
+    /// A task started.
+    TaskStart,
+    /// A task ended.
+    TaskEnd,
+    /// A task token issued.
+    TokenIssued,
+    /// A registry resource created, updated or deleted.
+    RegistryChange,
+    /// An operator created.
+    OperatorCreate,
+    /// An agent suspended.
+    AgentSuspend,
+    /// An agent resumed.
+    AgentResume,
+}
+
+impl EventKind {
+    /// The snake_case name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ToolCall => "tool_call",
+            EventKind::ToolResult => "tool_result",
+            EventKind::AuthFailures => "auth_failures",
+            EventKind::TaskStart => "task_start",
+            EventKind::TaskEnd => "task_end",
+            EventKind::TokenIssued => "token_issued",
+            EventKind::RegistryChange => "registry_change",
+            EventKind::OperatorCreate => "operator_create",
+            EventKind::AgentSuspend => "agent_suspend",
+            EventKind::AgentResume => "agent_resume",
+        }
+    }
+}
+
+/// The kind-specific part of a record, stored as a JSON object tagged by `type`. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Detail {
+    /// A task started.
+    TaskStart {
+        /// When it expires (Unix ms).
+        expires_at: i64,
+        /// The template's version.
+        template_version: i64,
+        /// Why, as the initiator wrote it (bounded).
+        purpose: Option<String>,
+    },
+    /// A task token issued.
+    TokenIssued {
+        /// The token's id.
+        jti: String,
+        /// Its expiry (Unix seconds).
+        exp: i64,
+    },
+    /// A registry change.
+    RegistryChange {
+        /// `created`, `updated` or `deleted`.
+        op: String,
+        /// The resource kind.
+        resource_kind: String,
+        /// The resource name.
+        name: String,
+        /// The version now current (the version removed, for a delete).
+        version: i64,
+    },
+    /// An operator created.
+    OperatorCreate {
+        /// Its name.
+        name: String,
+        /// Its role.
+        role: String,
+    },
+    /// Which template rule allowed a call.
+    Permit {
+        /// `template:pattern`.
+        rule: String,
+    },
+    /// Why a call was refused, in words (the code is the record's reason).
+    Refusal {
+        /// What the agent was told.
+        message: String,
+    },
+    /// How an upstream failed.
+    UpstreamError {
+        /// The error, as the agent was told it.
+        message: String,
+    },
+    /// Failed authentications summed over a window.
+    AuthFailures {
+        /// What was presented: `operator`, `agent` or `task_token`.
+        subject: String,
+        /// The client's address, or `unknown`.
+        source: String,
+        /// How many failed in the window.
+        count: u64,
+        /// The first failure (Unix ms).
+        first_at: i64,
+        /// The last failure (Unix ms).
+        last_at: i64,
+    },
+}
+
+/// The longest stored name-like value (agents, tasks, tools, operators).
+pub const MAX_FIELD: usize = 256;
+/// The longest stored detail (JSON text).
+pub const MAX_DETAIL: usize = 4096;
+
+/// One event to record: everything but its position, time and hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The operator who acted, when one did.
+    pub actor: Option<String>,
+    /// The human or event on whose behalf the task runs.
+    pub initiator: Option<String>,
+    /// The agent.
+    pub agent: Option<String>,
+    /// The task.
+    pub task: Option<String>,
+    /// The task's template.
+    pub template: Option<String>,
+    /// The tool call this record belongs to: its decision and its result share it.
+    pub call_id: Option<String>,
+    /// The exposed tool name.
+    pub tool: Option<String>,
+    /// The upstream.
+    pub upstream: Option<String>,
+    /// SHA-256 of the canonical arguments.
+    pub arg_digest: Option<String>,
+    /// The decision.
+    pub decision: Option<Decision>,
+    /// The tier.
+    pub tier: Option<Tier>,
+    /// Why.
+    pub reason: Option<Reason>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+    /// Microseconds spent.
+    pub latency_us: Option<i64>,
+    /// The registry's policy version the decision was made under.
+    pub policy_version: Option<i64>,
+    /// The kind-specific part.
+    pub detail: Option<Detail>,
+}
+
+impl AuditEvent {
+    /// An event of `kind` with nothing else set.
+    pub fn new(kind: EventKind) -> Self {
+        Self {
+            kind,
+            actor: None,
+            initiator: None,
+            agent: None,
+            task: None,
+            template: None,
+            call_id: None,
+            tool: None,
+            upstream: None,
+            arg_digest: None,
+            decision: None,
+            tier: None,
+            reason: None,
+            outcome: None,
+            latency_us: None,
+            policy_version: None,
+            detail: None,
+        }
+    }
+}
+
+pub(crate) fn bounded(v: Option<String>) -> Option<String> {
+    v.map(|s| match truncate(&s, MAX_FIELD) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(t) => t,
+    })
+}
+
+pub(crate) fn detail_text(d: Option<&Detail>) -> Option<String> {
+    let text = serde_json::to_string(d?).ok()?;
+    if text.len() <= MAX_DETAIL {
+        return Some(text);
+    }
+    // Too long to keep whole: keep the type and say it was cut, never a broken JSON text.
+    let tag = serde_json::to_value(d?)
+        .ok()
+        .and_then(|v| v.get("type").cloned())
+        .unwrap_or(serde_json::Value::Null);
+    Some(serde_json::json!({ "type": tag, "truncated": true, "bytes": text.len() }).to_string())
+}

@@ -1,0 +1,234 @@
+//! Session-era MCP sessions: which task each belongs to, bounded per task and in all, expired
+//! when idle. One agent opening sessions in a loop evicts only its own task's oldest ones.
+
+use std::collections::{HashMap, VecDeque};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Sessions kept at most, across all tasks.
+pub const MAX_SESSIONS: usize = 50_000;
+/// Sessions one task may hold; opening another evicts that task's least recently used.
+pub const MAX_SESSIONS_PER_TASK: usize = 32;
+/// A session unused this long is gone (30 minutes).
+pub const SESSION_IDLE_MS: i64 = 30 * 60 * 1000;
+
+/// The gateway's session metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SessionMetrics {
+    created: Counter,
+    evicted: Counter,
+    open: Gauge,
+}
+
+impl SessionMetrics {
+    /// Registers the session metrics under `custos_mcp_sessions_`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "custos_mcp_sessions_created",
+            "MCP sessions opened (initialize)",
+            self.created.clone(),
+        );
+        registry.register(
+            "custos_mcp_sessions_evicted",
+            "MCP sessions dropped to make room (per-task or global cap)",
+            self.evicted.clone(),
+        );
+        registry.register(
+            "custos_mcp_sessions_open",
+            "MCP sessions currently held",
+            self.open.clone(),
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    task_id: String,
+    version: String,
+    last_used_ms: i64,
+}
+
+/// The session table.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    by_id: HashMap<String, Session>,
+    by_task: HashMap<String, VecDeque<String>>,
+    metrics: SessionMetrics,
+}
+
+impl Sessions {
+    pub(crate) fn new(metrics: SessionMetrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    /// Opens a session for `task`, evicting the task's least recently used one past its cap
+    /// and the least recently used of all past the global cap.
+    pub(crate) fn open(&mut self, sid: String, task: &str, version: &str, now_ms: i64) {
+        let mine = self.by_task.entry(task.to_owned()).or_default();
+        while mine.len() >= MAX_SESSIONS_PER_TASK {
+            // Front = least recently used of this task (kept in use order).
+            if let Some(old) = mine.pop_front() {
+                self.by_id.remove(&old);
+                self.metrics.evicted.inc();
+            }
+        }
+        if self.by_id.len() >= MAX_SESSIONS {
+            self.expire(now_ms);
+        }
+        if self.by_id.len() >= MAX_SESSIONS
+            && let Some(oldest) = self
+                .by_id
+                .iter()
+                .min_by_key(|(_, s)| s.last_used_ms)
+                .map(|(k, _)| k.clone())
+        {
+            self.remove(&oldest);
+            self.metrics.evicted.inc();
+        }
+        self.by_task
+            .entry(task.to_owned())
+            .or_default()
+            .push_back(sid.clone());
+        self.by_id.insert(
+            sid,
+            Session {
+                task_id: task.to_owned(),
+                version: version.to_owned(),
+                last_used_ms: now_ms,
+            },
+        );
+        self.metrics.created.inc();
+        self.set_open();
+    }
+
+    /// The negotiated version of `sid` when it belongs to `task` and is not idle-expired; marks
+    /// it used.
+    pub(crate) fn use_session(&mut self, sid: &str, task: &str, now_ms: i64) -> Option<String> {
+        let s = self.by_id.get_mut(sid)?;
+        if s.task_id != task {
+            return None;
+        }
+        if now_ms - s.last_used_ms > SESSION_IDLE_MS {
+            self.remove(sid);
+            return None;
+        }
+        s.last_used_ms = now_ms;
+        let version = s.version.clone();
+        if let Some(q) = self.by_task.get_mut(task)
+            && let Some(i) = q.iter().position(|x| x == sid)
+        {
+            q.remove(i);
+            q.push_back(sid.to_owned());
+        }
+        Some(version)
+    }
+
+    /// Ends `sid` if it belongs to `task`.
+    pub(crate) fn close(&mut self, sid: &str, task: &str) -> bool {
+        if self.by_id.get(sid).is_some_and(|s| s.task_id == task) {
+            self.remove(sid);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops every session of `task` (it ended).
+    pub(crate) fn close_task(&mut self, task: &str) {
+        for sid in self.by_task.remove(task).unwrap_or_default() {
+            self.by_id.remove(&sid);
+        }
+        self.set_open();
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        let idle: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| now_ms - s.last_used_ms > SESSION_IDLE_MS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for sid in idle {
+            self.remove(&sid);
+        }
+    }
+
+    fn remove(&mut self, sid: &str) {
+        if let Some(s) = self.by_id.remove(sid)
+            && let Some(q) = self.by_task.get_mut(&s.task_id)
+        {
+            q.retain(|x| x != sid);
+            if q.is_empty() {
+                self.by_task.remove(&s.task_id);
+            }
+        }
+        self.set_open();
+    }
+
+    fn set_open(&self) {
+        self.metrics
+            .open
+            .set(i64::try_from(self.by_id.len()).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_task_evicts_only_its_own_sessions() {
+        let mut s = Sessions::default();
+        s.open("other".into(), "task_b", "2025-11-25", 0);
+        for i in 0..1000 {
+            s.open(format!("s{i}"), "task_a", "2025-11-25", i);
+        }
+        assert!(
+            s.use_session("other", "task_b", 1000).is_some(),
+            "another task's session survives"
+        );
+        assert_eq!(s.by_task["task_a"].len(), MAX_SESSIONS_PER_TASK);
+        assert!(
+            s.use_session("s0", "task_a", 1000).is_none(),
+            "the oldest of the flooding task is gone"
+        );
+        assert!(s.use_session("s999", "task_a", 1000).is_some());
+        assert!(
+            s.use_session("s999", "task_b", 1000).is_none(),
+            "never across tasks"
+        );
+    }
+
+    #[test]
+    fn least_recently_used_is_evicted_and_idle_sessions_expire() {
+        let mut s = Sessions::default();
+        for i in 0..MAX_SESSIONS_PER_TASK {
+            s.open(format!("s{i}"), "t", "v", 0);
+        }
+        assert!(
+            s.use_session("s0", "t", 10).is_some(),
+            "s0 used: now the most recent"
+        );
+        s.open("new".into(), "t", "v", 20);
+        assert!(
+            s.use_session("s0", "t", 30).is_some(),
+            "a used session is kept"
+        );
+        assert!(
+            s.use_session("s1", "t", 30).is_none(),
+            "the least recently used went"
+        );
+        assert!(
+            s.use_session("new", "t", 40 + SESSION_IDLE_MS + 1)
+                .is_none(),
+            "idle expiry"
+        );
+        s.close_task("t");
+        assert!(s.by_id.is_empty() && s.by_task.is_empty());
+    }
+}
