@@ -13,6 +13,7 @@ pub mod glob;
 pub mod names;
 pub mod resource;
 pub mod tier;
+pub mod yaml_limits;
 
 pub use clock::{Clock, SystemClock, UnixMillis};
 pub use decision::{Decision, Outcome};
