@@ -386,10 +386,7 @@ mod tests {
                 "the scan stalled"
             );
             assert_eq!(e, LimitError::TooDeep { doc: 1, line: 3 }, "{open}");
-            assert_eq!(
-                e.to_string(),
-                "YAML nested deeper than 64 levels (line 3)"
-            );
+            assert_eq!(e.to_string(), "YAML nested deeper than 64 levels (line 3)");
         }
         // Nesting across lines counts too.
         assert!(deep(check(&"[\n".repeat(100))));
@@ -445,7 +442,10 @@ mod tests {
         }
         // Text after a block scalar ends is scanned again.
         assert!(deep(check(&format!("a: |\n  text\nb: {many}\n"))));
-        assert!(deep(check(&format!("- k: |\n  {many}\n"))), "not indented past `k`");
+        assert!(
+            deep(check(&format!("- k: |\n  {many}\n"))),
+            "not indented past `k`"
+        );
     }
 
     #[test]
@@ -454,7 +454,10 @@ mod tests {
         assert_eq!(check(&docs), Ok(()));
         let e = check(&format!("{docs}---\nkind: x\n")).expect_err("too many");
         assert_eq!(e.doc(), MAX_DOCUMENTS + 1);
-        assert!(e.to_string().contains("more than 1000 YAML documents"), "{e}");
+        assert!(
+            e.to_string().contains("more than 1000 YAML documents"),
+            "{e}"
+        );
         let aliases = format!("a: &x 1\nb: [{}]\n", "*x, ".repeat(MAX_ALIASES + 1));
         assert!(matches!(
             check(&aliases),
