@@ -174,7 +174,13 @@ impl Broker {
     /// is applied); [`BrokerError::Forbidden`] without the admin role.
     pub async fn apply(&self, op: &Operator, yaml: &str) -> Result<ApplyOutcome, BrokerError> {
         op.require(Permission::Administer)?;
-        let resources = parse_documents(yaml).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        // Parsing is CPU work proportional to the (bounded) input: keep it off the async
+        // workers so one large apply cannot stall other requests.
+        let text = yaml.to_owned();
+        let resources = tokio::task::spawn_blocking(move || parse_documents(&text))
+            .await
+            .map_err(|_| BrokerError::Unavailable("resource parser"))?
+            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
         if resources.is_empty() {
             return Err(BrokerError::Invalid("no documents to apply".into()));
         }

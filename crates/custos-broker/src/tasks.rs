@@ -352,7 +352,12 @@ impl Broker {
         if !self
             .inner
             .store
-            .claim_jti(&claims.jti, &agent_name, claims.exp * 1000, now * 1000)
+            .claim_jti(
+                &claims.jti,
+                &agent_name,
+                claims.exp.saturating_mul(1000),
+                now.saturating_mul(1000),
+            )
             .await?
         {
             return fail(Reason::ReplayedAssertion, Some(agent_name)).await;
@@ -374,7 +379,7 @@ impl Broker {
         let max_ttl = i64::try_from(self.inner.config.max_token_ttl.as_secs())
             .unwrap_or(900)
             .min(900);
-        let exp = (task.expires_at / 1000).min(now + max_ttl);
+        let exp = (task.expires_at / 1000).min(now.saturating_add(max_ttl));
         let (token, tc) = self
             .inner
             .tokens
@@ -398,7 +403,7 @@ impl Broker {
             access_token: token,
             issued_token_type: ACCESS_TOKEN_TYPE,
             token_type: "Bearer",
-            expires_in: exp - now,
+            expires_in: exp.saturating_sub(now),
         })
     }
 

@@ -16,6 +16,7 @@ pub mod resource;
 pub mod task;
 pub mod text;
 pub mod tier;
+pub mod yaml_limits;
 
 pub use clock::{Clock, SystemClock, UnixMillis};
 pub use decision::{Decision, Outcome};

@@ -329,6 +329,12 @@ impl Resource {
 /// # Errors
 /// The first [`ResourceError`], naming the document and the field.
 pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
+    // Deep nesting costs the parser quadratic time: refuse it before parsing.
+    crate::yaml_limits::check(text).map_err(|e| ResourceError {
+        doc: e.doc(),
+        what: String::new(),
+        message: e.to_string(),
+    })?;
     let mut out: Vec<Resource> = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let n = i + 1;
@@ -476,6 +482,16 @@ public_key: |
                 .expect_err("dup")
                 .to_string()
                 .contains("twice")
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let text = format!("kind: Template\nname: t\ntools: {}", "[".repeat(100_000));
+        let e = parse_documents(&text).expect_err("too deep");
+        assert_eq!(
+            e.to_string(),
+            "document 1: YAML nested deeper than 64 levels (line 3)"
         );
     }
 

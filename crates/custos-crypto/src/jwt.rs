@@ -16,10 +16,21 @@ pub const SKEW_SECS: i64 = 30;
 /// The longest an agent assertion may live, in seconds.
 pub const MAX_ASSERTION_SECS: i64 = 300;
 
+/// The latest time a claim may name, in Unix seconds (the start of the year 3000). Claims are
+/// checked against `0..=MAX_CLAIM_SECS` before any arithmetic, so a signed token with an
+/// extreme `iat`, `nbf` or `exp` is refused instead of overflowing.
+pub const MAX_CLAIM_SECS: i64 = 32_503_680_000;
+
+/// Whether `t` is a time a claim may name (see [`MAX_CLAIM_SECS`]).
+fn claim_in_range(t: i64) -> bool {
+    (0..=MAX_CLAIM_SECS).contains(&t)
+}
+
 /// Why a token or assertion was refused. Callers answer 401 without saying which.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TokenError {
-    /// Not a well-formed JWT, or a claim is missing or has the wrong type.
+    /// Not a well-formed JWT, or a claim is missing, has the wrong type or names a time out of
+    /// range.
     #[error("malformed token")]
     Malformed,
     /// Signature, algorithm or key id does not check out.
@@ -200,6 +211,9 @@ impl TokenIssuer {
         if c.iss != self.issuer || c.aud != self.audience {
             return Err(TokenError::Audience);
         }
+        if ![c.iat, c.nbf, c.exp].into_iter().all(claim_in_range) {
+            return Err(TokenError::Malformed);
+        }
         if now >= c.exp || now < c.nbf {
             return Err(TokenError::Expired);
         }
@@ -252,10 +266,15 @@ pub fn verify_assertion(
     if c.aud != audience {
         return Err(TokenError::Audience);
     }
-    if now >= c.exp || c.iat > now + SKEW_SECS {
+    if !claim_in_range(c.iat) || !claim_in_range(c.exp) {
+        return Err(TokenError::Malformed);
+    }
+    if now >= c.exp || c.iat > now.saturating_add(SKEW_SECS) {
         return Err(TokenError::Expired);
     }
-    if c.exp - c.iat > MAX_ASSERTION_SECS || c.jti.is_empty() || c.jti.len() > 128 {
+    // Both claims are in range, so the difference cannot overflow.
+    let lifetime = c.exp - c.iat;
+    if !(1..=MAX_ASSERTION_SECS).contains(&lifetime) || c.jti.is_empty() || c.jti.len() > 128 {
         return Err(TokenError::Lifetime);
     }
     Ok(c)
@@ -277,7 +296,7 @@ pub fn sign_assertion(
         sub: agent.to_owned(),
         aud: audience.to_owned(),
         iat: now,
-        exp: now + ttl_secs,
+        exp: now.saturating_add(ttl_secs),
         jti: new_id("jti_"),
     };
     let header = Header::new(Algorithm::EdDSA);
@@ -289,6 +308,7 @@ pub fn sign_assertion(
 mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -346,6 +366,155 @@ mod tests {
             .issue("alice", "a", "t", "x", 1000, 1900)
             .expect("issue");
         assert_eq!(iss.verify(&tok, 1000), Err(TokenError::Audience));
+    }
+
+    /// An assertion with any claim values, signed by `key`.
+    fn assertion_with(key: &AgentKey, iat: i64, exp: i64) -> String {
+        let claims = AssertionClaims {
+            iss: "agent-a".into(),
+            sub: "agent-a".into(),
+            aud: AUD.into(),
+            iat,
+            exp,
+            jti: "jti_1".into(),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_der(key.pkcs8_der()),
+        )
+        .expect("sign")
+    }
+
+    /// A task token with any time claims, signed by `iss`'s own key.
+    fn task_token_with(iss: &TokenIssuer, iat: i64, nbf: i64, exp: i64) -> String {
+        let claims = TaskClaims {
+            iss: iss.issuer.clone(),
+            aud: iss.audience.clone(),
+            sub: "alice".into(),
+            act: ActClaim { sub: "a".into() },
+            task_id: "t".into(),
+            template: "x".into(),
+            iat,
+            nbf,
+            exp,
+            jti: "tok_1".into(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(iss.key.kid().to_owned());
+        jsonwebtoken::encode(&header, &claims, &iss.encoding).expect("sign")
+    }
+
+    const AUD: &str = "http://127.0.0.1:8470";
+
+    #[test]
+    fn extreme_assertion_times_are_refused_without_panic() {
+        let agent = AgentKey::generate().expect("key");
+        let now = 1_700_000_000;
+        let cases = [
+            (i64::MIN, now + 60, TokenError::Malformed),
+            (now, i64::MAX, TokenError::Malformed),
+            (i64::MIN, i64::MAX, TokenError::Malformed),
+            (i64::MAX, i64::MIN, TokenError::Malformed),
+            (-1, now + 60, TokenError::Malformed),
+            (now, MAX_CLAIM_SECS + 1, TokenError::Malformed),
+            (now + 10, now + 5, TokenError::Lifetime),
+            (now, now + MAX_ASSERTION_SECS + 1, TokenError::Lifetime),
+        ];
+        for (iat, exp, want) in cases {
+            let a = assertion_with(&agent, iat, exp);
+            assert_eq!(
+                verify_assertion(&a, &agent.public_key(), AUD, now),
+                Err(want),
+                "iat {iat}, exp {exp}"
+            );
+        }
+        let a = assertion_with(&agent, now, now + MAX_ASSERTION_SECS);
+        assert!(verify_assertion(&a, &agent.public_key(), AUD, now).is_ok());
+        // An extreme clock is refused, not overflowed.
+        assert_eq!(
+            verify_assertion(&a, &agent.public_key(), AUD, i64::MAX),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_assertion(&a, &agent.public_key(), AUD, i64::MIN),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn extreme_task_token_times_are_refused_without_panic() {
+        let iss = issuer();
+        let now = 1_700_000_000;
+        for (iat, nbf, exp) in [
+            (i64::MIN, now, now + 60),
+            (now, i64::MIN, now + 60),
+            (now, now, i64::MAX),
+            (now, -1, now + 60),
+            (now, now, MAX_CLAIM_SECS + 1),
+        ] {
+            let t = task_token_with(&iss, iat, nbf, exp);
+            assert_eq!(
+                iss.verify(&t, now),
+                Err(TokenError::Malformed),
+                "iat {iat}, nbf {nbf}, exp {exp}"
+            );
+        }
+        let t = task_token_with(&iss, now, now, now + 60);
+        assert!(iss.verify(&t, now).is_ok());
+        assert_eq!(iss.verify(&t, i64::MAX), Err(TokenError::Expired));
+        assert_eq!(iss.verify(&t, i64::MIN), Err(TokenError::Expired));
+    }
+
+    /// Times that hit the edges: anything, the valid range, and values around a fixed `now`.
+    fn time() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            any::<i64>(),
+            0..=MAX_CLAIM_SECS,
+            (MAX_CLAIM_SECS - 5)..=(MAX_CLAIM_SECS + 5),
+            -5i64..5,
+            (1_000i64 - 400)..(1_000 + 400),
+            Just(i64::MIN),
+            Just(i64::MAX),
+        ]
+    }
+
+    fn in_range(t: i64) -> bool {
+        (0..=i128::from(MAX_CLAIM_SECS)).contains(&i128::from(t))
+    }
+
+    proptest! {
+        #[test]
+        fn assertion_times_never_panic_and_accept_only_valid(
+            iat in time(), exp in time(), now in prop_oneof![time(), Just(1_000i64)]
+        ) {
+            static KEY: std::sync::OnceLock<AgentKey> = std::sync::OnceLock::new();
+            let agent = KEY.get_or_init(|| AgentKey::generate().expect("key"));
+            let a = assertion_with(agent, iat, exp);
+            let got = verify_assertion(&a, &agent.public_key(), AUD, now);
+            // The rule, in i128 so the oracle itself cannot overflow.
+            let (iat_w, exp_w, now_w) = (i128::from(iat), i128::from(exp), i128::from(now));
+            let valid = in_range(iat)
+                && in_range(exp)
+                && now_w < exp_w
+                && iat_w <= now_w + i128::from(SKEW_SECS)
+                && exp_w - iat_w >= 1
+                && exp_w - iat_w <= i128::from(MAX_ASSERTION_SECS);
+            prop_assert_eq!(got.is_ok(), valid, "iat {} exp {} now {}: {:?}", iat, exp, now, got);
+        }
+
+        #[test]
+        fn task_token_times_never_panic_and_accept_only_valid(
+            iat in time(), nbf in time(), exp in time(),
+            now in prop_oneof![time(), Just(1_000i64)]
+        ) {
+            static ISSUER: std::sync::OnceLock<TokenIssuer> = std::sync::OnceLock::new();
+            let iss = ISSUER.get_or_init(issuer);
+            let t = task_token_with(iss, iat, nbf, exp);
+            let got = iss.verify(&t, now);
+            let valid = in_range(iat) && in_range(nbf) && in_range(exp) && nbf <= now && now < exp;
+            prop_assert_eq!(got.is_ok(), valid, "iat {} nbf {} exp {} now {}: {:?}", iat, nbf, exp, now, got);
+        }
     }
 
     #[test]

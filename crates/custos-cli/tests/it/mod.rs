@@ -4,6 +4,7 @@ mod audit_tamper;
 mod auth;
 mod badinput;
 mod eras;
+mod hardening_inputs;
 mod pipeline;
 mod postgres;
 mod python_client;

@@ -19,6 +19,16 @@ use crate::jsonrpc;
 /// The longest line accepted from an upstream (16 MiB): a bigger message kills the connection.
 const MAX_LINE: usize = 16 * 1024 * 1024;
 
+/// How much of one stderr line is logged, in characters.
+const STDERR_LOGGED_CHARS: usize = 500;
+
+/// How many bytes of one stderr line are kept for the log (enough for
+/// [`STDERR_LOGGED_CHARS`] characters of any UTF-8); the rest of the line is discarded.
+const STDERR_KEPT_BYTES: usize = STDERR_LOGGED_CHARS * 4;
+
+/// The size of one read from an upstream's stderr.
+const STDERR_CHUNK: usize = 64 * 1024;
+
 /// Environment passed to children: enough to run, nothing of Custos's own.
 const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ"];
 
@@ -218,13 +228,7 @@ impl StdioUpstream {
             Arc::downgrade(&conn),
         ));
         if let Some(stderr) = stderr {
-            let name = self.name.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(upstream = %name, line = %line.chars().take(500).collect::<String>(), "upstream stderr");
-                }
-            });
+            tokio::spawn(drain_stderr(self.name.clone(), stderr));
         }
 
         // Prefer the stateless era; fall back to the handshake on the same process.
@@ -281,6 +285,99 @@ impl StdioUpstream {
         if let Some(c) = self.conn.lock().await.take() {
             c.kill().await;
         }
+    }
+}
+
+/// Reads an upstream's stderr to its end and logs each line at debug level, so a chatty child
+/// never blocks on a full pipe.
+// INVARIANT: memory stays bounded by `STDERR_CHUNK + STDERR_KEPT_BYTES` whatever the child
+// writes: a line longer than that is logged once, truncated, and the rest of it is dropped
+// until the next newline.
+async fn drain_stderr(name: String, mut stderr: impl tokio::io::AsyncRead + Unpin) {
+    let mut chunk = vec![0u8; STDERR_CHUNK];
+    let mut line = StderrLine::default();
+    loop {
+        let n = match stderr.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(upstream = %name, error = %e, "upstream stderr failed");
+                break;
+            }
+        };
+        for text in line.push(&chunk[..n]) {
+            tracing::debug!(upstream = %name, line = %text, "upstream stderr");
+        }
+    }
+    if let Some(text) = line.finish() {
+        tracing::debug!(upstream = %name, line = %text, "upstream stderr");
+    }
+}
+
+/// The start of the stderr line being read, at most [`STDERR_KEPT_BYTES`] of it.
+#[derive(Default)]
+struct StderrLine {
+    kept: Vec<u8>,
+    /// The line outgrew `kept` and was logged already: drop bytes until the next newline.
+    skipping: bool,
+}
+
+impl StderrLine {
+    /// Takes the next bytes read and returns the lines to log, each already truncated and
+    /// escaped.
+    fn push(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|b| *b == b'\n');
+            let (part, rest) = match newline {
+                Some(i) => (&bytes[..i], &bytes[i + 1..]),
+                None => (bytes, &[][..]),
+            };
+            if !self.skipping {
+                let room = STDERR_KEPT_BYTES - self.kept.len();
+                if part.len() > room {
+                    self.kept.extend_from_slice(&part[..room]);
+                    out.push(self.take(true));
+                    self.skipping = true;
+                } else {
+                    self.kept.extend_from_slice(part);
+                }
+            }
+            if newline.is_some() {
+                if !self.skipping {
+                    out.push(self.take(false));
+                }
+                self.skipping = false;
+            }
+            bytes = rest;
+        }
+        out
+    }
+
+    /// The unterminated last line, if any, when the stream ends.
+    fn finish(&mut self) -> Option<String> {
+        (!self.skipping && !self.kept.is_empty()).then(|| self.take(false))
+    }
+
+    /// The kept line as loggable text: at most [`STDERR_LOGGED_CHARS`] characters, control
+    /// characters escaped so a child cannot forge log lines or terminal sequences.
+    fn take(&mut self, truncated: bool) -> String {
+        let kept = self.kept.strip_suffix(b"\r").unwrap_or(&self.kept);
+        let text = String::from_utf8_lossy(kept);
+        let mut out = String::new();
+        let mut chars = text.chars();
+        for c in chars.by_ref().take(STDERR_LOGGED_CHARS) {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        if truncated || chars.next().is_some() {
+            out.push_str(" [truncated]");
+        }
+        self.kept.clear();
+        out
     }
 }
 
@@ -345,4 +442,49 @@ async fn read_loop(
         p.clear();
     }
     tracing::warn!(upstream = %name, "upstream process exited");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_lines_split_across_reads_are_joined() {
+        let mut line = StderrLine::default();
+        assert!(line.push(b"hel").is_empty());
+        assert_eq!(line.push(b"lo\r\nwor"), vec!["hello".to_owned()]);
+        assert_eq!(
+            line.push(b"ld\n\n"),
+            vec!["world".to_owned(), String::new()]
+        );
+        assert_eq!(line.finish(), None);
+        line.push(b"no newline at the end");
+        assert_eq!(line.finish().as_deref(), Some("no newline at the end"));
+    }
+
+    #[test]
+    fn a_stderr_line_without_end_is_logged_once_and_not_kept() {
+        let mut line = StderrLine::default();
+        let mut logged = Vec::new();
+        for _ in 0..1000 {
+            logged.extend(line.push(&[b'x'; 4096]));
+            assert!(line.kept.len() <= STDERR_KEPT_BYTES);
+        }
+        assert_eq!(logged.len(), 1, "one truncated entry for the whole line");
+        assert_eq!(
+            logged[0],
+            format!("{} [truncated]", "x".repeat(STDERR_LOGGED_CHARS))
+        );
+        assert_eq!(line.finish(), None, "the rest of the line is dropped");
+        assert_eq!(line.push(b"tail\nnext\n"), vec!["next".to_owned()]);
+    }
+
+    #[test]
+    fn stderr_control_characters_are_escaped() {
+        let mut line = StderrLine::default();
+        assert_eq!(
+            line.push(b"\x1b[31mred\tx\n"),
+            vec!["\\u{1b}[31mred\\tx".to_owned()]
+        );
+    }
 }
