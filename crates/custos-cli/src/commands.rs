@@ -139,6 +139,17 @@ struct ServeArgs {
     /// Log format (logs go to stderr; level from RUST_LOG, default info).
     #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Most TCP connections open at once; more are closed at accept. Default: 4096, or the
+    /// open-file limit minus 256 when that is lower.
+    #[arg(long, env = "CUSTOS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most TCP connections open at once from one source address (IPv6: per /64).
+    #[arg(long, env = "CUSTOS_MAX_CONNECTIONS_PER_IP", default_value_t = custos_server::listener::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Time a client has to send a request's headers (also the longest an HTTP/1 keep-alive
+    /// connection idles), e.g. `10s`.
+    #[arg(long, env = "CUSTOS_HEADER_TIMEOUT", default_value = "10s", value_parser = custos_core::parse_duration)]
+    header_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,6 +339,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 dev: a.dev,
                 auth_failure_window: a.auth_failure_window,
                 auth_failure_limit: a.auth_failure_limit,
+                max_connections: a.max_connections,
+                max_connections_per_ip: a.max_connections_per_ip,
+                header_timeout: a.header_timeout,
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 
 mod api;
 mod error;
+pub mod listener;
 mod mcp;
 mod metrics;
 mod oauth;
@@ -22,7 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use metrics::ServerMetrics;
+pub use metrics::{RefusedReason, ServerMetrics};
 pub use serve::{ServeConfig, run};
 
 /// The largest body the JSON API accepts.

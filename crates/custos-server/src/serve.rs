@@ -13,6 +13,7 @@ use custos_crypto::{AgentKey, ServerKey, TokenIssuer};
 use custos_gateway::{McpGateway, UpstreamPool};
 use custos_store::{Durability, Store};
 
+use crate::listener::{self, ListenerConfig};
 use crate::{AppState, ServerMetrics, router};
 
 /// How to run the server.
@@ -34,6 +35,15 @@ pub struct ServeConfig {
     pub auth_failure_window: Duration,
     /// Failures per source and window past which its requests get 429 unchecked.
     pub auth_failure_limit: u64,
+    /// Most connections open at once; `None`: [`listener::default_max_connections`]
+    /// (4096, or fewer to keep descriptors free under the process's limit).
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one source address (an IPv6 source counts per /64);
+    /// default [`listener::DEFAULT_MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: usize,
+    /// Time a client has to send a request's headers, which is also the longest an HTTP/1
+    /// keep-alive connection idles; default [`listener::DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -192,13 +202,17 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             config.listen
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let limits = listener_config(&config)?;
+    let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = tcp.local_addr()?;
     let built = build(&config, addr).await?;
     tracing::info!(
         addr = %addr,
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_connections_per_ip,
+        header_timeout = ?limits.header_timeout,
         issuer = %built.state.broker.tokens().issuer(),
         store = built.state.broker.store().backend(),
         admin_token = %built.admin_token_path.display(),
@@ -211,19 +225,48 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let gateway = built.state.gateway.clone();
     let broker = built.state.broker.clone();
     let store = built.state.broker.store().clone();
-    axum::serve(
-        listener,
-        router(built.state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server failed")?;
+    let metrics = built.state.metrics.clone();
+    listener::serve(tcp, router(built.state), metrics, limits, shutdown_signal())
+        .await
+        .context("server failed")?;
     // Calls in flight finish and are recorded, the audit log drains, then upstreams stop.
     broker.shutdown().await;
     gateway.upstreams().shutdown().await;
     store.close().await;
     tracing::info!("custos stopped");
     Ok(())
+}
+
+/// The listener's limits from the configuration; fails on limits that would refuse everything.
+fn listener_config(config: &ServeConfig) -> anyhow::Result<ListenerConfig> {
+    let defaults = ListenerConfig::default();
+    let limits = ListenerConfig {
+        max_connections: config.max_connections.unwrap_or(defaults.max_connections),
+        max_connections_per_ip: config.max_connections_per_ip,
+        header_timeout: config.header_timeout,
+        ..defaults
+    };
+    if limits.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if limits.max_connections_per_ip == 0 {
+        bail!("--max-connections-per-ip must be at least 1");
+    }
+    if limits.header_timeout.is_zero() {
+        bail!("--header-timeout must be longer than zero");
+    }
+    if let Some(fds) = listener::fd_limit()
+        && limits.max_connections.saturating_add(listener::FD_RESERVE) > fds
+    {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            fd_limit = fds,
+            "--max-connections leaves fewer than {} descriptors under the open-file limit; \
+             accept may fail with `too many open files` before the cap is reached",
+            listener::FD_RESERVE
+        );
+    }
+    Ok(limits)
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@ mod support;
 mod audit_tamper;
 mod auth;
 mod badinput;
+mod connections;
 mod eras;
 mod hardening_inputs;
 mod pipeline;
