@@ -1,0 +1,3 @@
+//! Every fuzz target on stable: replayed over its seed corpus, then fed arbitrary bytes.
+
+mod it;
