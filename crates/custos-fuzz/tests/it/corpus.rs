@@ -47,10 +47,9 @@ fn every_target_has_a_libfuzzer_entry_point() {
     }
 }
 
-// Crashes the fuzzers found in code this crate does not own wait in `fuzz/crashes/<target>/` until
-// they are fixed; then this test passes and their files move into the corpus.
+// Inputs that once crashed a target stay in `fuzz/crashes/<target>/` and are replayed on every
+// run, so a fixed crash cannot come back.
 #[test]
-#[ignore = "known crashes outside custos-fuzz (fuzz/README.md); run with --ignored once fixed"]
 fn known_crashes_are_fixed() {
     for (name, target) in TARGETS {
         let Ok(entries) = std::fs::read_dir(fuzz_dir().join("crashes").join(name)) else {
