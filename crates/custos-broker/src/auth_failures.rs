@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use custos_core::Reason;
 
@@ -41,6 +42,9 @@ struct Window {
 pub(crate) struct AuthFailures {
     limit_per_source: u64,
     window: Mutex<Window>,
+    /// Failures in the current window from all sources: while it is below the limit no
+    /// source can be over it, so the check on every request takes no lock.
+    in_window: AtomicU64,
 }
 
 impl AuthFailures {
@@ -48,6 +52,7 @@ impl AuthFailures {
         Self {
             limit_per_source,
             window: Mutex::new(Window::default()),
+            in_window: AtomicU64::new(0),
         }
     }
 
@@ -63,6 +68,7 @@ impl AuthFailures {
         let Ok(mut w) = self.window.lock() else {
             return;
         };
+        self.in_window.fetch_add(1, Ordering::Relaxed);
         let mut key = Key {
             source: source.to_owned(),
             subject: subject.to_owned(),
@@ -88,7 +94,16 @@ impl AuthFailures {
     }
 
     /// Whether `source` failed so often in this window that it is refused unchecked.
+    /// Whether any source can be over the limit in this window (lock-free; false on the
+    /// usual path, so [`AuthFailures::limited`] is not consulted).
+    pub(crate) fn may_limit(&self) -> bool {
+        self.in_window.load(Ordering::Relaxed) >= self.limit_per_source
+    }
+
     pub(crate) fn limited(&self, source: &str) -> bool {
+        if !self.may_limit() {
+            return false;
+        }
         self.window
             .lock()
             .ok()
@@ -102,6 +117,7 @@ impl AuthFailures {
             return Vec::new();
         };
         let old = std::mem::take(&mut *w);
+        self.in_window.store(0, Ordering::Relaxed);
         let mut out: Vec<(Key, Sum)> = old.sums.into_iter().collect();
         out.sort_by_key(|(_, s)| s.first_at);
         out

@@ -347,8 +347,9 @@ impl Broker {
     /// The one place every call ends: its last record (a refusal, or the result of a
     /// permitted call), its metric, its log line and the answer.
     async fn finish(&self, ctx: &TaskContext, call: CallLog, ending: Ending) -> CallResult {
-        let mut e = call.event.clone();
-        e.latency_us = Some(call.micros());
+        let latency = call.micros();
+        let mut e = call.event;
+        e.latency_us = Some(latency);
         let tool = e.tool.clone().unwrap_or_default();
         match ending {
             Ending::Refused(refusal) => {

@@ -222,7 +222,8 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::RateLimited`] for such a source.
     pub fn check_source(&self, source: Source) -> Result<(), BrokerError> {
-        if self.inner.auth_failures.limited(&source.to_string()) {
+        let failures = &self.inner.auth_failures;
+        if failures.may_limit() && failures.limited(&source.to_string()) {
             self.inner.metrics.auth_failure("any", Reason::RateLimited);
             return Err(BrokerError::RateLimited);
         }

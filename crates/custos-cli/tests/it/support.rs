@@ -325,9 +325,12 @@ fn fastrand_suffix() -> String {
     )
 }
 
-/// Runs SQL statements on a server's database file from a second connection; the first
-/// column of the first row of the last statement, when it is an integer.
-pub fn sql(s: &TestServer, statements: &str) -> Option<i64> {
+/// Runs `work` on a second connection to a server's database file.
+fn on_database<T, F, Fut>(s: &TestServer, work: F) -> T
+where
+    F: FnOnce(custos_store::Store) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -337,26 +340,25 @@ pub fn sql(s: &TestServer, statements: &str) -> Option<i64> {
         let store = custos_store::Store::connect(&url, custos_store::Durability::Process)
             .await
             .expect("open the server's database");
-        let last = custos_test_support::tamper::sql(&store, statements).await;
+        let out = work(store.clone()).await;
         store.close().await;
-        last
+        out
+    })
+}
+
+/// Runs SQL statements on a server's database file from a second connection; the first
+/// column of the first row of the last statement, when it is an integer.
+pub fn sql(s: &TestServer, statements: &str) -> Option<i64> {
+    on_database(s, |store| async move {
+        custos_test_support::tamper::sql(&store, statements).await
     })
 }
 
 /// Runs SQL (several statements, triggers allowed) on a server's database file from a second
 /// connection.
 pub fn sql_exec(s: &TestServer, statements: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let url = format!("sqlite:{}", s.db_path().display());
-        let store = custos_store::Store::connect(&url, custos_store::Durability::Process)
-            .await
-            .expect("open the server's database");
+    on_database(s, |store| async move {
         custos_test_support::tamper::exec(&store, statements).await;
-        store.close().await;
     });
 }
 

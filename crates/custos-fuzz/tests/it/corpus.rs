@@ -62,3 +62,13 @@ fn known_crashes_are_fixed() {
         }
     }
 }
+
+// A private-key block where a public key belongs: generated here, so no key material (real
+// or look-alike) is committed to the corpus.
+#[test]
+fn a_private_key_block_is_refused_as_a_public_key() {
+    let key = custos_crypto::AgentKey::generate().expect("generate a key");
+    let pem = key.to_pkcs8_pem();
+    custos_fuzz::public_key(pem.as_bytes());
+    assert!(custos_crypto::parse_public_key_pem(&pem).is_err());
+}
