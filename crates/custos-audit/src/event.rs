@@ -57,6 +57,8 @@ impl EventKind {
 pub enum Detail {
     /// A task started.
     TaskStart {
+        /// The immutable id of the agent registration the task belongs to.
+        agent_id: String,
         /// When it expires (Unix ms).
         expires_at: i64,
         /// The template's version.
@@ -79,6 +81,8 @@ pub enum Detail {
         resource_kind: String,
         /// The resource name.
         name: String,
+        /// The resource's immutable id.
+        id: String,
         /// The version now current (the version removed, for a delete).
         version: i64,
     },

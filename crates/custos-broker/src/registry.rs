@@ -8,8 +8,8 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::resource::parse_documents;
 use custos_core::{AgentSpec, Kind, Resource, TemplateSpec, UpstreamSpec};
-use custos_crypto::parse_public_key_pem;
-use custos_store::{AppliedChange, ChangeOp, ResourceRow, Store};
+use custos_crypto::{new_id, parse_public_key_pem};
+use custos_store::{AppliedChange, ChangeOp, ResourceRow, ResourceWrite, Store};
 use serde::Serialize;
 
 use crate::operators::Operator;
@@ -30,6 +30,20 @@ impl AsRef<UpstreamSpec> for Versioned<UpstreamSpec> {
     }
 }
 
+/// A registered agent in the snapshot.
+#[derive(Debug, Clone)]
+pub struct AgentEntry {
+    /// Its immutable id (`agent_…`): tasks bind to it, so an agent deleted and re-created under
+    /// the same name does not inherit the old one's tasks and tokens.
+    pub id: String,
+    /// The stored version.
+    pub version: i64,
+    /// The spec.
+    pub spec: AgentSpec,
+    /// Its parsed Ed25519 public key.
+    pub key: [u8; 32],
+}
+
 /// Everything the hot path needs from the registry, as of one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -40,8 +54,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Versioned<UpstreamSpec>>,
     /// Templates by name.
     pub templates: BTreeMap<String, Versioned<TemplateSpec>>,
-    /// Agents by name, with their parsed public keys.
-    pub agents: BTreeMap<String, Versioned<(AgentSpec, [u8; 32])>>,
+    /// Agents by name.
+    pub agents: BTreeMap<String, AgentEntry>,
     /// Suspended agents.
     pub suspended: HashSet<String>,
     /// When this snapshot was read (Unix ms).
@@ -87,9 +101,11 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
             if let Ok(key) = parse_public_key_pem(&spec.public_key) {
                 snap.agents.insert(
                     row.name,
-                    Versioned {
+                    AgentEntry {
+                        id: row.uid,
                         version: row.version,
-                        spec: (spec, key),
+                        spec,
+                        key,
                     },
                 );
             }
@@ -210,14 +226,13 @@ impl Broker {
         }
         let mut ordered = resources;
         ordered.sort_by_key(|r| Kind::ALL.iter().position(|k| *k == r.kind()));
-        let items: Vec<(String, String, serde_json::Value)> = ordered
+        let items: Vec<ResourceWrite> = ordered
             .iter()
-            .map(|r| {
-                (
-                    r.kind().as_str().to_owned(),
-                    r.name().to_owned(),
-                    r.spec_json(),
-                )
+            .map(|r| ResourceWrite {
+                kind: r.kind().as_str().to_owned(),
+                name: r.name().to_owned(),
+                spec: r.spec_json(),
+                uid_if_created: new_id(r.kind().id_prefix()),
             })
             .collect();
         let now = self.inner.clock.now_ms();
@@ -325,6 +340,7 @@ fn registry_event(op: &Operator, c: &AppliedChange) -> AuditEvent {
         op: c.op.as_str().to_owned(),
         resource_kind: c.kind.clone(),
         name: c.name.clone(),
+        id: c.uid.clone(),
         version: c.version,
     });
     e

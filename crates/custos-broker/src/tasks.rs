@@ -172,7 +172,7 @@ impl Broker {
                 req.agent
             )));
         }
-        if !agent.spec.0.templates.contains(&req.template) {
+        if !agent.spec.templates.contains(&req.template) {
             return Err(BrokerError::Invalid(format!(
                 "agent `{}` may not run template `{}`",
                 req.agent, req.template
@@ -200,6 +200,7 @@ impl Broker {
         let row = TaskRow {
             id: new_id("task_"),
             agent: req.agent,
+            agent_id: agent.id.clone(),
             template: req.template,
             template_version: template.version,
             started_by: op.name.clone(),
@@ -216,6 +217,7 @@ impl Broker {
         e.actor = Some(op.name.clone());
         e.decision = Some(Decision::Allow);
         e.detail = Some(Detail::TaskStart {
+            agent_id: row.agent_id.clone(),
             expires_at: row.expires_at,
             template_version: row.template_version,
             purpose: row.purpose.clone(),
@@ -336,13 +338,18 @@ impl Broker {
         let Some(agent) = snap.agents.get(&agent_name) else {
             return fail(Reason::UnknownAgent, Some(agent_name)).await;
         };
-        if claimed != agent_name && claimed != jwk_thumbprint(&agent.spec.1) {
+        // The task belongs to the registration it was started for: an agent deleted and
+        // re-created under the same name (a new id, perhaps a new key) does not inherit it.
+        if agent.id != task.agent_id {
+            return fail(Reason::AgentReplaced, Some(agent_name)).await;
+        }
+        if claimed != agent_name && claimed != jwk_thumbprint(&agent.key) {
             return fail(Reason::AssertionNamesAnotherAgent, Some(agent_name)).await;
         }
         let now = self.inner.clock.now_secs();
         let claims = match verify_assertion(
             &req.actor_token,
-            &agent.spec.1,
+            &agent.key,
             self.inner.tokens.issuer(),
             now,
         ) {
@@ -371,7 +378,7 @@ impl Broker {
         }
         // The agent's templates are read now, not when the task started: removing a template
         // from an agent stops its tasks under it.
-        if !agent.spec.0.templates.contains(&task.template)
+        if !agent.spec.templates.contains(&task.template)
             || !snap.templates.contains_key(&task.template)
         {
             return fail(Reason::TemplateNotAllowed, Some(agent_name)).await;
@@ -383,14 +390,7 @@ impl Broker {
         let (token, tc) = self
             .inner
             .tokens
-            .issue(
-                &task.on_behalf_of,
-                &agent_name,
-                &task.id,
-                &task.template,
-                now,
-                exp,
-            )
+            .issue(&task, now, exp)
             .map_err(|_| BrokerError::Unavailable("token signing"))?;
         let mut e = task_event(EventKind::TokenIssued, &task);
         e.decision = Some(Decision::Allow);
@@ -445,28 +445,30 @@ impl Broker {
             .await?;
         let reason = match self.task(&claims.task_id, now_ms).await? {
             None => Some(Reason::UnknownTask),
-            Some(t) if t.agent != agent || t.template != claims.template => {
+            Some(t)
+                if t.agent != agent
+                    || t.agent_id != claims.act.agent_id
+                    || t.template != claims.template =>
+            {
                 Some(Reason::TaskMismatch)
             }
             Some(t) if t.state != TaskState::Active || t.expires_at <= now_ms => {
                 Some(Reason::TaskNotActive)
             }
-            Some(_) if !snap.agents.contains_key(&agent) => Some(Reason::UnknownAgent),
-            Some(_) if snap.suspended.contains(&agent) => Some(Reason::AgentSuspended),
-            Some(_) if !snap.templates.contains_key(&claims.template) => {
-                Some(Reason::UnknownTemplate)
-            }
-            // The agent's templates as of now: a template removed from the agent stops its
-            // tasks at once.
-            Some(_)
-                if !snap
-                    .agents
-                    .get(&agent)
-                    .is_some_and(|a| a.spec.0.templates.contains(&claims.template)) =>
-            {
-                Some(Reason::TemplateNotAllowed)
-            }
-            Some(_) => None,
+            Some(t) => match snap.agents.get(&agent) {
+                None => Some(Reason::UnknownAgent),
+                Some(a) if a.id != t.agent_id => Some(Reason::AgentReplaced),
+                Some(_) if snap.suspended.contains(&agent) => Some(Reason::AgentSuspended),
+                Some(_) if !snap.templates.contains_key(&claims.template) => {
+                    Some(Reason::UnknownTemplate)
+                }
+                // The agent's templates as of now: a template removed from the agent stops its
+                // tasks at once.
+                Some(a) if !a.spec.templates.contains(&claims.template) => {
+                    Some(Reason::TemplateNotAllowed)
+                }
+                Some(_) => None,
+            },
         };
         if let Some(r) = reason {
             return Err(self.record_auth_failure("task_token", r, Some(&agent), source));

@@ -76,6 +76,9 @@ reasons! {
     UnknownTask => "unknown_task",
     /// No such agent.
     UnknownAgent => "unknown_agent",
+    /// The agent was deleted and re-created under the same name since the task started: the
+    /// task belongs to the old registration.
+    AgentReplaced => "agent_replaced",
     /// The token's agent or template is not the task's.
     TaskMismatch => "task_mismatch",
     /// The task ended or expired.

@@ -52,6 +52,15 @@ impl Kind {
         }
     }
 
+    /// The prefix of this kind's immutable resource ids (`agent_…`).
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Upstream => "upstream_",
+            Kind::Template => "template_",
+            Kind::Agent => "agent_",
+        }
+    }
+
     /// Reads a kind as a user types it: `agent`, `Agents`, `template`, `upstreams`.
     pub fn parse(s: &str) -> Option<Kind> {
         let lower = s.to_ascii_lowercase();

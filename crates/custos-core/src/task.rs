@@ -38,6 +38,9 @@ pub struct Task {
     pub id: String,
     /// The agent doing the work.
     pub agent: String,
+    /// That agent's immutable id: the task belongs to this registration of the agent, not to
+    /// whatever is registered under its name later.
+    pub agent_id: String,
     /// The template it runs under.
     pub template: String,
     /// The template's version when the task started.

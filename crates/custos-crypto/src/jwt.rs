@@ -3,6 +3,7 @@
 //! Time checks use the caller's clock, not the library's, so tests can move time and every
 //! check is explicit: signature, algorithm, `kid`, issuer, audience, expiry, not-before.
 
+use custos_core::Task;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -69,6 +70,8 @@ impl TokenError {
 pub struct ActClaim {
     /// The agent's name.
     pub sub: String,
+    /// The agent's immutable id: a token never outlives the registration it was issued to.
+    pub agent_id: String,
 }
 
 /// The claims of a task token.
@@ -161,28 +164,27 @@ impl TokenIssuer {
         serde_json::json!({ "keys": [self.key.jwk()] })
     }
 
-    /// Issues a task token valid from `now` until `exp` (Unix seconds).
+    /// Issues a token for `task`, valid from `now` until `exp` (Unix seconds): on behalf of
+    /// the task's initiator, acted by its agent, under its template.
     ///
     /// # Errors
     /// [`TokenError::Signing`] if signing fails.
     pub fn issue(
         &self,
-        initiator: &str,
-        agent: &str,
-        task_id: &str,
-        template: &str,
+        task: &Task,
         now: i64,
         exp: i64,
     ) -> Result<(String, TaskClaims), TokenError> {
         let claims = TaskClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            sub: initiator.to_owned(),
+            sub: task.on_behalf_of.clone(),
             act: ActClaim {
-                sub: agent.to_owned(),
+                sub: task.agent.clone(),
+                agent_id: task.agent_id.clone(),
             },
-            task_id: task_id.to_owned(),
-            template: template.to_owned(),
+            task_id: task.id.clone(),
+            template: task.template.clone(),
             iat: now,
             nbf: now,
             exp,
@@ -321,14 +323,32 @@ mod tests {
         )
     }
 
+    fn task(agent: &str) -> Task {
+        Task {
+            id: "task_1".into(),
+            agent: agent.into(),
+            agent_id: "agent_1".into(),
+            template: "docs".into(),
+            template_version: 1,
+            started_by: "op".into(),
+            on_behalf_of: "alice".into(),
+            purpose: None,
+            created_at: 0,
+            expires_at: 1_900_000,
+            state: custos_core::TaskState::Active,
+            ended_at: None,
+            ended_by: None,
+        }
+    }
+
     #[test]
     fn task_token_round_trip_and_expiry() {
         let iss = issuer();
-        let (tok, claims) = iss
-            .issue("alice", "agent-a", "task_1", "docs", 1000, 1900)
-            .expect("issue");
+        let (tok, claims) = iss.issue(&task("agent-a"), 1000, 1900).expect("issue");
         assert_eq!(iss.verify(&tok, 1000).expect("valid"), claims);
         assert_eq!(claims.act.sub, "agent-a");
+        assert_eq!(claims.act.agent_id, "agent_1");
+        assert_eq!(claims.sub, "alice");
         assert_eq!(iss.verify(&tok, 1900), Err(TokenError::Expired));
         assert_eq!(iss.verify(&tok, 999), Err(TokenError::Expired));
     }
@@ -337,13 +357,9 @@ mod tests {
     fn forged_tokens_refused() {
         let iss = issuer();
         let other = issuer();
-        let (tok, _) = other
-            .issue("alice", "a", "t", "x", 1000, 1900)
-            .expect("issue");
+        let (tok, _) = other.issue(&task("a"), 1000, 1900).expect("issue");
         assert!(iss.verify(&tok, 1000).is_err(), "other key");
-        let (tok, _) = iss
-            .issue("alice", "a", "t", "x", 1000, 1900)
-            .expect("issue");
+        let (tok, _) = iss.issue(&task("a"), 1000, 1900).expect("issue");
         // alg none: header swapped, signature dropped.
         let parts: Vec<&str> = tok.split('.').collect();
         let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
@@ -362,9 +378,7 @@ mod tests {
         let key =
             ServerKey::new(AgentKey::from_pkcs8_pem(&iss.key.key().to_pkcs8_pem()).expect("key"));
         let wrong = TokenIssuer::new(key, iss.issuer.clone(), "http://elsewhere/mcp".into());
-        let (tok, _) = wrong
-            .issue("alice", "a", "t", "x", 1000, 1900)
-            .expect("issue");
+        let (tok, _) = wrong.issue(&task("a"), 1000, 1900).expect("issue");
         assert_eq!(iss.verify(&tok, 1000), Err(TokenError::Audience));
     }
 
@@ -392,7 +406,10 @@ mod tests {
             iss: iss.issuer.clone(),
             aud: iss.audience.clone(),
             sub: "alice".into(),
-            act: ActClaim { sub: "a".into() },
+            act: ActClaim {
+                sub: "a".into(),
+                agent_id: "agent_1".into(),
+            },
             task_id: "t".into(),
             template: "x".into(),
             iat,

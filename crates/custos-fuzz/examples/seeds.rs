@@ -23,14 +23,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ISSUER.to_owned(),
         AUDIENCE.to_owned(),
     );
-    let (token, claims) = issuer.issue(
-        "alice@example.com",
-        "agent-docs-review-dev",
-        "task_01",
-        "docs-review",
-        NOW,
-        NOW + 1800,
-    )?;
+    let task = custos_core::Task {
+        id: "task_01".into(),
+        agent: "agent-docs-review-dev".into(),
+        agent_id: "agent_01".into(),
+        template: "docs-review".into(),
+        template_version: 1,
+        started_by: "admin".into(),
+        on_behalf_of: "alice@example.com".into(),
+        purpose: None,
+        created_at: NOW * 1000,
+        expires_at: (NOW + 1800) * 1000,
+        state: custos_core::TaskState::Active,
+        ended_at: None,
+        ended_by: None,
+    };
+    let (token, claims) = issuer.issue(&task, NOW, NOW + 1800)?;
     write("task_token", "issued.jwt", &token)?;
     write(
         "task_token",

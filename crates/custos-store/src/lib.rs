@@ -19,7 +19,7 @@ use thiserror::Error;
 
 pub use audit::{AuditAppender, AuditHead, AuditRow};
 pub use identity::{AgentStatus, OperatorRow};
-pub use resources::{AppliedChange, ChangeOp, ResourceRow};
+pub use resources::{AppliedChange, ChangeOp, ResourceRow, ResourceWrite};
 pub use tasks::{TaskRow, TaskState};
 
 /// A storage failure. The detail is for logs; callers answer "store unavailable".

@@ -18,6 +18,9 @@ pub struct ResourceRow {
     pub kind: String,
     /// Its name.
     pub name: String,
+    /// Its immutable id, given when it was created: an update keeps it, a delete and re-create
+    /// under the same name gets a new one.
+    pub uid: String,
     /// Starts at 1; every change adds one.
     pub version: i64,
     /// The spec as JSON.
@@ -54,6 +57,19 @@ impl ChangeOp {
     }
 }
 
+/// One resource to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceWrite {
+    /// `Upstream`, `Template` or `Agent`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The spec as JSON.
+    pub spec: serde_json::Value,
+    /// The id it gets if this write creates it (ignored when it exists: ids never change).
+    pub uid_if_created: String,
+}
+
 /// One applied change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AppliedChange {
@@ -61,6 +77,8 @@ pub struct AppliedChange {
     pub kind: String,
     /// The name.
     pub name: String,
+    /// Its immutable id.
+    pub uid: String,
     /// The version now current (for a delete: the version removed).
     pub version: i64,
     /// What happened.
@@ -86,6 +104,7 @@ macro_rules! row_to_resource {
         Ok::<_, StoreError>(ResourceRow {
             kind: row.try_get("kind")?,
             name: row.try_get("name")?,
+            uid: row.try_get("uid")?,
             version: row.try_get("version")?,
             spec: parse_spec(&row.try_get::<String, _>("spec")?)?,
             updated_at: row.try_get("updated_at")?,
@@ -101,7 +120,7 @@ impl Store {
     /// [`StoreError`] when the database fails; nothing is applied then.
     pub async fn apply_resources(
         &self,
-        items: &[(String, String, serde_json::Value)],
+        items: &[ResourceWrite],
         actor: &str,
         at: i64,
     ) -> Result<Vec<AppliedChange>, StoreError> {
@@ -112,38 +131,39 @@ impl Store {
                 sqlx::query(LOCK).bind(PG_REGISTRY_LOCK).execute(&mut *tx).await?;
             }
             let mut out = Vec::with_capacity(items.len());
-            for (kind, name, spec) in items {
+            for ResourceWrite { kind, name, spec, uid_if_created } in items {
                 let spec_text = spec.to_string();
-                let current = sqlx::query("SELECT version, spec FROM resources WHERE kind = $1 AND name = $2")
+                let current = sqlx::query("SELECT version, spec, uid FROM resources WHERE kind = $1 AND name = $2")
                     .bind(kind).bind(name).fetch_optional(&mut *tx).await?;
-                let (version, op) = match current {
+                let (version, op, uid) = match current {
                     Some(row) => {
                         let v: i64 = row.try_get("version")?;
+                        let uid: String = row.try_get("uid")?;
                         let old = parse_spec(&row.try_get::<String, _>("spec")?)?;
                         if &old == spec {
-                            out.push(AppliedChange { kind: kind.clone(), name: name.clone(), version: v, op: ChangeOp::Unchanged });
+                            out.push(AppliedChange { kind: kind.clone(), name: name.clone(), uid, version: v, op: ChangeOp::Unchanged });
                             continue;
                         }
                         sqlx::query("UPDATE resources SET version = $1, spec = $2, updated_at = $3, updated_by = $4 WHERE kind = $5 AND name = $6")
                             .bind(v + 1).bind(&spec_text).bind(at).bind(actor).bind(kind).bind(name)
                             .execute(&mut *tx).await?;
-                        (v + 1, ChangeOp::Updated)
+                        (v + 1, ChangeOp::Updated, uid)
                     }
                     None => {
                         // A re-created resource continues its version line from history.
                         let last: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM resource_history WHERE kind = $1 AND name = $2")
                             .bind(kind).bind(name).fetch_one(&mut *tx).await?.try_get("v")?;
                         let v = last.unwrap_or(0) + 1;
-                        sqlx::query("INSERT INTO resources (kind, name, version, spec, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5, $6)")
-                            .bind(kind).bind(name).bind(v).bind(&spec_text).bind(at).bind(actor)
+                        sqlx::query("INSERT INTO resources (kind, name, uid, version, spec, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                            .bind(kind).bind(name).bind(uid_if_created).bind(v).bind(&spec_text).bind(at).bind(actor)
                             .execute(&mut *tx).await?;
-                        (v, ChangeOp::Created)
+                        (v, ChangeOp::Created, uid_if_created.clone())
                     }
                 };
                 sqlx::query("INSERT INTO resource_history (kind, name, version, op, spec, at, actor) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(kind).bind(name).bind(version).bind(op.as_str()).bind(&spec_text).bind(at).bind(actor)
                     .execute(&mut *tx).await?;
-                out.push(AppliedChange { kind: kind.clone(), name: name.clone(), version, op });
+                out.push(AppliedChange { kind: kind.clone(), name: name.clone(), uid, version, op });
             }
             if out.iter().any(|c| c.op != ChangeOp::Unchanged && decides_calls(&c.kind)) {
                 sqlx::query(BUMP_POLICY).execute(&mut *tx).await?;
@@ -170,10 +190,11 @@ impl Store {
             if is_pg {
                 sqlx::query(LOCK).bind(PG_REGISTRY_LOCK).execute(&mut *tx).await?;
             }
-            let row = sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2 RETURNING version")
+            let row = sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2 RETURNING version, uid")
                 .bind(kind).bind(name).fetch_optional(&mut *tx).await?;
             let Some(row) = row else { return Ok(None) };
             let version: i64 = row.try_get("version")?;
+            let uid: String = row.try_get("uid")?;
             sqlx::query("INSERT INTO resource_history (kind, name, version, op, spec, at, actor) VALUES ($1, $2, $3, 'deleted', NULL, $4, $5)")
                 .bind(kind).bind(name).bind(version).bind(at).bind(actor)
                 .execute(&mut *tx).await?;
@@ -181,7 +202,7 @@ impl Store {
                 sqlx::query(BUMP_POLICY).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(Some(AppliedChange { kind: kind.to_owned(), name: name.to_owned(), version, op: ChangeOp::Deleted }))
+            Ok(Some(AppliedChange { kind: kind.to_owned(), name: name.to_owned(), uid, version, op: ChangeOp::Deleted }))
         })
     }
 
@@ -194,7 +215,7 @@ impl Store {
         kind: &str,
         name: &str,
     ) -> Result<Option<ResourceRow>, StoreError> {
-        const Q: &str = "SELECT kind, name, version, spec, updated_at, updated_by FROM resources WHERE kind = $1 AND name = $2";
+        const Q: &str = "SELECT kind, name, uid, version, spec, updated_at, updated_by FROM resources WHERE kind = $1 AND name = $2";
         on_pool!(self, p => {
             match sqlx::query(Q).bind(kind).bind(name).fetch_optional(p).await? {
                 Some(row) => row_to_resource!(row).map(Some),
@@ -208,7 +229,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRow>, StoreError> {
-        const Q: &str = "SELECT kind, name, version, spec, updated_at, updated_by FROM resources WHERE kind = $1 ORDER BY name";
+        const Q: &str = "SELECT kind, name, uid, version, spec, updated_at, updated_by FROM resources WHERE kind = $1 ORDER BY name";
         on_pool!(self, p => {
             let rows = sqlx::query(Q).bind(kind).fetch_all(p).await?;
             rows.into_iter().map(|r| row_to_resource!(r)).collect()

@@ -15,6 +15,7 @@ macro_rules! row_to_task {
         Ok::<_, StoreError>(TaskRow {
             id: r.try_get("id")?,
             agent: r.try_get("agent")?,
+            agent_id: r.try_get("agent_uid")?,
             template: r.try_get("template")?,
             template_version: r.try_get("template_version")?,
             started_by: r.try_get("started_by")?,
@@ -35,10 +36,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn create_task(&self, t: &TaskRow) -> Result<(), StoreError> {
-        const Q: &str = "INSERT INTO tasks (id, agent, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+        const Q: &str = "INSERT INTO tasks (id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
         on_pool!(self, p => sqlx::query(Q)
-            .bind(&t.id).bind(&t.agent).bind(&t.template).bind(t.template_version).bind(&t.started_by)
+            .bind(&t.id).bind(&t.agent).bind(&t.agent_id).bind(&t.template).bind(t.template_version).bind(&t.started_by)
             .bind(&t.on_behalf_of).bind(&t.purpose).bind(t.created_at).bind(t.expires_at)
             .bind(t.state.as_str()).bind(t.ended_at).bind(&t.ended_by)
             .execute(p).await.map(|_| ()).map_err(StoreError::from_write))
@@ -49,7 +50,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn get_task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
-        const Q: &str = "SELECT id, agent, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks WHERE id = $1";
+        const Q: &str = "SELECT id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks WHERE id = $1";
         on_pool!(self, p => match sqlx::query(Q).bind(id).fetch_optional(p).await? {
             Some(r) => row_to_task!(r).map(Some),
             None => Ok(None),
@@ -65,7 +66,7 @@ impl Store {
         agent: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TaskRow>, StoreError> {
-        const Q: &str = "SELECT id, agent, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks \
+        const Q: &str = "SELECT id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks \
                          WHERE ($1 IS NULL OR agent = $1) ORDER BY created_at DESC, id LIMIT $2";
         on_pool!(self, p => {
             let rows = sqlx::query(Q).bind(agent).bind(limit).fetch_all(p).await?;

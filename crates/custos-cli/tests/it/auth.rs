@@ -157,50 +157,43 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
     };
     let right = own(&s.mcp_url());
     let t = now();
+    // The task as its real token describes it: initiator, agent and the agent's id.
+    let real: Value = serde_json::from_slice(&base64_url_decode(
+        st.token.split('.').nth(1).expect("claims"),
+    ))
+    .expect("claims");
+    let task = |id: &str| custos_core::Task {
+        id: id.to_owned(),
+        agent: "agent-a".into(),
+        agent_id: real["act"]["agent_id"]
+            .as_str()
+            .expect("agent_id")
+            .to_owned(),
+        template: "fx-all".into(),
+        template_version: 1,
+        started_by: "admin".into(),
+        on_behalf_of: "alice@example.com".into(),
+        purpose: None,
+        created_at: 0,
+        expires_at: i64::MAX,
+        state: custos_core::TaskState::Active,
+        ended_at: None,
+        ended_by: None,
+    };
     let (expired, _) = right
-        .issue(
-            "alice@example.com",
-            "agent-a",
-            &st.task,
-            "fx-all",
-            t - 1000,
-            t - 10,
-        )
+        .issue(&task(&st.task), t - 1000, t - 10)
         .expect("issue");
     let (wrong_aud, _) = own("http://elsewhere/mcp")
-        .issue(
-            "alice@example.com",
-            "agent-a",
-            &st.task,
-            "fx-all",
-            t,
-            t + 300,
-        )
+        .issue(&task(&st.task), t, t + 300)
         .expect("issue");
     let stranger = TokenIssuer::new(
         ServerKey::new(AgentKey::generate().expect("key")),
         s.addr.clone(),
         s.mcp_url(),
     );
-    let (foreign, _) = stranger
-        .issue(
-            "alice@example.com",
-            "agent-a",
-            &st.task,
-            "fx-all",
-            t,
-            t + 300,
-        )
-        .expect("issue");
+    let (foreign, _) = stranger.issue(&task(&st.task), t, t + 300).expect("issue");
     let (other_task, _) = right
-        .issue(
-            "alice@example.com",
-            "agent-a",
-            "task_doesnotexist",
-            "fx-all",
-            t,
-            t + 300,
-        )
+        .issue(&task("task_doesnotexist"), t, t + 300)
         .expect("issue");
     let parts: Vec<&str> = st.token.split('.').collect();
     let none_header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
@@ -550,4 +543,74 @@ fn a_flood_of_bad_tokens_costs_a_few_records_and_is_rate_limited() {
     );
     // A well-behaved source elsewhere is unaffected, and so is this one after the window.
     assert!(s.cli(&["get", "agents"]).status.success());
+}
+
+#[test]
+fn an_agent_deleted_and_re_created_under_its_name_does_not_inherit_its_tasks() {
+    let server = TestServer::start();
+    let s = &server;
+    let (key, public) = s.keygen("agent-a");
+    s.apply(&fixture_yaml("agent-a", &public, "5s"));
+    let old_task = s.start_task("agent-a", "fx-all");
+    let old_token = s.task_token(&old_task, &key);
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&old_token));
+    let session = mcp.initialize();
+    assert_eq!(mcp.call(&session, "tools/list", json!({})).status, 200);
+    let old_id = s.cli_json(&["task", "get", &old_task, "--json"])["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    assert!(old_id.starts_with("agent_"), "{old_id}");
+    let before = auth_failures_on_record(s).1;
+
+    // Deleted, then registered again under the same name, even with the very same key.
+    assert!(s.cli(&["delete", "agent", "agent-a"]).status.success());
+    s.apply(&fixture_yaml("agent-a", &public, "5s"));
+
+    // The old registration's token and task are refused, on the open session and anew.
+    assert_401_without_detail(&mcp.call(&session, "tools/list", json!({})), "old token");
+    let exchange = s.cli(&[
+        "task",
+        "token",
+        "--task",
+        &old_task,
+        "--agent-key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(!exchange.status.success(), "old task exchanged");
+    // Both refusals are on record as `agent_replaced`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while auth_failures_on_record(s).1 < before + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        super::support::sql(
+            s,
+            "SELECT COALESCE(SUM(json_extract(detail, '$.count')), 0) FROM audit_log \
+             WHERE kind = 'auth_failures' AND reason = 'agent_replaced'"
+        ),
+        Some(2)
+    );
+
+    // The new registration has its own id and works for new tasks.
+    let task = s.start_task("agent-a", "fx-all");
+    let new_id = s.cli_json(&["task", "get", &task, "--json"])["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    assert_ne!(new_id, old_id);
+    let token = s.task_token(&task, &key);
+    let fresh = RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = fresh.initialize();
+    assert_eq!(fresh.call(&sid, "tools/list", json!({})).status, 200);
+    // Registry changes name the ids: the trail tells the two registrations apart.
+    let ids = super::support::sql(
+        s,
+        &format!(
+            "SELECT COUNT(DISTINCT json_extract(detail, '$.id')) FROM audit_log \
+             WHERE kind = 'registry_change' AND json_extract(detail, '$.name') = 'agent-a' \
+             AND json_extract(detail, '$.id') IN ('{old_id}', '{new_id}')"
+        ),
+    );
+    assert_eq!(ids, Some(2));
 }

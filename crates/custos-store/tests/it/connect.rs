@@ -1,6 +1,6 @@
 //! Connecting: URLs, backends, migrations run again on an existing database.
 
-use custos_store::{Durability, Store, StoreError};
+use custos_store::{Durability, ResourceWrite, Store, StoreError};
 use custos_test_support::{Backend, fresh_store};
 use serde_json::json;
 
@@ -19,7 +19,16 @@ async fn reopening_keeps_data_and_migrations_are_idempotent(backend: Backend, na
     assert_eq!(store.backend(), name);
     store.ping().await.expect("ping");
     store
-        .apply_resources(&[("Agent".into(), "a".into(), json!({"k": 1}))], "op", 1)
+        .apply_resources(
+            &[ResourceWrite {
+                kind: "Agent".into(),
+                name: "a".into(),
+                spec: json!({"k": 1}),
+                uid_if_created: "agent_1".into(),
+            }],
+            "op",
+            1,
+        )
         .await
         .expect("apply");
     store.close().await;
@@ -34,7 +43,7 @@ async fn reopening_keeps_data_and_migrations_are_idempotent(backend: Backend, na
         .await
         .expect("get")
         .expect("kept");
-    assert_eq!(row.spec, json!({"k": 1}));
+    assert_eq!((row.spec, row.uid.as_str()), (json!({"k": 1}), "agent_1"));
     again.close().await;
     drop(guard);
 }

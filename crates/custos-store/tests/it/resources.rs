@@ -1,6 +1,8 @@
 //! Registry resources: versions, history, deletes, listing, atomic apply.
 
-use custos_store::{AppliedChange, ChangeOp, Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use custos_store::{AppliedChange, ChangeOp, ResourceWrite, Store, StoreError};
 use custos_test_support::both_backends;
 use serde_json::json;
 
@@ -13,20 +15,43 @@ both_backends!(
     apply_of_several_items_is_all_or_nothing,
     one_apply_may_touch_the_same_item_twice,
     key_order_alone_is_no_change,
+    ids_are_kept_by_updates_and_new_after_a_re_create,
     concurrent_applies_to_one_resource_keep_one_version_line,
 );
 
-fn item(kind: &str, name: &str, spec: serde_json::Value) -> (String, String, serde_json::Value) {
-    (kind.to_owned(), name.to_owned(), spec)
+fn item(kind: &str, name: &str, spec: serde_json::Value) -> ResourceWrite {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    ResourceWrite {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        spec,
+        uid_if_created: format!(
+            "{}_{}",
+            kind.to_ascii_lowercase(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+    }
 }
 
+/// An expected change; compared with [`blank`]ed ids (ids have their own test).
 fn change(kind: &str, name: &str, version: i64, op: ChangeOp) -> AppliedChange {
     AppliedChange {
         kind: kind.to_owned(),
         name: name.to_owned(),
+        uid: String::new(),
         version,
         op,
     }
+}
+
+fn blank(changes: Vec<AppliedChange>) -> Vec<AppliedChange> {
+    changes
+        .into_iter()
+        .map(|c| AppliedChange {
+            uid: String::new(),
+            ..c
+        })
+        .collect()
 }
 
 fn history_ops(h: &[(i64, String, i64, String)]) -> Vec<(i64, &str)> {
@@ -41,13 +66,19 @@ async fn apply_creates_then_bumps_version_and_skips_unchanged(store: Store) {
         .apply_resources(&[item("Upstream", "u", v1.clone())], "alice", 1000)
         .await
         .expect("create");
-    assert_eq!(out, vec![change("Upstream", "u", 1, ChangeOp::Created)]);
+    assert_eq!(
+        blank(out),
+        vec![change("Upstream", "u", 1, ChangeOp::Created)]
+    );
 
     let out = store
         .apply_resources(&[item("Upstream", "u", v1.clone())], "bob", 2000)
         .await
         .expect("same again");
-    assert_eq!(out, vec![change("Upstream", "u", 1, ChangeOp::Unchanged)]);
+    assert_eq!(
+        blank(out),
+        vec![change("Upstream", "u", 1, ChangeOp::Unchanged)]
+    );
     // Unchanged writes nothing: the row still says who created it and when.
     let row = store
         .get_resource("Upstream", "u")
@@ -64,7 +95,10 @@ async fn apply_creates_then_bumps_version_and_skips_unchanged(store: Store) {
         .apply_resources(&[item("Upstream", "u", v2.clone())], "carol", 3000)
         .await
         .expect("update");
-    assert_eq!(out, vec![change("Upstream", "u", 2, ChangeOp::Updated)]);
+    assert_eq!(
+        blank(out),
+        vec![change("Upstream", "u", 2, ChangeOp::Updated)]
+    );
     let row = store
         .get_resource("Upstream", "u")
         .await
@@ -117,7 +151,10 @@ async fn delete_keeps_history_and_recreate_continues_the_version_line(store: Sto
         .delete_resource("Agent", "a", "op2", 3)
         .await
         .expect("delete");
-    assert_eq!(gone, Some(change("Agent", "a", 2, ChangeOp::Deleted)));
+    assert_eq!(
+        gone.map(|g| blank(vec![g])),
+        Some(vec![change("Agent", "a", 2, ChangeOp::Deleted)])
+    );
     assert_eq!(store.get_resource("Agent", "a").await.expect("get"), None);
     assert!(
         store
@@ -147,7 +184,7 @@ async fn delete_keeps_history_and_recreate_continues_the_version_line(store: Sto
         .apply_resources(&[item("Agent", "a", json!({"v": 1}))], "op3", 5)
         .await
         .expect("re-create");
-    assert_eq!(out, vec![change("Agent", "a", 3, ChangeOp::Created)]);
+    assert_eq!(blank(out), vec![change("Agent", "a", 3, ChangeOp::Created)]);
     let row = store
         .get_resource("Agent", "a")
         .await
@@ -266,7 +303,7 @@ async fn apply_of_several_items_is_all_or_nothing(store: Store) {
         .await
         .expect("apply");
     assert_eq!(
-        out,
+        blank(out),
         vec![
             change("Template", "new", 1, ChangeOp::Created),
             change("Template", "existing", 2, ChangeOp::Updated),
@@ -289,7 +326,7 @@ async fn one_apply_may_touch_the_same_item_twice(store: Store) {
         .await
         .expect("apply");
     assert_eq!(
-        out,
+        blank(out),
         vec![
             change("Upstream", "u", 1, ChangeOp::Created),
             change("Upstream", "u", 2, ChangeOp::Updated),
@@ -311,7 +348,10 @@ async fn key_order_alone_is_no_change(store: Store) {
         .apply_resources(&[item("Template", "t", b)], "op", 2)
         .await
         .expect("reorder");
-    assert_eq!(out, vec![change("Template", "t", 1, ChangeOp::Unchanged)]);
+    assert_eq!(
+        blank(out),
+        vec![change("Template", "t", 1, ChangeOp::Unchanged)]
+    );
 }
 
 async fn concurrent_applies_to_one_resource_keep_one_version_line(store: Store) {
@@ -382,4 +422,45 @@ async fn concurrent_applies_to_one_resource_keep_one_version_line(store: Store) 
             (4, ChangeOp::Updated),
         ]
     );
+}
+
+async fn ids_are_kept_by_updates_and_new_after_a_re_create(store: Store) {
+    let first = item("Agent", "a", json!({"v": 1}));
+    let created = store
+        .apply_resources(std::slice::from_ref(&first), "op", 1)
+        .await
+        .expect("create");
+    assert_eq!(created[0].uid, first.uid_if_created);
+    // An update (whatever id it offers) and an unchanged apply keep the id.
+    for (spec, at) in [(json!({"v": 2}), 2), (json!({"v": 2}), 3)] {
+        let out = store
+            .apply_resources(&[item("Agent", "a", spec)], "op", at)
+            .await
+            .expect("apply");
+        assert_eq!(out[0].uid, first.uid_if_created);
+    }
+    let row = store
+        .get_resource("Agent", "a")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(row.uid, first.uid_if_created);
+    let gone = store
+        .delete_resource("Agent", "a", "op", 4)
+        .await
+        .expect("delete")
+        .expect("existed");
+    assert_eq!(gone.uid, first.uid_if_created);
+    // Same name again: another registration, another id.
+    let again = item("Agent", "a", json!({"v": 1}));
+    let out = store
+        .apply_resources(std::slice::from_ref(&again), "op", 5)
+        .await
+        .expect("re-create");
+    assert_eq!(out[0].uid, again.uid_if_created);
+    assert_ne!(out[0].uid, first.uid_if_created);
+    // Two resources can never share an id.
+    let mut dup = item("Template", "t", json!({}));
+    dup.uid_if_created = again.uid_if_created.clone();
+    assert!(store.apply_resources(&[dup], "op", 6).await.is_err());
 }

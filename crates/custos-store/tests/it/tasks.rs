@@ -14,6 +14,7 @@ fn task(id: &str, agent: &str, created_at: i64) -> TaskRow {
     TaskRow {
         id: id.to_owned(),
         agent: agent.to_owned(),
+        agent_id: format!("agent_{agent}"),
         template: "tpl".to_owned(),
         template_version: 3,
         started_by: "op".to_owned(),

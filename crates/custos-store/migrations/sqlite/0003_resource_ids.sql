@@ -1,0 +1,13 @@
+-- Every resource gets an immutable id when it is created; an update keeps it, a delete and
+-- re-create under the same name gets a new one. Tasks bind to their agent's id, so an agent
+-- deleted and re-created under the same name does not inherit the old one's tasks and tokens.
+ALTER TABLE resources ADD COLUMN uid TEXT;
+UPDATE resources SET uid = lower(kind) || '_' || lower(hex(randomblob(16))) WHERE uid IS NULL;
+CREATE UNIQUE INDEX resources_uid ON resources (uid);
+
+ALTER TABLE tasks ADD COLUMN agent_uid TEXT;
+-- Tasks from before ids existed belong to the agent registered under their name now, if any.
+UPDATE tasks SET agent_uid = (
+    SELECT r.uid FROM resources r WHERE r.kind = 'Agent' AND r.name = tasks.agent
+);
+UPDATE tasks SET agent_uid = 'agent_gone' WHERE agent_uid IS NULL;
