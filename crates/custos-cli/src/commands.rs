@@ -150,6 +150,10 @@ struct ServeArgs {
     /// connection idles), e.g. `10s`.
     #[arg(long, env = "CUSTOS_HEADER_TIMEOUT", default_value = "10s", value_parser = custos_core::parse_duration)]
     header_timeout: std::time::Duration,
+    /// Time a client has to send a request's body once its headers are in (late: 408 and the
+    /// connection closed), e.g. `30s`.
+    #[arg(long, env = "CUSTOS_BODY_TIMEOUT", default_value = "30s", value_parser = custos_core::parse_duration)]
+    body_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -342,6 +346,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: a.max_connections,
                 max_connections_per_ip: a.max_connections_per_ip,
                 header_timeout: a.header_timeout,
+                body_timeout: a.body_timeout,
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 //! health and metrics. Handlers are thin: extract, call one broker method, map the result.
 
 mod api;
+pub mod body;
 mod error;
 pub mod listener;
 mod mcp;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub gateway: Arc<McpGateway>,
     /// Metrics.
     pub metrics: ServerMetrics,
+    /// How long a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -126,6 +129,14 @@ pub fn router(state: AppState) -> Router {
             get(oauth::protected_resource),
         )
         .route("/oauth/token", post(oauth::token))
+        .layer(middleware::from_fn_with_state(
+            body::BodyLimits {
+                max_bytes: API_BODY_LIMIT,
+                timeout: state.body_timeout,
+                shape: body::ErrorShape::Api,
+            },
+            body::read_within,
+        ))
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -133,6 +144,14 @@ pub fn router(state: AppState) -> Router {
         ));
     let mcp = Router::new()
         .route("/mcp", post(mcp::post).get(mcp::get).delete(mcp::delete))
+        .layer(middleware::from_fn_with_state(
+            body::BodyLimits {
+                max_bytes: MCP_BODY_LIMIT,
+                timeout: state.body_timeout,
+                shape: body::ErrorShape::JsonRpc,
+            },
+            body::read_within,
+        ))
         .layer(DefaultBodyLimit::max(MCP_BODY_LIMIT));
     api.merge(mcp)
         .fallback(api::not_found)

@@ -44,7 +44,14 @@ pub struct ServeConfig {
     /// Time a client has to send a request's headers, which is also the longest an HTTP/1
     /// keep-alive connection idles; default [`listener::DEFAULT_HEADER_TIMEOUT`].
     pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in; default
+    /// [`DEFAULT_BODY_TIMEOUT`].
+    pub body_timeout: Duration,
 }
+
+/// How long a client has to send a request body by default: 4 MiB (the largest MCP body) at
+/// 150 KB/s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -172,6 +179,7 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
             broker,
             gateway,
             metrics,
+            body_timeout: config.body_timeout,
         },
         admin_token_path,
     })
@@ -213,6 +221,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         max_connections = limits.max_connections,
         max_connections_per_ip = limits.max_connections_per_ip,
         header_timeout = ?limits.header_timeout,
+        body_timeout = ?config.body_timeout,
         issuer = %built.state.broker.tokens().issuer(),
         store = built.state.broker.store().backend(),
         admin_token = %built.admin_token_path.display(),
@@ -254,6 +263,9 @@ fn listener_config(config: &ServeConfig) -> anyhow::Result<ListenerConfig> {
     }
     if limits.header_timeout.is_zero() {
         bail!("--header-timeout must be longer than zero");
+    }
+    if config.body_timeout.is_zero() {
+        bail!("--body-timeout must be longer than zero");
     }
     if let Some(fds) = listener::fd_limit()
         && limits.max_connections.saturating_add(listener::FD_RESERVE) > fds

@@ -258,3 +258,79 @@ fn the_accept_loop_survives_descriptor_exhaustion() {
         started.elapsed()
     );
 }
+
+/// Sends a request's headers at once and then its body a byte every 300 ms: what the server
+/// answered (the whole response as text) and how long after the headers it did.
+fn trickle_body(server: &TestServer, path: &str, token: &str) -> (String, Duration) {
+    let mut stream = TcpStream::connect(socket_addr(server)).expect("connect");
+    // A valid request padded with spaces: a minute to send at this pace.
+    let mut body = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}"#.to_vec();
+    body.resize(200, b' ');
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\naccept: application/json, text/event-stream\r\n\
+         content-length: {}\r\n\r\n",
+        socket_addr(server),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("headers");
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 4096];
+    for byte in &body {
+        // Stop trickling once the server answered or closed.
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        if stream.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    // The rest of the answer, up to the server closing the connection.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), elapsed)
+}
+
+#[test]
+fn a_body_trickled_a_byte_at_a_time_gets_408_at_the_body_timeout() {
+    let server = TestServer::start_with(&["--body-timeout", "2s"]);
+    let token = server.admin_token.clone();
+    for path in ["/mcp", "/v1/apply"] {
+        let (answer, after) = trickle_body(&server, path, &token);
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "{path}: answered after {after:?}: {answer}"
+        );
+        assert!(
+            answer.contains("request body not received in time"),
+            "{path}: {answer}"
+        );
+        // Not before the timeout, and not much after it: the trickle would have taken a minute.
+        assert!(
+            after >= Duration::from_millis(1900) && after < Duration::from_secs(10),
+            "{path}: answered after {after:?}"
+        );
+    }
+    // A body that arrives in time is served as before.
+    assert_eq!(healthz(&server, OTHER_SOURCE).0, 200);
+    let reply = server.cli(&["get", "agents"]);
+    assert!(reply.status.success());
+}
