@@ -319,11 +319,6 @@ impl UpstreamPool {
         }
     }
 
-    /// How many connections the pool holds (for tests and diagnostics).
-    pub async fn connections(&self) -> usize {
-        self.entries.lock().await.by_key.len()
-    }
-
     /// Stops every upstream (child processes are terminated).
     pub async fn shutdown(&self) {
         let entries = self.entries.lock().await.take(|_, _| true);
@@ -371,5 +366,57 @@ impl Upstreams for UpstreamPool {
                 Some(json!({ "name": call.tool().tool, "arguments": call.arguments() })),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_core::{Resource, resource::parse_documents};
+
+    use super::*;
+
+    fn spec(yaml: &str) -> UpstreamSpec {
+        match parse_documents(yaml).expect("spec").pop() {
+            Some(Resource::Upstream(u)) => u,
+            other => panic!("not an upstream: {other:?}"),
+        }
+    }
+
+    async fn keys(pool: &UpstreamPool) -> Vec<(String, ScopeKey)> {
+        let mut k: Vec<_> = pool.entries.lock().await.by_key.keys().cloned().collect();
+        k.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        k
+    }
+
+    // Clients start their process or session on first request, so no process runs here.
+    #[tokio::test]
+    async fn connections_are_keyed_by_scope_and_a_task_end_takes_only_its_own() {
+        let pool = UpstreamPool::new();
+        let shared = spec("kind: Upstream\nname: s\ncommand: [x]\n");
+        let task = spec("kind: Upstream\nname: t\ncommand: [x]\nscope: task\n");
+        for t in ["a", "b"] {
+            pool.entry(&shared, t).await.expect("shared");
+            pool.entry(&task, t).await.expect("task");
+        }
+        let s = |n: &str| (n.to_owned(), ScopeKey::Shared);
+        let t = |n: &str, id: &str| (n.to_owned(), ScopeKey::Task(id.to_owned()));
+        assert_eq!(keys(&pool).await, vec![s("s"), t("t", "a"), t("t", "b")]);
+
+        pool.end_task("a").await;
+        assert_eq!(keys(&pool).await, vec![s("s"), t("t", "b")]);
+        // A call authenticated just before its task ended starts nothing.
+        assert!(pool.entry(&task, "a").await.is_err());
+        assert!(pool.entry(&shared, "a").await.is_ok());
+
+        // A changed upstream replaces its connections whatever their scope.
+        let now_shared = spec("kind: Upstream\nname: t\ncommand: [y]\n");
+        pool.entry(&now_shared, "b").await.expect("changed");
+        assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
+
+        // Task connections nobody uses go, shared ones stay.
+        let other = spec("kind: Upstream\nname: u\nurl: http://127.0.0.1:9/mcp\nscope: task\n");
+        pool.entry(&other, "c").await.expect("task c");
+        pool.stop_idle_task_connections(Duration::ZERO).await;
+        assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
     }
 }
