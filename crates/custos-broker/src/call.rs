@@ -115,10 +115,12 @@ impl UpstreamError {
 
 /// The MCP client side, implemented by the gateway: lists and calls tools on upstreams.
 pub trait Upstreams: Send + Sync + 'static {
-    /// The upstream's tools (raw MCP tool objects, names as the upstream gives them).
+    /// The upstream's tools (raw MCP tool objects, names as the upstream gives them), asked
+    /// for `task` (a `scope: task` upstream answers on that task's own connection).
     fn list_tools(
         &self,
         upstream: &UpstreamSpec,
+        task: &str,
     ) -> impl Future<Output = Result<Vec<Value>, UpstreamError>> + Send;
 
     /// Makes one permitted call; the result is the raw MCP `CallToolResult`.
@@ -220,7 +222,7 @@ impl Broker {
             if !wanted {
                 continue;
             }
-            let tools = match upstreams.list_tools(&up.spec).await {
+            let tools = match upstreams.list_tools(&up.spec, ctx.task_id()).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(upstream = %name, error = %e, "upstream tools unavailable; left out of tools/list");

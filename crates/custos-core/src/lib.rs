@@ -20,11 +20,12 @@ pub mod yaml_limits;
 
 pub use clock::{Clock, SystemClock, UnixMillis};
 pub use decision::{Decision, Outcome};
-pub use duration::parse_duration;
+pub use duration::{BoundedDuration, parse_duration};
 pub use names::{ExposedTool, NameError};
 pub use reason::Reason;
 pub use resource::{
-    AgentSpec, Archetype, Kind, Resource, ResourceError, TemplateSpec, UpstreamSpec,
+    AgentSpec, Archetype, CallTimeout, HttpUrl, Kind, Resource, ResourceError, StdioCommand,
+    TemplateSpec, TemplateTtl, Transport, UpstreamScope, UpstreamSpec,
 };
 pub use task::{Task, TaskState};
 pub use tier::Tier;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::duration::parse_duration;
+use crate::duration::{BoundedDuration, DurationField};
 use crate::names::{TOOL_SEPARATOR, check_resource_name};
 use crate::tier::Tier;
 
@@ -81,30 +81,256 @@ fn default_tier() -> Tier {
     Tier::T3
 }
 
+/// The call timeout of an upstream that names none.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bounds of an upstream's `timeout`.
+#[derive(Debug)]
+pub enum TimeoutField {}
+
+impl DurationField for TimeoutField {
+    const FIELD: &'static str = "timeout";
+    const MIN: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_secs(600);
+}
+
+/// How long one call to an upstream may take: 1ms to 10m.
+pub type CallTimeout = BoundedDuration<TimeoutField>;
+
+/// The bounds of a template's `ttl`.
+#[derive(Debug)]
+pub enum TtlField {}
+
+impl DurationField for TtlField {
+    const FIELD: &'static str = "ttl";
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = MAX_TEMPLATE_TTL;
+}
+
+/// The longest a task under a template may live: 1s to 24h.
+pub type TemplateTtl = BoundedDuration<TtlField>;
+
+/// A stdio upstream's program and its arguments.
+// INVARIANT: at least one element, and the program is not blank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdioCommand(Vec<String>);
+
+impl StdioCommand {
+    /// A command line: program first, then its arguments.
+    ///
+    /// # Errors
+    /// A message naming the field when there is no program.
+    pub fn new(argv: Vec<String>) -> Result<Self, String> {
+        match argv.first() {
+            Some(program) if !program.trim().is_empty() => Ok(Self(argv)),
+            _ => Err("field `command`: must name a program".into()),
+        }
+    }
+
+    /// The program to run.
+    pub fn program(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
+    /// Its arguments.
+    pub fn args(&self) -> &[String] {
+        self.0.get(1..).unwrap_or_default()
+    }
+
+    /// Program and arguments, as written.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// A Streamable HTTP upstream's endpoint.
+// INVARIANT: starts with `http://` or `https://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    /// An `http://` or `https://` URL.
+    ///
+    /// # Errors
+    /// A message naming the field for any other scheme.
+    pub fn new(url: String) -> Result<Self, String> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            Ok(Self(url))
+        } else {
+            Err(format!(
+                "field `url`: `{url}` is not an http:// or https:// URL"
+            ))
+        }
+    }
+
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How the gateway reaches an upstream; written as exactly one of the keys `command` and `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A child process speaking MCP over stdin and stdout (`command: [program, args..]`).
+    Stdio {
+        /// What to run.
+        command: StdioCommand,
+    },
+    /// A Streamable HTTP MCP endpoint (`url: http://..`).
+    Http {
+        /// Where.
+        url: HttpUrl,
+    },
+}
+
+/// Who shares one connection to an upstream (one process, for a stdio upstream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UpstreamScope {
+    /// One connection serves every task (`scope: shared`, the default).
+    #[default]
+    Shared,
+    /// Each task gets a connection of its own, stopped when the task ends (`scope: task`):
+    /// whatever a stdio server holds, such as its environment, never serves another task.
+    Task,
+}
+
+impl UpstreamScope {
+    /// The scope's name as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamScope::Shared => "shared",
+            UpstreamScope::Task => "task",
+        }
+    }
+
+    /// Whether this is the default, [`UpstreamScope::Shared`].
+    pub fn is_shared(&self) -> bool {
+        *self == UpstreamScope::Shared
+    }
+}
+
+impl Serialize for UpstreamScope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamScope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = UpstreamScope;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`shared` or `task` in field `scope`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UpstreamScope, E> {
+                match v {
+                    "shared" => Ok(UpstreamScope::Shared),
+                    "task" => Ok(UpstreamScope::Task),
+                    other => Err(E::custom(format!(
+                        "field `scope`: unknown scope `{}`, expected `shared` or `task`",
+                        crate::text::for_display(other, 40)
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
 /// An MCP server behind the gateway: a stdio child process or an HTTP endpoint.
+///
+/// Written in YAML (and stored, and returned by the API) with the keys `name`, `description`,
+/// `command` or `url` (exactly one), `tiers`, `default_tier`, `timeout` and `scope`; reading
+/// checks every value, so a spec in hand is valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawUpstreamSpec", into = "RawUpstreamSpec")]
 pub struct UpstreamSpec {
     /// Its tools appear as `<name>__<tool>`. Lowercase letters, digits and `-`.
     pub name: String,
     /// Free text for operators.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// A stdio MCP server: program and arguments. Exactly one of `command` and `url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    /// A Streamable HTTP MCP server. Exactly one of `command` and `url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    /// How to reach it: `command` (stdio) or `url` (Streamable HTTP).
+    pub transport: Transport,
     /// Tool name to tier; a tool not listed gets `default_tier`.
-    #[serde(default)]
     pub tiers: BTreeMap<String, Tier>,
     /// The tier of a tool not named in `tiers` (default 3: held, which fails closed).
-    #[serde(default = "default_tier")]
     pub default_tier: Tier,
-    /// How long one call may take before the agent gets an error (default `30s`).
+    /// How long one call may take before the agent gets an error (`timeout`, default `30s`).
+    pub timeout: Option<CallTimeout>,
+    /// Whether tasks share one connection (`scope: shared`, the default) or each task gets its
+    /// own, stopped when the task ends (`scope: task`).
+    pub scope: UpstreamScope,
+}
+
+/// [`UpstreamSpec`] as written: the YAML and JSON keys, checked into the typed spec.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamSpec {
+    name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default)]
+    tiers: BTreeMap<String, Tier>,
+    #[serde(default = "default_tier")]
+    default_tier: Tier,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout: Option<CallTimeout>,
+    // Left out when shared, so specs written before `scope` existed read and print as before.
+    #[serde(default, skip_serializing_if = "UpstreamScope::is_shared")]
+    scope: UpstreamScope,
+}
+
+impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
+    type Error = String;
+
+    fn try_from(raw: RawUpstreamSpec) -> Result<Self, String> {
+        let transport = match (raw.command, raw.url) {
+            (Some(_), Some(_)) => {
+                return Err("set exactly one of `command` and `url`, not both".into());
+            }
+            (None, None) => return Err("set exactly one of `command` and `url`".into()),
+            (Some(argv), None) => Transport::Stdio {
+                command: StdioCommand::new(argv)?,
+            },
+            (None, Some(url)) => Transport::Http {
+                url: HttpUrl::new(url)?,
+            },
+        };
+        Ok(Self {
+            name: raw.name,
+            description: raw.description,
+            transport,
+            tiers: raw.tiers,
+            default_tier: raw.default_tier,
+            timeout: raw.timeout,
+            scope: raw.scope,
+        })
+    }
+}
+
+impl From<UpstreamSpec> for RawUpstreamSpec {
+    fn from(spec: UpstreamSpec) -> Self {
+        let (command, url) = match spec.transport {
+            Transport::Stdio { command } => (Some(command.0), None),
+            Transport::Http { url } => (None, Some(url.0)),
+        };
+        Self {
+            name: spec.name,
+            description: spec.description,
+            command,
+            url,
+            tiers: spec.tiers,
+            default_tier: spec.default_tier,
+            timeout: spec.timeout,
+            scope: spec.scope,
+        }
+    }
 }
 
 impl UpstreamSpec {
@@ -113,12 +339,11 @@ impl UpstreamSpec {
         self.tiers.get(tool).copied().unwrap_or(self.default_tier)
     }
 
-    /// The call timeout.
+    /// The call timeout: `timeout`, else [`DEFAULT_CALL_TIMEOUT`].
     pub fn call_timeout(&self) -> Duration {
         self.timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(Duration::from_secs(30))
+            .as_ref()
+            .map_or(DEFAULT_CALL_TIMEOUT, CallTimeout::get)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -128,29 +353,6 @@ impl UpstreamSpec {
                 "field `name`: upstream name `{}` must be at most 32 characters and contain no `__`",
                 self.name
             ));
-        }
-        match (&self.command, &self.url) {
-            (Some(_), Some(_)) => {
-                return Err("set exactly one of `command` and `url`, not both".into());
-            }
-            (None, None) => return Err("set exactly one of `command` and `url`".into()),
-            (Some(cmd), None) if cmd.is_empty() || cmd[0].trim().is_empty() => {
-                return Err("field `command`: must name a program".into());
-            }
-            (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                return Err(format!(
-                    "field `url`: `{url}` is not an http:// or https:// URL"
-                ));
-            }
-            _ => {}
-        }
-        if let Some(t) = &self.timeout {
-            let d = parse_duration(t).map_err(|e| format!("field `timeout`: {e}"))?;
-            if d.is_zero() || d > Duration::from_secs(600) {
-                return Err(format!(
-                    "field `timeout`: `{t}` must be between 1ms and 10m"
-                ));
-            }
         }
         Ok(())
     }
@@ -171,8 +373,8 @@ pub struct TemplateSpec {
     /// Free text for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The longest a task under this template may live, e.g. `30m` (at most 24h).
-    pub ttl: String,
+    /// The longest a task under this template may live, e.g. `30m` (1s to 24h).
+    pub ttl: TemplateTtl,
     /// Exposed tool names (`upstream__tool`) or globs over them (`files__list_*`).
     pub tools: Vec<String>,
 }
@@ -180,18 +382,11 @@ pub struct TemplateSpec {
 impl TemplateSpec {
     /// The template's maximum task TTL.
     pub fn max_ttl(&self) -> Duration {
-        parse_duration(&self.ttl).unwrap_or(Duration::ZERO)
+        self.ttl.get()
     }
 
     fn validate(&self) -> Result<(), String> {
         check_resource_name(&self.name).map_err(|e| format!("field `name`: {e}"))?;
-        let ttl = parse_duration(&self.ttl).map_err(|e| format!("field `ttl`: {e}"))?;
-        if ttl.is_zero() || ttl > MAX_TEMPLATE_TTL {
-            return Err(format!(
-                "field `ttl`: `{}` must be between 1s and 24h",
-                self.ttl
-            ));
-        }
         for pattern in &self.tools {
             let chars_ok = !pattern.is_empty()
                 && pattern
@@ -474,6 +669,43 @@ public_key: |
                 "tier",
             ),
             ("kind: Upstream\nname: U\nurl: http://x\n", "field `name`"),
+            (
+                "kind: Upstream\nname: u\ncommand: [x]\nurl: http://x\n",
+                "exactly one of `command` and `url`, not both",
+            ),
+            ("kind: Upstream\nname: u\ncommand: []\n", "field `command`"),
+            (
+                "kind: Upstream\nname: u\ncommand: [\" \"]\n",
+                "field `command`: must name a program",
+            ),
+            (
+                "kind: Upstream\nname: u\nurl: http://x\ntimeout: 11m\n",
+                "field `timeout`: `11m` must be between 1ms and 10m",
+            ),
+            (
+                "kind: Upstream\nname: u\nurl: http://x\ntimeout: 0s\n",
+                "field `timeout`: `0s` must be between 1ms and 10m",
+            ),
+            (
+                "kind: Upstream\nname: u\nurl: http://x\ntimeout: soon\n",
+                "field `timeout`: invalid duration `soon`",
+            ),
+            (
+                "kind: Upstream\nname: u\nurl: http://x\ntimeout: 5\n",
+                "field `timeout`",
+            ),
+            (
+                "kind: Upstream\nname: u\nurl: http://x\nscope: tenant\n",
+                "field `scope`: unknown scope `tenant`, expected `shared` or `task`",
+            ),
+            (
+                "kind: Upstream\nname: u\nurl: http://x\nscope: [task]\n",
+                "field `scope`",
+            ),
+            (
+                "kind: Template\nname: t\nttl: 500ms\ntools: []\n",
+                "field `ttl`: `500ms` must be between 1s and 24h",
+            ),
             ("[1, 2]", "mapping"),
             ("kind: Template\nname: t\nttl: [1m\n", "invalid YAML"),
         ];
@@ -481,6 +713,88 @@ public_key: |
             let e = parse_documents(text).expect_err(text);
             assert!(e.to_string().contains(needle), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn values_are_typed_once_read() {
+        let text = GOOD
+            .replace(
+                "default_tier: 3",
+                "default_tier: 3\ntimeout: 1m30s\nscope: task",
+            )
+            .replace(
+                "command: [node, server.js, /srv]",
+                "url: https://mcp.example/mcp",
+            );
+        let rs = parse_documents(&text).expect("parses");
+        let Resource::Upstream(u) = &rs[0] else {
+            panic!("not an upstream")
+        };
+        assert!(
+            matches!(&u.transport, Transport::Http { url } if url.as_str() == "https://mcp.example/mcp")
+        );
+        assert_eq!(u.scope, UpstreamScope::Task);
+        let Resource::Template(t) = &rs[1] else {
+            panic!("not a template")
+        };
+        assert_eq!(t.max_ttl(), Duration::from_secs(1800));
+        assert_eq!(u.call_timeout(), Duration::from_secs(90));
+        assert_eq!(u.timeout.as_ref().map(CallTimeout::as_str), Some("1m30s"));
+    }
+
+    #[test]
+    fn json_shape_is_what_the_user_wrote() {
+        let text = GOOD.replace("default_tier: 3", "default_tier: 3\ntimeout: 90s");
+        let rs = parse_documents(&text).expect("parses");
+        assert_eq!(
+            rs[0].to_document(),
+            serde_json::json!({
+                "kind": "Upstream",
+                "name": "files",
+                "command": ["node", "server.js", "/srv"],
+                "tiers": {"read_text_file": 1, "write_file": 2},
+                "default_tier": 3,
+                "timeout": "90s",
+            })
+        );
+        assert_eq!(
+            rs[1].spec_json(),
+            serde_json::json!({
+                "name": "docs-review",
+                "ttl": "30m",
+                "tools": ["files__read_text_file", "files__list_*"],
+            })
+        );
+        let task = parse_documents("kind: Upstream\nname: u\nurl: http://x\nscope: task\n")
+            .expect("task scope");
+        assert_eq!(task[0].spec_json()["scope"], "task");
+        assert_eq!(task[0].spec_json()["url"], "http://x");
+    }
+
+    #[test]
+    fn specs_stored_before_typing_still_load() {
+        // The JSON the store holds for specs applied by earlier versions.
+        let up = serde_json::json!({
+            "name": "fx", "command": ["python3", "fx.py"], "timeout": "5s",
+            "tiers": {"echo": 1}, "default_tier": 3,
+        });
+        let r = Resource::from_spec_json(Kind::Upstream, up.clone()).expect("upstream loads");
+        let Resource::Upstream(u) = &r else {
+            panic!("not an upstream")
+        };
+        assert_eq!(u.call_timeout(), Duration::from_secs(5));
+        assert_eq!(u.scope, UpstreamScope::Shared);
+        let Transport::Stdio { command } = &u.transport else {
+            panic!("not stdio")
+        };
+        assert_eq!(
+            (command.program(), command.args()),
+            ("python3", &["fx.py".to_owned()][..])
+        );
+        assert_eq!(r.spec_json(), up);
+        let tpl = serde_json::json!({"name": "t", "ttl": "10m", "tools": ["fx__*"]});
+        let r = Resource::from_spec_json(Kind::Template, tpl.clone()).expect("template loads");
+        assert_eq!(r.spec_json(), tpl);
     }
 
     #[test]

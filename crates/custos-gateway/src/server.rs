@@ -6,6 +6,7 @@
 //! (`server/discover`, `_meta` on every request, `Mcp-Method`/`Mcp-Name` headers).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use custos_broker::{Broker, BrokerError, CallError, Source, TaskContext, UpstreamError};
 use custos_core::Reason;
@@ -92,6 +93,13 @@ enum Era {
     Modern,
 }
 
+/// How long a task-scoped upstream connection may go unused before it is stopped: long enough
+/// that a task still at work keeps its process (and what the process holds).
+const TASK_CONNECTION_IDLE: Duration = Duration::from_secs(3600);
+
+/// How often idle task-scoped connections are looked for.
+const TASK_CONNECTION_SWEEP: Duration = Duration::from_secs(60);
+
 /// The agent-facing MCP server.
 pub struct McpGateway {
     broker: Broker,
@@ -156,20 +164,31 @@ impl McpGateway {
     pub fn new(broker: Broker, upstreams: Arc<UpstreamPool>, metrics: SessionMetrics) -> Self {
         let issuer = broker.tokens().issuer().trim_end_matches('/').to_owned();
         let sessions = Arc::new(Mutex::new(Sessions::new(metrics)));
-        // A task that ends takes its sessions with it.
+        // A task that ends takes its sessions and its task-scoped upstream connections with it.
         let mut ends = broker.task_ends();
         let table = sessions.clone();
+        let pool = upstreams.clone();
         broker.spawn_supervised(async move {
             use tokio::sync::broadcast::error::RecvError;
+            let mut sweep = tokio::time::interval(TASK_CONNECTION_SWEEP);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                match ends.recv().await {
-                    Ok(task) => table
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .close_task(&task),
-                    // Missed ends: those sessions still fail authentication, and expire idle.
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => break,
+                tokio::select! {
+                    end = ends.recv() => match end {
+                        Ok(task) => {
+                            table
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .close_task(&task);
+                            pool.end_task(&task).await;
+                        }
+                        // Missed ends: those sessions still fail authentication, and expire
+                        // idle; so do those connections, by the sweep below.
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => break,
+                    },
+                    // Expired tasks are not announced: their connections go once idle.
+                    _ = sweep.tick() => pool.stop_idle_task_connections(TASK_CONNECTION_IDLE).await,
                 }
             }
         });

@@ -268,13 +268,15 @@ pub fn decide<'a, U: AsRef<UpstreamSpec>>(
 
 #[cfg(test)]
 mod tests {
+    use custos_core::{StdioCommand, Transport, UpstreamScope};
+
     use super::*;
 
     fn template() -> TemplateSpec {
         TemplateSpec {
             name: "docs".into(),
             description: None,
-            ttl: "30m".into(),
+            ttl: "30m".parse().expect("ttl"),
             tools: vec![
                 "files__read_text_file".into(),
                 "files__list_*".into(),
@@ -291,8 +293,9 @@ mod tests {
             UpstreamSpec {
                 name: "files".into(),
                 description: None,
-                command: Some(vec!["x".into()]),
-                url: None,
+                transport: Transport::Stdio {
+                    command: StdioCommand::new(vec!["x".into()]).expect("command"),
+                },
                 tiers: BTreeMap::from([
                     ("read_text_file".into(), Tier::T1),
                     ("list_directory".into(), Tier::T2),
@@ -300,6 +303,7 @@ mod tests {
                 ]),
                 default_tier: Tier::T3,
                 timeout: None,
+                scope: UpstreamScope::Shared,
             },
         )])
     }

@@ -11,3 +11,4 @@ mod postgres;
 mod python_client;
 mod quickstart;
 mod surface;
+mod upstream_scope;

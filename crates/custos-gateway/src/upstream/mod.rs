@@ -1,14 +1,16 @@
-//! MCP clients to upstreams, one per registered upstream, created on first use and replaced
-//! when the upstream's spec changes.
+//! MCP clients to upstreams, created on first use and replaced when the upstream's spec
+//! changes: one per upstream for a `scope: shared` upstream, one per upstream and task for a
+//! `scope: task` upstream, stopped when its task ends.
 
 mod http;
 mod stdio;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use custos_broker::{PermittedCall, UpstreamError, Upstreams};
-use custos_core::UpstreamSpec;
+use custos_core::{Transport, UpstreamScope, UpstreamSpec};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -139,16 +141,82 @@ impl Client {
     }
 }
 
+/// Whom one connection to an upstream serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ScopeKey {
+    /// Every task (`scope: shared`).
+    Shared,
+    /// One task, by id (`scope: task`).
+    Task(String),
+}
+
+impl ScopeKey {
+    /// The key of `task`'s connection to `spec`.
+    pub fn of(spec: &UpstreamSpec, task: &str) -> Self {
+        match spec.scope {
+            UpstreamScope::Shared => ScopeKey::Shared,
+            UpstreamScope::Task => ScopeKey::Task(task.to_owned()),
+        }
+    }
+}
+
+/// How many ended task ids the pool remembers, so a call authenticated just before its task
+/// ended cannot start a connection that nothing would stop.
+const ENDED_REMEMBERED: usize = 4096;
+
 struct Entry {
     spec: UpstreamSpec,
     client: Arc<Client>,
     tools: Mutex<Option<Vec<Value>>>,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Entry {
+    fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+#[derive(Default)]
+struct Entries {
+    /// Connections by upstream name and scope key.
+    by_key: HashMap<(String, ScopeKey), Arc<Entry>>,
+    /// The most recently ended tasks, oldest first.
+    ended: VecDeque<String>,
+}
+
+impl Entries {
+    /// Takes out the entries `gone` selects.
+    fn take(
+        &mut self,
+        mut gone: impl FnMut(&(String, ScopeKey), &Entry) -> bool,
+    ) -> Vec<Arc<Entry>> {
+        let mut out = Vec::new();
+        self.by_key.retain(|k, e| {
+            let drop = gone(k, e);
+            if drop {
+                out.push(e.clone());
+            }
+            !drop
+        });
+        out
+    }
 }
 
 /// All upstream clients. Implements the broker's [`Upstreams`].
 #[derive(Default)]
 pub struct UpstreamPool {
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    entries: Mutex<Entries>,
     http: reqwest::Client,
 }
 
@@ -167,51 +235,93 @@ impl UpstreamPool {
             .build()
             .unwrap_or_default();
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             http,
         }
     }
 
-    async fn entry(&self, spec: &UpstreamSpec) -> Arc<Entry> {
+    /// `task`'s connection to `spec`, made if there is none or the spec changed.
+    async fn entry(&self, spec: &UpstreamSpec, task: &str) -> Result<Arc<Entry>, UpstreamError> {
+        let key = (spec.name.clone(), ScopeKey::of(spec, task));
         let mut g = self.entries.lock().await;
-        if let Some(e) = g.get(&spec.name)
+        if let Some(e) = g.by_key.get(&key)
             && e.spec == *spec
         {
-            return e.clone();
+            e.touch();
+            return Ok(e.clone());
         }
-        let client = match (&spec.command, &spec.url) {
-            (Some(cmd), _) => Client::Stdio(StdioUpstream::new(
+        if let ScopeKey::Task(t) = &key.1
+            && g.ended.contains(t)
+        {
+            return Err(UpstreamError::Failed(
+                spec.name.clone(),
+                "the task has ended".into(),
+            ));
+        }
+        let client = match &spec.transport {
+            Transport::Stdio { command } => Client::Stdio(StdioUpstream::new(
                 &spec.name,
-                cmd.clone(),
+                command.clone(),
                 spec.call_timeout(),
             )),
-            (None, Some(url)) => Client::Http(HttpUpstream::new(
+            Transport::Http { url } => Client::Http(HttpUpstream::new(
                 &spec.name,
-                url,
+                url.as_str(),
                 spec.call_timeout(),
                 self.http.clone(),
-            )),
-            // INVARIANT: validation guarantees one of command/url; an empty command fails at spawn.
-            (None, None) => Client::Stdio(StdioUpstream::new(
-                &spec.name,
-                Vec::new(),
-                spec.call_timeout(),
             )),
         };
         let entry = Arc::new(Entry {
             spec: spec.clone(),
             client: Arc::new(client),
             tools: Mutex::new(None),
+            last_used: std::sync::Mutex::new(Instant::now()),
         });
-        if let Some(old) = g.insert(spec.name.clone(), entry.clone()) {
+        // A changed spec replaces every connection to this upstream, whatever its scope (a
+        // scope change included).
+        let stale = g.take(|(name, _), e| *name == spec.name && e.spec != *spec);
+        g.by_key.insert(key, entry.clone());
+        drop(g);
+        for old in stale {
             tokio::spawn(async move { old.client.shutdown().await });
         }
-        entry
+        Ok(entry)
+    }
+
+    /// Stops `task`'s connections to `scope: task` upstreams (their processes are killed and
+    /// reaped before this returns) and refuses to start new ones for it.
+    pub async fn end_task(&self, task: &str) {
+        let gone = {
+            let mut g = self.entries.lock().await;
+            if g.ended.len() >= ENDED_REMEMBERED {
+                g.ended.pop_front();
+            }
+            g.ended.push_back(task.to_owned());
+            g.take(|(_, scope), _| matches!(scope, ScopeKey::Task(t) if t == task))
+        };
+        for e in gone {
+            tracing::debug!(upstream = %e.spec.name, task, "task ended; stopping its upstream connection");
+            e.client.shutdown().await;
+        }
+    }
+
+    /// Stops task-scoped connections unused for `idle`: a task that expires is not announced
+    /// the way an ended one is, and an announcement can be missed.
+    pub async fn stop_idle_task_connections(&self, idle: Duration) {
+        let gone = self
+            .entries
+            .lock()
+            .await
+            .take(|(_, scope), e| matches!(scope, ScopeKey::Task(_)) && e.idle_for() >= idle);
+        for e in gone {
+            tracing::debug!(upstream = %e.spec.name, "task-scoped upstream connection idle; stopping it");
+            e.client.shutdown().await;
+        }
     }
 
     /// Stops every upstream (child processes are terminated).
     pub async fn shutdown(&self) {
-        let entries: Vec<Arc<Entry>> = self.entries.lock().await.drain().map(|(_, e)| e).collect();
+        let entries = self.entries.lock().await.take(|_, _| true);
         for e in entries {
             e.client.shutdown().await;
         }
@@ -219,8 +329,12 @@ impl UpstreamPool {
 }
 
 impl Upstreams for UpstreamPool {
-    async fn list_tools(&self, upstream: &UpstreamSpec) -> Result<Vec<Value>, UpstreamError> {
-        let entry = self.entry(upstream).await;
+    async fn list_tools(
+        &self,
+        upstream: &UpstreamSpec,
+        task: &str,
+    ) -> Result<Vec<Value>, UpstreamError> {
+        let entry = self.entry(upstream, task).await?;
         let mut cached = entry.tools.lock().await;
         if let Some(t) = cached.as_ref() {
             return Ok(t.clone());
@@ -244,7 +358,7 @@ impl Upstreams for UpstreamPool {
     }
 
     async fn call_tool(&self, call: &PermittedCall<'_>) -> Result<Value, UpstreamError> {
-        let entry = self.entry(call.upstream()).await;
+        let entry = self.entry(call.upstream(), call.task()).await?;
         entry
             .client
             .request(
@@ -252,5 +366,57 @@ impl Upstreams for UpstreamPool {
                 Some(json!({ "name": call.tool().tool, "arguments": call.arguments() })),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_core::{Resource, resource::parse_documents};
+
+    use super::*;
+
+    fn spec(yaml: &str) -> UpstreamSpec {
+        match parse_documents(yaml).expect("spec").pop() {
+            Some(Resource::Upstream(u)) => u,
+            other => panic!("not an upstream: {other:?}"),
+        }
+    }
+
+    async fn keys(pool: &UpstreamPool) -> Vec<(String, ScopeKey)> {
+        let mut k: Vec<_> = pool.entries.lock().await.by_key.keys().cloned().collect();
+        k.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        k
+    }
+
+    // Clients start their process or session on first request, so no process runs here.
+    #[tokio::test]
+    async fn connections_are_keyed_by_scope_and_a_task_end_takes_only_its_own() {
+        let pool = UpstreamPool::new();
+        let shared = spec("kind: Upstream\nname: s\ncommand: [x]\n");
+        let task = spec("kind: Upstream\nname: t\ncommand: [x]\nscope: task\n");
+        for t in ["a", "b"] {
+            pool.entry(&shared, t).await.expect("shared");
+            pool.entry(&task, t).await.expect("task");
+        }
+        let s = |n: &str| (n.to_owned(), ScopeKey::Shared);
+        let t = |n: &str, id: &str| (n.to_owned(), ScopeKey::Task(id.to_owned()));
+        assert_eq!(keys(&pool).await, vec![s("s"), t("t", "a"), t("t", "b")]);
+
+        pool.end_task("a").await;
+        assert_eq!(keys(&pool).await, vec![s("s"), t("t", "b")]);
+        // A call authenticated just before its task ended starts nothing.
+        assert!(pool.entry(&task, "a").await.is_err());
+        assert!(pool.entry(&shared, "a").await.is_ok());
+
+        // A changed upstream replaces its connections whatever their scope.
+        let now_shared = spec("kind: Upstream\nname: t\ncommand: [y]\n");
+        pool.entry(&now_shared, "b").await.expect("changed");
+        assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
+
+        // Task connections nobody uses go, shared ones stay.
+        let other = spec("kind: Upstream\nname: u\nurl: http://127.0.0.1:9/mcp\nscope: task\n");
+        pool.entry(&other, "c").await.expect("task c");
+        pool.stop_idle_task_connections(Duration::ZERO).await;
+        assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
     }
 }

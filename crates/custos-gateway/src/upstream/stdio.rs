@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use custos_broker::UpstreamError;
+use custos_core::StdioCommand;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -123,19 +124,26 @@ impl Conn {
 /// One stdio upstream.
 pub struct StdioUpstream {
     name: String,
-    command: Vec<String>,
+    command: StdioCommand,
     timeout: Duration,
-    conn: Mutex<Option<Arc<Conn>>>,
+    conn: Mutex<Slot>,
+}
+
+/// The running process, if any; once stopped, none is started again.
+#[derive(Default)]
+struct Slot {
+    conn: Option<Arc<Conn>>,
+    stopped: bool,
 }
 
 impl StdioUpstream {
     /// An upstream that runs `command` when first used.
-    pub fn new(name: &str, command: Vec<String>, timeout: Duration) -> Self {
+    pub fn new(name: &str, command: StdioCommand, timeout: Duration) -> Self {
         Self {
             name: name.to_owned(),
             command,
             timeout,
-            conn: Mutex::new(None),
+            conn: Mutex::new(Slot::default()),
         }
     }
 
@@ -167,25 +175,29 @@ impl StdioUpstream {
 
     async fn connection(&self) -> Result<Arc<Conn>, UpstreamError> {
         let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref()
+        if slot.stopped {
+            // Stopped (its task ended or its spec changed) while this request was on its way.
+            return Err(UpstreamError::Failed(
+                self.name.clone(),
+                "the connection was stopped".into(),
+            ));
+        }
+        if let Some(c) = slot.conn.as_ref()
             && c.alive.load(Ordering::SeqCst)
         {
             return Ok(c.clone());
         }
-        if let Some(old) = slot.take() {
+        if let Some(old) = slot.conn.take() {
             old.kill().await;
         }
         let conn = self.spawn().await?;
-        *slot = Some(conn.clone());
+        slot.conn = Some(conn.clone());
         Ok(conn)
     }
 
     async fn spawn(&self) -> Result<Arc<Conn>, UpstreamError> {
         let fail = |m: String| UpstreamError::Failed(self.name.clone(), m);
-        let (program, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| fail("no command".into()))?;
+        let (program, args) = (self.command.program(), self.command.args());
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::piped())
@@ -280,9 +292,11 @@ impl StdioUpstream {
         Ok(conn)
     }
 
-    /// Stops the process.
+    /// Stops the process (killed and reaped before this returns); none is started again.
     pub async fn shutdown(&self) {
-        if let Some(c) = self.conn.lock().await.take() {
+        let mut slot = self.conn.lock().await;
+        slot.stopped = true;
+        if let Some(c) = slot.conn.take() {
             c.kill().await;
         }
     }
