@@ -20,6 +20,13 @@ pub fn custos_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_custos"))
 }
 
+/// The binary [`TestServer`] runs as the server: [`custos_bin`], or the build named by
+/// `CUSTOS_TEST_SERVER_BIN` (to check that a regression test fails against an older build;
+/// the CLI commands of the tests stay this build's).
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("CUSTOS_TEST_SERVER_BIN").map_or_else(custos_bin, PathBuf::from)
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -113,15 +120,12 @@ impl TestServer {
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let data = dir.path().join("data");
         let log = dir.path().join("server.log");
-        let mut child = Command::new(custos_bin())
+        let mut child = Command::new(server_bin())
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
-            // Failed authentications are summed per window; a short one lets tests see them.
-            .args(if extra.contains(&"--auth-failure-window") {
-                &[][..]
-            } else {
-                &["--auth-failure-window", "1s"][..]
-            })
+            // Failed authentications are summed per window; a short one lets tests see them
+            // (an environment variable, so builds without the option still start).
+            .env("CUSTOS_AUTH_FAILURE_WINDOW", "1s")
             .args(extra)
             .env("RUST_LOG", "info,custos_gateway=debug")
             .env_remove("CUSTOS_TOKEN")
