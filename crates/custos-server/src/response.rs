@@ -322,3 +322,100 @@ impl From<custos_broker::TokenResponse> for TokenBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The wire shapes, key order included, as clients and the CLI read them.
+
+    use custos_core::{Kind, TaskState};
+    use serde_json::json;
+
+    use super::*;
+
+    fn wire(v: impl Serialize) -> String {
+        serde_json::to_string(&v).expect("serialises")
+    }
+
+    #[test]
+    fn a_task_keeps_its_fields_and_adds_task_id_and_expires() {
+        let t = Task {
+            id: "task_1".into(),
+            agent: "a".into(),
+            template: "t".into(),
+            template_version: 2,
+            started_by: "admin".into(),
+            on_behalf_of: "alice@example.com".into(),
+            purpose: None,
+            created_at: 0,
+            expires_at: 1_000,
+            state: TaskState::Active,
+            ended_at: None,
+            ended_by: None,
+        };
+        assert_eq!(
+            wire(TaskBody::from(t)),
+            r#"{"id":"task_1","agent":"a","template":"t","template_version":2,"started_by":"admin","on_behalf_of":"alice@example.com","purpose":null,"created_at":0,"expires_at":1000,"state":"active","ended_at":null,"ended_by":null,"task_id":"task_1","expires":"1970-01-01T00:00:01Z"}"#
+        );
+    }
+
+    #[test]
+    fn a_resource_is_its_kind_and_spec_with_version_and_last_change() {
+        let r = StoredResource {
+            kind: Kind::Template,
+            name: "docs".into(),
+            version: 3,
+            spec: json!({"name": "docs", "ttl": "30m"}),
+            updated_at: 0,
+            updated_by: "admin".into(),
+        };
+        assert_eq!(
+            wire(ResourceBody::from(r)),
+            r#"{"resource":{"kind":"Template","name":"docs","ttl":"30m"},"version":3,"updated_at":"1970-01-01T00:00:00Z","updated_by":"admin"}"#
+        );
+    }
+
+    #[test]
+    fn changes_operators_suspensions_and_errors() {
+        let c = Change {
+            kind: Kind::Agent,
+            name: "a".into(),
+            version: 1,
+            op: ChangeOp::Created,
+        };
+        assert_eq!(
+            wire(ApplyBody {
+                changes: vec![c.into()]
+            }),
+            r#"{"changes":[{"kind":"Agent","name":"a","version":1,"op":"created"}]}"#
+        );
+        let o = OperatorInfo {
+            name: "ops".into(),
+            role: Role::Auditor,
+            created_at: 5,
+            created_by: "bootstrap".into(),
+        };
+        assert_eq!(
+            wire(OperatorBody::from(o)),
+            r#"{"name":"ops","role":"auditor","created_at":5,"created_by":"bootstrap"}"#
+        );
+        let a = AgentStatus {
+            name: "a".into(),
+            suspended: true,
+            updated_at: 5,
+            updated_by: "admin".into(),
+        };
+        assert_eq!(
+            wire(SuspensionBody::from(a)),
+            r#"{"name":"a","suspended":true}"#
+        );
+        assert_eq!(
+            wire(ErrorBody {
+                error: ErrorDetail {
+                    code: "not_found".into(),
+                    message: "no such endpoint".into(),
+                },
+            }),
+            r#"{"error":{"code":"not_found","message":"no such endpoint"}}"#
+        );
+    }
+}
