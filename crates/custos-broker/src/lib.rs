@@ -7,6 +7,7 @@ mod auth_failures;
 mod call;
 mod error;
 mod metrics;
+mod open;
 mod operators;
 mod registry;
 mod tasks;
@@ -23,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
+pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
 pub use error::BrokerError;
 pub use metrics::BrokerMetrics;
+pub use open::{Durability, OpenError};
 pub use operators::{CreatedOperator, Operator};
 pub use registry::{ApplyOutcome, Snapshot};
 pub use tasks::{
@@ -104,7 +107,8 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Builds a broker over a store and audit log, loading the registry.
+    /// Builds a broker over a store and audit log, loading the registry. The edges use
+    /// [`Broker::open`], which opens both from a database URL.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store cannot be read.
@@ -146,11 +150,6 @@ impl Broker {
     /// The token issuer (JWKS, issuer, audience).
     pub fn tokens(&self) -> &TokenIssuer {
         &self.inner.tokens
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
     }
 
     /// The audit log.

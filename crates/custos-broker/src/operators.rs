@@ -2,9 +2,9 @@
 
 use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::Reason;
-use custos_core::Role;
 use custos_core::names::check_resource_name;
 use custos_core::operator::Permission;
+use custos_core::{OperatorInfo, Role};
 use custos_crypto::operator_token::{self, OperatorToken};
 use custos_store::OperatorRow;
 use serde::Serialize;
@@ -70,7 +70,7 @@ impl Broker {
         else {
             return Err(self.record_auth_failure("operator", Reason::UnknownToken, None, source));
         };
-        let role = Role::parse(&row.role).ok_or(BrokerError::Unavailable("store"))?;
+        let role = stored_role(&row.role)?;
         Ok(Operator {
             name: row.name,
             role,
@@ -165,8 +165,29 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::Forbidden`] without the read permission.
-    pub async fn list_operators(&self, op: &Operator) -> Result<Vec<OperatorRow>, BrokerError> {
+    pub async fn list_operators(&self, op: &Operator) -> Result<Vec<OperatorInfo>, BrokerError> {
         op.require(Permission::Read)?;
-        Ok(self.inner.store.list_operators().await?)
+        self.inner
+            .store
+            .list_operators()
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(OperatorInfo {
+                    role: stored_role(&row.role)?,
+                    name: row.name,
+                    created_at: row.created_at,
+                    created_by: row.created_by,
+                })
+            })
+            .collect()
     }
+}
+
+/// A stored role name as a [`Role`]; anything else is a corrupt row (fail closed).
+fn stored_role(role: &str) -> Result<Role, BrokerError> {
+    Role::parse(role).ok_or_else(|| {
+        tracing::error!(role, "stored operator with an unknown role");
+        BrokerError::Unavailable("store")
+    })
 }

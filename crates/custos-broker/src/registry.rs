@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock};
 use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::resource::parse_documents;
-use custos_core::{AgentSpec, Kind, Resource, TemplateSpec, UpstreamSpec};
+use custos_core::{
+    AgentSpec, AgentStatus, Change, ChangeOp, Kind, Resource, StoredResource, TemplateSpec,
+    UpstreamSpec,
+};
 use custos_crypto::{new_id, parse_public_key_pem};
-use custos_store::{AppliedChange, ChangeOp, ResourceRow, ResourceWrite, Store};
-use serde::Serialize;
+use custos_store::{AppliedChange, ResourceRow, ResourceWrite, Store};
 
 use crate::operators::Operator;
 use crate::{Broker, BrokerError};
@@ -137,10 +139,48 @@ impl RegistryCache {
 }
 
 /// The result of `apply`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// One entry per document, in the order applied.
-    pub changes: Vec<AppliedChange>,
+    pub changes: Vec<Change>,
+}
+
+/// A stored kind name as the domain's [`Kind`]; anything else is a corrupt row.
+fn stored_kind(kind: &str) -> Result<Kind, BrokerError> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| {
+            tracing::error!(kind, "stored resource of an unknown kind");
+            BrokerError::Unavailable("store")
+        })
+}
+
+fn change_from_row(c: AppliedChange) -> Result<Change, BrokerError> {
+    Ok(Change {
+        kind: stored_kind(&c.kind)?,
+        name: c.name,
+        id: c.uid,
+        version: c.version,
+        op: match c.op {
+            custos_store::ChangeOp::Created => ChangeOp::Created,
+            custos_store::ChangeOp::Updated => ChangeOp::Updated,
+            custos_store::ChangeOp::Unchanged => ChangeOp::Unchanged,
+            custos_store::ChangeOp::Deleted => ChangeOp::Deleted,
+        },
+    })
+}
+
+fn resource_from_row(r: ResourceRow) -> Result<StoredResource, BrokerError> {
+    Ok(StoredResource {
+        kind: stored_kind(&r.kind)?,
+        name: r.name,
+        id: r.uid,
+        version: r.version,
+        spec: r.spec,
+        updated_at: r.updated_at,
+        updated_by: r.updated_by,
+    })
 }
 
 impl Broker {
@@ -240,7 +280,10 @@ impl Broker {
             .inner
             .store
             .apply_resources(&items, &op.name, now)
-            .await?;
+            .await?
+            .into_iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         self.reload().await?;
         for c in changes.iter().filter(|c| c.op != ChangeOp::Unchanged) {
             self.record(registry_event(op, c)).await?;
@@ -257,7 +300,7 @@ impl Broker {
         op: &Operator,
         kind: Kind,
         name: &str,
-    ) -> Result<AppliedChange, BrokerError> {
+    ) -> Result<Change, BrokerError> {
         op.require(Permission::Administer)?;
         let now = self.inner.clock.now_ms();
         let change = self
@@ -265,6 +308,8 @@ impl Broker {
             .store
             .delete_resource(kind.as_str(), name, &op.name, now)
             .await?
+            .map(change_from_row)
+            .transpose()?
             .ok_or_else(|| BrokerError::NotFound(format!("{kind} `{name}` not found")))?;
         self.reload().await?;
         self.record(registry_event(op, &change)).await?;
@@ -280,9 +325,9 @@ impl Broker {
         op: &Operator,
         kind: Kind,
         name: Option<&str>,
-    ) -> Result<Vec<ResourceRow>, BrokerError> {
+    ) -> Result<Vec<StoredResource>, BrokerError> {
         op.require(Permission::Read)?;
-        match name {
+        let rows = match name {
             Some(n) => {
                 let row = self
                     .inner
@@ -290,13 +335,15 @@ impl Broker {
                     .get_resource(kind.as_str(), n)
                     .await?
                     .ok_or_else(|| BrokerError::NotFound(format!("{kind} `{n}` not found")))?;
-                Ok(vec![row])
+                vec![row]
             }
-            None => Ok(self.inner.store.list_resources(kind.as_str()).await?),
-        }
+            None => self.inner.store.list_resources(kind.as_str()).await?,
+        };
+        rows.into_iter().map(resource_from_row).collect()
     }
 
     /// Suspends or resumes an agent. A suspended agent's tokens are refused at once.
+    /// Returns the agent's status as written.
     ///
     /// # Errors
     /// [`BrokerError::NotFound`] for an unknown agent; [`BrokerError::Forbidden`] without the admin role.
@@ -305,7 +352,7 @@ impl Broker {
         op: &Operator,
         agent: &str,
         suspended: bool,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<AgentStatus, BrokerError> {
         op.require(Permission::Administer)?;
         if self
             .inner
@@ -329,18 +376,24 @@ impl Broker {
         });
         e.actor = Some(op.name.clone());
         e.agent = Some(agent.to_owned());
-        self.record(e).await
+        self.record(e).await?;
+        Ok(AgentStatus {
+            name: agent.to_owned(),
+            suspended,
+            updated_at: now,
+            updated_by: op.name.clone(),
+        })
     }
 }
 
-fn registry_event(op: &Operator, c: &AppliedChange) -> AuditEvent {
+fn registry_event(op: &Operator, c: &Change) -> AuditEvent {
     let mut e = AuditEvent::new(EventKind::RegistryChange);
     e.actor = Some(op.name.clone());
     e.detail = Some(Detail::RegistryChange {
         op: c.op.as_str().to_owned(),
-        resource_kind: c.kind.clone(),
+        resource_kind: c.kind.as_str().to_owned(),
         name: c.name.clone(),
-        id: c.uid.clone(),
+        id: c.id.clone(),
         version: c.version,
     });
     e

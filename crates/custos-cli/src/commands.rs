@@ -337,8 +337,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 public_url: a.public_url,
                 database_url: a.database_url,
                 durability: match a.durability {
-                    DurabilityArg::Process => custos_store::Durability::Process,
-                    DurabilityArg::Power => custos_store::Durability::Power,
+                    DurabilityArg::Process => custos_broker::Durability::Process,
+                    DurabilityArg::Power => custos_broker::Durability::Power,
                 },
                 dev: a.dev,
                 auth_failure_window: a.auth_failure_window,

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod glob;
 pub mod names;
 pub mod reason;
+pub mod registry;
 pub mod resource;
 pub mod task;
 pub mod text;
@@ -23,6 +24,7 @@ pub use decision::{Decision, Outcome};
 pub use duration::{BoundedDuration, parse_duration};
 pub use names::{ExposedTool, NameError};
 pub use reason::Reason;
+pub use registry::{AgentStatus, Change, ChangeOp, StoredResource};
 pub use resource::{
     AgentSpec, Archetype, CallTimeout, HttpUrl, Kind, Resource, ResourceError, StdioCommand,
     TemplateSpec, TemplateTtl, Transport, UpstreamScope, UpstreamSpec,
@@ -30,4 +32,4 @@ pub use resource::{
 pub use task::{Task, TaskState};
 pub use tier::Tier;
 pub mod operator;
-pub use operator::Role;
+pub use operator::{OperatorInfo, Role};

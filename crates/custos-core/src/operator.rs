@@ -16,6 +16,20 @@ pub enum Role {
     Auditor,
 }
 
+/// An operator as listed: never its token, which is shown once at creation and stored only
+/// as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorInfo {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// When it was created (Unix ms).
+    pub created_at: i64,
+    /// Who created it (an operator's name, or `bootstrap`).
+    pub created_by: String,
+}
+
 /// What an API call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {

@@ -1,4 +1,6 @@
-//! The JSON API under `/v1/`, plus health and metrics.
+//! The JSON API under `/v1/`, plus health and metrics. Each handler extracts, calls one broker
+//! method and maps the domain result to its body in [`crate::response`]; its
+//! `#[utoipa::path]` is what the OpenAPI document says about it.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,9 +12,14 @@ use axum::response::{IntoResponse, Response};
 use custos_broker::{Operator, StartTask};
 use custos_core::{Kind, Role};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, body_error};
+use crate::response::{
+    ApplyBody, ChangeBody, CreatedOperatorBody, ErrorBody, HealthBody, OperatorBody, ResourceBody,
+    RoleBody, SuspensionBody, TaskBody, VerifyBody,
+};
 use crate::{AppState, Peer};
 
 /// An authenticated operator, from `Authorization: Bearer custos_op_…`.
@@ -62,11 +69,32 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 /// `POST /v1/apply` with a (multi-document) YAML body.
+#[utoipa::path(
+    post,
+    path = "/v1/apply",
+    tag = "registry",
+    summary = "Apply resources (multi-document YAML, all or nothing)",
+    security(("operatorToken" = [])),
+    request_body(
+        content = String,
+        content_type = "application/yaml",
+        description = "One resource per document, each with a `kind`"
+    ),
+    responses(
+        (status = 200, description = "applied", body = ApplyBody),
+        (status = 400, description = "a document is invalid; nothing was applied", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn apply(
     State(s): State<AppState>,
     Op(op): Op,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApplyBody>, ApiError> {
     let body = body.map_err(|e| body_error(e.status(), e.body_text()))?;
     let text = std::str::from_utf8(&body).map_err(|_| {
         ApiError::new(
@@ -76,69 +104,136 @@ pub async fn apply(
         )
     })?;
     let outcome = s.broker.apply(&op, text).await?;
-    Ok(Json(json!(outcome)))
-}
-
-fn resource_json(row: &custos_store::ResourceRow) -> Value {
-    let mut doc = serde_json::Map::new();
-    doc.insert("kind".into(), row.kind.clone().into());
-    if let Value::Object(spec) = &row.spec {
-        doc.extend(spec.clone());
-    }
-    json!({
-        "resource": doc,
-        "version": row.version,
-        "updated_at": custos_core::clock::rfc3339(row.updated_at),
-        "updated_by": row.updated_by,
-    })
+    Ok(Json(ApplyBody {
+        changes: outcome.changes.into_iter().map(ChangeBody::from).collect(),
+    }))
 }
 
 /// `GET /v1/resources/{kind}`
+#[utoipa::path(
+    get,
+    path = "/v1/resources/{kind}",
+    tag = "registry",
+    summary = "List resources of a kind",
+    security(("operatorToken" = [])),
+    params(("kind" = String, Path, description = "upstream, template or agent (plural accepted)")),
+    responses(
+        (status = 200, description = "every resource of the kind", body = Vec<ResourceBody>),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown kind", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn list_resources(
     State(s): State<AppState>,
     Op(op): Op,
     Path(k): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let rows = s.broker.get(&op, kind(&k)?, None).await?;
-    Ok(Json(Value::Array(rows.iter().map(resource_json).collect())))
+) -> Result<Json<Vec<ResourceBody>>, ApiError> {
+    let resources = s.broker.get(&op, kind(&k)?, None).await?;
+    Ok(Json(
+        resources.into_iter().map(ResourceBody::from).collect(),
+    ))
 }
 
 /// `GET /v1/resources/{kind}/{name}`
+#[utoipa::path(
+    get,
+    path = "/v1/resources/{kind}/{name}",
+    tag = "registry",
+    summary = "Get one resource",
+    security(("operatorToken" = [])),
+    params(
+        ("kind" = String, Path, description = "upstream, template or agent (plural accepted)"),
+        ("name" = String, Path, description = "resource name"),
+    ),
+    responses(
+        (status = 200, description = "the resource", body = ResourceBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown kind or resource", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn get_resource(
     State(s): State<AppState>,
     Op(op): Op,
     Path((k, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let rows = s.broker.get(&op, kind(&k)?, Some(&name)).await?;
-    let row = rows
-        .first()
+) -> Result<Json<ResourceBody>, ApiError> {
+    let resource = s
+        .broker
+        .get(&op, kind(&k)?, Some(&name))
+        .await?
+        .into_iter()
+        .next()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found"))?;
-    Ok(Json(resource_json(row)))
+    Ok(Json(resource.into()))
 }
 
 /// `DELETE /v1/resources/{kind}/{name}`
+#[utoipa::path(
+    delete,
+    path = "/v1/resources/{kind}/{name}",
+    tag = "registry",
+    summary = "Delete one resource",
+    security(("operatorToken" = [])),
+    params(
+        ("kind" = String, Path, description = "upstream, template or agent (plural accepted)"),
+        ("name" = String, Path, description = "resource name"),
+    ),
+    responses(
+        (status = 200, description = "deleted", body = ChangeBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown kind or resource", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn delete_resource(
     State(s): State<AppState>,
     Op(op): Op,
     Path((k, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.broker.delete(&op, kind(&k)?, &name).await?)))
+) -> Result<Json<ChangeBody>, ApiError> {
+    Ok(Json(s.broker.delete(&op, kind(&k)?, &name).await?.into()))
 }
 
 /// The body of `POST /v1/operators`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperator {
+    /// Lowercase letters, digits and `-`.
     name: String,
+    /// The role.
+    #[schema(value_type = RoleBody)]
     role: String,
 }
 
 /// `POST /v1/operators`: the token is in the answer, once.
+#[utoipa::path(
+    post,
+    path = "/v1/operators",
+    tag = "operators",
+    summary = "Create an operator; the token is in the answer, once",
+    security(("operatorToken" = [])),
+    request_body = CreateOperator,
+    responses(
+        (status = 201, description = "created", body = CreatedOperatorBody),
+        (status = 400, description = "invalid name or role", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn create_operator(
     State(s): State<AppState>,
     Op(op): Op,
     body: Result<Json<CreateOperator>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedOperatorBody>), ApiError> {
     let req = json_body(body)?;
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::new(
@@ -151,94 +246,279 @@ pub async fn create_operator(
         )
     })?;
     let created = s.broker.create_operator(&op, &req.name, role).await?;
-    Ok((StatusCode::CREATED, Json(json!(created))))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedOperatorBody {
+            name: created.name,
+            role: created.role.into(),
+            token: created.token,
+        }),
+    ))
 }
 
 /// `GET /v1/operators`
+#[utoipa::path(
+    get,
+    path = "/v1/operators",
+    tag = "operators",
+    summary = "List operators (never tokens)",
+    security(("operatorToken" = [])),
+    responses(
+        (status = 200, description = "every operator", body = Vec<OperatorBody>),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn list_operators(
     State(s): State<AppState>,
     Op(op): Op,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.broker.list_operators(&op).await?)))
+) -> Result<Json<Vec<OperatorBody>>, ApiError> {
+    let operators = s.broker.list_operators(&op).await?;
+    Ok(Json(
+        operators.into_iter().map(OperatorBody::from).collect(),
+    ))
 }
 
 /// `POST /v1/agents/{name}/suspend`
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{name}/suspend",
+    tag = "agents",
+    summary = "Suspend an agent: its tokens are refused at once",
+    security(("operatorToken" = [])),
+    params(("name" = String, Path, description = "agent name")),
+    responses(
+        (status = 200, description = "suspended", body = SuspensionBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown agent", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn suspend_agent(
     State(s): State<AppState>,
     Op(op): Op,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    s.broker.set_agent_suspended(&op, &name, true).await?;
-    Ok(Json(json!({ "name": name, "suspended": true })))
+) -> Result<Json<SuspensionBody>, ApiError> {
+    Ok(Json(
+        s.broker.set_agent_suspended(&op, &name, true).await?.into(),
+    ))
 }
 
 /// `POST /v1/agents/{name}/resume`
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{name}/resume",
+    tag = "agents",
+    summary = "Resume a suspended agent",
+    security(("operatorToken" = [])),
+    params(("name" = String, Path, description = "agent name")),
+    responses(
+        (status = 200, description = "resumed", body = SuspensionBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown agent", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn resume_agent(
     State(s): State<AppState>,
     Op(op): Op,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    s.broker.set_agent_suspended(&op, &name, false).await?;
-    Ok(Json(json!({ "name": name, "suspended": false })))
+) -> Result<Json<SuspensionBody>, ApiError> {
+    Ok(Json(
+        s.broker
+            .set_agent_suspended(&op, &name, false)
+            .await?
+            .into(),
+    ))
 }
 
-fn task_json(t: &custos_store::TaskRow) -> Value {
-    let mut v = json!(t);
-    v["task_id"] = t.id.clone().into();
-    v["expires"] = custos_core::clock::rfc3339(t.expires_at).into();
-    v
+/// The body of `POST /v1/tasks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = StartTask)]
+pub struct StartTaskBody {
+    /// The agent that will do the work.
+    agent: String,
+    /// The template it works under.
+    template: String,
+    /// The initiator: the human or event on whose behalf.
+    on_behalf_of: String,
+    /// Why.
+    #[serde(default)]
+    purpose: Option<String>,
+    /// How long the task may live, e.g. `30m`; at most the template's ttl (the default).
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+impl From<StartTaskBody> for StartTask {
+    fn from(b: StartTaskBody) -> Self {
+        StartTask {
+            agent: b.agent,
+            template: b.template,
+            on_behalf_of: b.on_behalf_of,
+            purpose: b.purpose,
+            ttl: b.ttl,
+        }
+    }
 }
 
 /// `POST /v1/tasks`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "Start a task",
+    security(("operatorToken" = [])),
+    request_body = StartTaskBody,
+    responses(
+        (status = 201, description = "started", body = TaskBody),
+        (status = 400, description = "unknown or suspended agent, template not allowed, ttl too long", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn start_task(
     State(s): State<AppState>,
     Op(op): Op,
-    body: Result<Json<StartTask>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let task = s.broker.start_task(&op, json_body(body)?).await?;
-    Ok((StatusCode::CREATED, Json(task_json(&task))))
+    body: Result<Json<StartTaskBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<TaskBody>), ApiError> {
+    let task = s.broker.start_task(&op, json_body(body)?.into()).await?;
+    Ok((StatusCode::CREATED, Json(task.into())))
 }
 
 /// Filters for `GET /v1/tasks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskFilter {
+    /// Only this agent's tasks.
     agent: Option<String>,
 }
 
 /// `GET /v1/tasks`
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "List recent tasks, newest first",
+    security(("operatorToken" = [])),
+    params(TaskFilter),
+    responses(
+        (status = 200, description = "up to 500 tasks", body = Vec<TaskBody>),
+        (status = 400, description = "invalid filter", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn list_tasks(
     State(s): State<AppState>,
     Op(op): Op,
     Query(f): Query<TaskFilter>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<TaskBody>>, ApiError> {
     let tasks = s.broker.list_tasks(&op, f.agent.as_deref()).await?;
-    Ok(Json(Value::Array(tasks.iter().map(task_json).collect())))
+    Ok(Json(tasks.into_iter().map(TaskBody::from).collect()))
 }
 
 /// `GET /v1/tasks/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Get one task",
+    security(("operatorToken" = [])),
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "the task", body = TaskBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown task", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn get_task(
     State(s): State<AppState>,
     Op(op): Op,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(task_json(&s.broker.get_task(&op, &id).await?)))
+) -> Result<Json<TaskBody>, ApiError> {
+    Ok(Json(s.broker.get_task(&op, &id).await?.into()))
 }
 
 /// `POST /v1/tasks/{id}/end`
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/end",
+    tag = "tasks",
+    summary = "End a task at once",
+    security(("operatorToken" = [])),
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "ended", body = TaskBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown task", body = ErrorBody),
+        (status = 409, description = "already ended", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn end_task(
     State(s): State<AppState>,
     Op(op): Op,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(task_json(&s.broker.end_task(&op, &id).await?)))
+) -> Result<Json<TaskBody>, ApiError> {
+    Ok(Json(s.broker.end_task(&op, &id).await?.into()))
 }
 
 /// `GET /v1/audit/verify`: re-reads every stored record.
-pub async fn verify_audit(State(s): State<AppState>, Op(op): Op) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.broker.verify_audit(&op).await?)))
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    summary = "Re-read every stored audit record and check the hash chain",
+    security(("operatorToken" = [])),
+    responses(
+        (status = 200, description = "the report (`ok` is false when anything is wrong)", body = VerifyBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn verify_audit(
+    State(s): State<AppState>,
+    Op(op): Op,
+) -> Result<Json<VerifyBody>, ApiError> {
+    Ok(Json(s.broker.verify_audit(&op).await?.into()))
 }
 
 /// `GET /v1/audit/trace/{task}`
+#[utoipa::path(
+    get,
+    path = "/v1/audit/trace/{task}",
+    tag = "audit",
+    summary = "The whole chain of one task",
+    security(("operatorToken" = [])),
+    params(("task" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "`task` (who, for whom, which agent and template) and its `records` in order", body = Object),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown task", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
 pub async fn trace_task(
     State(s): State<AppState>,
     Op(op): Op,
@@ -248,20 +528,39 @@ pub async fn trace_task(
 }
 
 /// `GET /v1/openapi.json`
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    summary = "This document",
+    responses((status = 200, description = "the OpenAPI document", body = Object))
+)]
 pub async fn openapi() -> Response {
     (
         [("content-type", "application/json")],
-        include_str!("openapi.json"),
+        crate::openapi::document_json(),
     )
         .into_response()
 }
 
 /// `GET /healthz`: 200 when the store answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    summary = "Health: 200 when the store answers",
+    responses(
+        (status = 200, description = "the store answers", body = HealthBody),
+        (status = 503, description = "the store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn healthz(State(s): State<AppState>) -> Response {
-    match s.broker.store().ping().await {
-        Ok(()) => {
-            Json(json!({ "status": "ok", "store": s.broker.store().backend() })).into_response()
-        }
+    match s.broker.health().await {
+        Ok(()) => Json(HealthBody {
+            status: "ok".to_owned(),
+            store: s.broker.store_backend().to_owned(),
+        })
+        .into_response(),
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -273,6 +572,19 @@ pub async fn healthz(State(s): State<AppState>) -> Response {
 
 /// `GET /metrics` (Prometheus text). Without credentials: the public view (no reasons, no
 /// upstream names). With an operator token that may audit (admin, auditor): everything.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    summary = "Prometheus metrics; with an admin or auditor token, every label",
+    security((), ("operatorToken" = [])),
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, description = "a token was given and it is not valid (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not see the full metrics", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+    )
+)]
 pub async fn metrics(
     State(s): State<AppState>,
     peer: Peer,

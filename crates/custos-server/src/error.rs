@@ -5,7 +5,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use custos_broker::BrokerError;
-use serde_json::json;
+
+use crate::response::{ErrorBody, ErrorDetail};
 
 /// An API error, rendered as `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug)]
@@ -61,7 +62,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (
             self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.to_owned(),
+                    message: self.message,
+                },
+            }),
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {

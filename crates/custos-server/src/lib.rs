@@ -8,6 +8,8 @@ pub mod listener;
 mod mcp;
 mod metrics;
 mod oauth;
+pub mod openapi;
+mod response;
 pub mod serve;
 
 use std::sync::Arc;
@@ -17,11 +19,13 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use custos_broker::Broker;
 use custos_gateway::McpGateway;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use metrics::{RefusedReason, ServerMetrics};
@@ -92,47 +96,33 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
     resp
 }
 
-/// The whole HTTP surface. Public so tests can drive it without a socket.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/v1/apply", post(api::apply))
-        .route("/v1/resources/{kind}", get(api::list_resources))
-        .route(
-            "/v1/resources/{kind}/{name}",
-            get(api::get_resource).delete(api::delete_resource),
-        )
-        .route(
-            "/v1/operators",
-            post(api::create_operator).get(api::list_operators),
-        )
-        .route("/v1/agents/{name}/suspend", post(api::suspend_agent))
-        .route("/v1/agents/{name}/resume", post(api::resume_agent))
-        .route("/v1/tasks", post(api::start_task).get(api::list_tasks))
-        .route("/v1/tasks/{id}", get(api::get_task))
-        .route("/v1/tasks/{id}/end", post(api::end_task))
-        .route("/v1/audit/verify", get(api::verify_audit))
-        .route("/v1/audit/trace/{task}", get(api::trace_task))
-        .route("/v1/openapi.json", get(api::openapi))
-        .route("/healthz", get(api::healthz))
-        .route("/metrics", get(api::metrics))
-        .route("/.well-known/jwks.json", get(oauth::jwks))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth::authorization_server),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource",
-            get(oauth::protected_resource),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/mcp",
-            get(oauth::protected_resource),
-        )
-        .route("/oauth/token", post(oauth::token))
+/// Every route with its OpenAPI description: the router and the document are built from this
+/// one list, so the document names every route served and nothing else.
+fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(api::apply))
+        .routes(routes!(api::list_resources))
+        .routes(routes!(api::get_resource, api::delete_resource))
+        .routes(routes!(api::create_operator, api::list_operators))
+        .routes(routes!(api::suspend_agent))
+        .routes(routes!(api::resume_agent))
+        .routes(routes!(api::start_task, api::list_tasks))
+        .routes(routes!(api::get_task))
+        .routes(routes!(api::end_task))
+        .routes(routes!(api::verify_audit))
+        .routes(routes!(api::trace_task))
+        .routes(routes!(api::openapi))
+        .routes(routes!(api::healthz))
+        .routes(routes!(api::metrics))
+        .routes(routes!(oauth::jwks))
+        .routes(routes!(oauth::authorization_server))
+        .routes(routes!(oauth::protected_resource))
+        .routes(routes!(oauth::protected_resource_mcp))
+        .routes(routes!(oauth::token))
         .layer(middleware::from_fn_with_state(
             body::BodyLimits {
                 max_bytes: API_BODY_LIMIT,
-                timeout: state.body_timeout,
+                timeout: body_timeout,
                 shape: body::ErrorShape::Api,
             },
             body::read_within,
@@ -142,18 +132,24 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
         ));
-    let mcp = Router::new()
-        .route("/mcp", post(mcp::post).get(mcp::get).delete(mcp::delete))
+    let mcp = OpenApiRouter::new()
+        .routes(routes!(mcp::post, mcp::get, mcp::delete))
         .layer(middleware::from_fn_with_state(
             body::BodyLimits {
                 max_bytes: MCP_BODY_LIMIT,
-                timeout: state.body_timeout,
+                timeout: body_timeout,
                 shape: body::ErrorShape::JsonRpc,
             },
             body::read_within,
         ))
         .layer(DefaultBodyLimit::max(MCP_BODY_LIMIT));
     api.merge(mcp)
+}
+
+/// The whole HTTP surface. Public so tests can drive it without a socket.
+pub fn router(state: AppState) -> Router {
+    let (routes, _document) = routes(state.body_timeout).split_for_parts();
+    routes
         .fallback(api::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -164,3 +160,6 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod openapi_tests;

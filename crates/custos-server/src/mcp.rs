@@ -51,6 +51,23 @@ async fn handle(
 }
 
 /// `POST /mcp`
+#[utoipa::path(
+    post,
+    path = "/mcp",
+    tag = "mcp",
+    summary = "MCP Streamable HTTP (2025-11-25 sessions and 2026-07-28 stateless era)",
+    security(("taskToken" = [])),
+    request_body(content = Object, content_type = "application/json", description = "a JSON-RPC message"),
+    responses(
+        (status = 200, description = "JSON-RPC response"),
+        (status = 202, description = "notification accepted"),
+        (status = 400, description = "JSON-RPC error"),
+        (status = 401, description = "authentication required (no detail)"),
+        (status = 404, description = "unknown session or method"),
+        (status = 413, description = "body too large"),
+        (status = 415, description = "not application/json"),
+    )
+)]
 pub async fn post(
     State(s): State<AppState>,
     peer: Peer,
@@ -69,11 +86,29 @@ pub async fn post(
 }
 
 /// `GET /mcp` (no server-initiated stream: 405)
+#[utoipa::path(
+    get,
+    path = "/mcp",
+    tag = "mcp",
+    summary = "No server-initiated stream",
+    responses((status = 405, description = "method not allowed"))
+)]
 pub async fn get(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> Response {
     handle(&s, McpVerb::Get, peer.0, &headers, &[]).await
 }
 
 /// `DELETE /mcp` ends a session.
+#[utoipa::path(
+    delete,
+    path = "/mcp",
+    tag = "mcp",
+    summary = "End a session",
+    security(("taskToken" = [])),
+    responses(
+        (status = 200, description = "ended"),
+        (status = 404, description = "unknown session"),
+    )
+)]
 pub async fn delete(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> Response {
     handle(&s, McpVerb::Delete, peer.0, &headers, &[]).await
 }

@@ -1,4 +1,5 @@
-//! Starting Custos: data directory, keys, store, audit, broker, gateway, listener, shutdown.
+//! Starting Custos: data directory, keys, broker (which opens the store and the audit log),
+//! gateway, listener, shutdown.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use custos_audit::AuditLog;
-use custos_broker::{Broker, BrokerConfig};
+use custos_broker::{Broker, BrokerConfig, Durability};
 use custos_core::{Clock, Role, SystemClock};
 use custos_crypto::{AgentKey, ServerKey, TokenIssuer};
 use custos_gateway::{McpGateway, UpstreamPool};
-use custos_store::{Durability, Store};
 
 use crate::listener::{self, ListenerConfig};
 use crate::{AppState, ServerMetrics, router};
@@ -123,11 +122,7 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
         Some(u) => u.clone(),
         None => format!("sqlite:{}", config.data_dir.join("custos.db").display()),
     };
-    let store = Store::connect(&database_url, config.durability)
-        .await
-        .with_context(|| format!("cannot open the database ({})", redact_url(&database_url)))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let audit = AuditLog::start(store.clone(), clock.clone());
     let broker_config = BrokerConfig {
         issuer: issuer.clone(),
         max_token_ttl: Duration::from_secs(900),
@@ -136,9 +131,16 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
         auth_failure_limit: config.auth_failure_limit,
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
-    let broker = Broker::new(store, audit, tokens, clock, broker_config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the broker: {e}"))?;
+    // The broker opens the store (migrating it) and the audit writer; its error names the
+    // database with the password masked.
+    let broker = Broker::open(
+        &database_url,
+        config.durability,
+        tokens,
+        clock,
+        broker_config,
+    )
+    .await?;
 
     let admin_token_path = config.data_dir.join("admin.token");
     let existing = std::fs::read_to_string(&admin_token_path).ok();
@@ -185,20 +187,6 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
     })
 }
 
-fn redact_url(url: &str) -> String {
-    // postgres://user:password@host/db -> postgres://user:***@host/db
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Runs the server until SIGINT or SIGTERM, then stops upstreams and drains the audit log.
 ///
 /// # Errors
@@ -223,7 +211,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         header_timeout = ?limits.header_timeout,
         body_timeout = ?config.body_timeout,
         issuer = %built.state.broker.tokens().issuer(),
-        store = built.state.broker.store().backend(),
+        store = built.state.broker.store_backend(),
         admin_token = %built.admin_token_path.display(),
         "custos listening"
     );
@@ -233,7 +221,6 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     );
     let gateway = built.state.gateway.clone();
     let broker = built.state.broker.clone();
-    let store = built.state.broker.store().clone();
     let metrics = built.state.metrics.clone();
     listener::serve(tcp, router(built.state), metrics, limits, shutdown_signal())
         .await
@@ -241,7 +228,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     // Calls in flight finish and are recorded, the audit log drains, then upstreams stop.
     broker.shutdown().await;
     gateway.upstreams().shutdown().await;
-    store.close().await;
+    broker.close().await;
     tracing::info!("custos stopped");
     Ok(())
 }
@@ -296,17 +283,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn database_passwords_are_redacted() {
-        assert_eq!(
-            super::redact_url("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(super::redact_url("sqlite:/x/y.db"), "sqlite:/x/y.db");
     }
 }

@@ -96,3 +96,32 @@ pub async fn set_audit_head(store: &Store, seq: i64, hash: &str) {
     )
     .await;
 }
+
+/// Opens the database at `url` on a second connection (as a running server's own store is
+/// out of reach), runs `statements` as [`sql`] does, and closes it.
+///
+/// # Panics
+/// When the database cannot be opened or a statement fails.
+pub async fn sql_at(url: &str, statements: &str) -> Option<i64> {
+    let store = open(url).await;
+    let out = sql(&store, statements).await;
+    store.close().await;
+    out
+}
+
+/// Opens the database at `url` on a second connection, runs `statements` as [`exec`] does,
+/// and closes it.
+///
+/// # Panics
+/// When the database cannot be opened or the SQL fails.
+pub async fn exec_at(url: &str, statements: &str) {
+    let store = open(url).await;
+    exec(&store, statements).await;
+    store.close().await;
+}
+
+async fn open(url: &str) -> Store {
+    Store::connect(url, custos_store::Durability::Process)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open `{url}`: {e}"))
+}

@@ -329,41 +329,35 @@ fn fastrand_suffix() -> String {
     )
 }
 
-/// Runs `work` on a second connection to a server's database file.
-fn on_database<T, F, Fut>(s: &TestServer, work: F) -> T
-where
-    F: FnOnce(custos_store::Store) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `work` (which opens a second connection to a server's database) to its end.
+fn on_database<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let url = format!("sqlite:{}", s.db_path().display());
-        let store = custos_store::Store::connect(&url, custos_store::Durability::Process)
-            .await
-            .expect("open the server's database");
-        let out = work(store.clone()).await;
-        store.close().await;
-        out
-    })
+        .expect("runtime")
+        .block_on(work)
+}
+
+fn database_url(s: &TestServer) -> String {
+    format!("sqlite:{}", s.db_path().display())
 }
 
 /// Runs SQL statements on a server's database file from a second connection; the first
 /// column of the first row of the last statement, when it is an integer.
 pub fn sql(s: &TestServer, statements: &str) -> Option<i64> {
-    on_database(s, |store| async move {
-        custos_test_support::tamper::sql(&store, statements).await
-    })
+    on_database(custos_test_support::tamper::sql_at(
+        &database_url(s),
+        statements,
+    ))
 }
 
 /// Runs SQL (several statements, triggers allowed) on a server's database file from a second
 /// connection.
 pub fn sql_exec(s: &TestServer, statements: &str) {
-    on_database(s, |store| async move {
-        custos_test_support::tamper::exec(&store, statements).await;
-    });
+    on_database(custos_test_support::tamper::exec_at(
+        &database_url(s),
+        statements,
+    ));
 }
 
 /// The failed authentications on record: (summary records, failures they sum).

@@ -1,0 +1,433 @@
+//! The JSON bodies the API answers with: the server's own types, mapped from the broker's
+//! domain types, so a change below the broker never changes the wire by accident. Each one
+//! also describes itself to the OpenAPI document.
+
+use custos_core::clock::rfc3339;
+use custos_core::{AgentStatus, Change, ChangeOp, OperatorInfo, Role, StoredResource, Task};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and message of an error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (`unauthenticated`, `forbidden`, `not_found`, `invalid_request`, …).
+    pub code: String,
+    /// A human message: never a secret or an internal detail.
+    pub message: String,
+}
+
+/// An operator's role.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = Role)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleBody {
+    /// Everything.
+    Admin,
+    /// Starts and ends tasks; reads the registry.
+    Initiator,
+    /// Answers held calls; reads the registry.
+    Approver,
+    /// Reads and verifies the audit trail; reads the registry.
+    Auditor,
+}
+
+impl From<Role> for RoleBody {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Admin => RoleBody::Admin,
+            Role::Initiator => RoleBody::Initiator,
+            Role::Approver => RoleBody::Approver,
+            Role::Auditor => RoleBody::Auditor,
+        }
+    }
+}
+
+/// What applying or deleting one resource did.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = ChangeOp)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOpBody {
+    /// It did not exist.
+    Created,
+    /// It existed with another spec.
+    Updated,
+    /// It existed with the same spec; nothing was written.
+    Unchanged,
+    /// It was removed.
+    Deleted,
+}
+
+/// One applied change.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Change)]
+pub struct ChangeBody {
+    /// `Upstream`, `Template` or `Agent`.
+    pub kind: String,
+    /// The resource's name.
+    pub name: String,
+    /// The resource's immutable id: kept by updates; a re-created resource gets a new one.
+    pub id: String,
+    /// The version now current (for a delete: the version removed).
+    pub version: i64,
+    /// What happened.
+    pub op: ChangeOpBody,
+}
+
+impl From<Change> for ChangeBody {
+    fn from(c: Change) -> Self {
+        Self {
+            kind: c.kind.as_str().to_owned(),
+            name: c.name,
+            id: c.id,
+            version: c.version,
+            op: match c.op {
+                ChangeOp::Created => ChangeOpBody::Created,
+                ChangeOp::Updated => ChangeOpBody::Updated,
+                ChangeOp::Unchanged => ChangeOpBody::Unchanged,
+                ChangeOp::Deleted => ChangeOpBody::Deleted,
+            },
+        }
+    }
+}
+
+/// What `POST /v1/apply` did, one entry per document in the order applied.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ApplyOutcome)]
+pub struct ApplyBody {
+    /// One entry per document.
+    pub changes: Vec<ChangeBody>,
+}
+
+/// A stored resource and its current version.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Resource)]
+pub struct ResourceBody {
+    /// The resource as applied: `kind` and the fields of its spec.
+    #[schema(value_type = Object)]
+    pub resource: Map<String, Value>,
+    /// Its immutable id: kept by updates; a re-created resource gets a new one.
+    pub id: String,
+    /// Starts at 1; every change adds one.
+    pub version: i64,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// Which operator changed it.
+    pub updated_by: String,
+}
+
+impl From<StoredResource> for ResourceBody {
+    fn from(r: StoredResource) -> Self {
+        let mut resource = Map::new();
+        resource.insert("kind".into(), r.kind.as_str().into());
+        if let Value::Object(spec) = r.spec {
+            resource.extend(spec);
+        }
+        Self {
+            resource,
+            id: r.id,
+            version: r.version,
+            updated_at: rfc3339(r.updated_at),
+            updated_by: r.updated_by,
+        }
+    }
+}
+
+/// A new operator and its token, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CreatedOperator)]
+pub struct CreatedOperatorBody {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: RoleBody,
+    /// The operator token (`custos_op_…`). Only its hash is stored: it is not shown again.
+    pub token: String,
+}
+
+/// An operator (never its token).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Operator)]
+pub struct OperatorBody {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: RoleBody,
+    /// When it was created (Unix ms).
+    pub created_at: i64,
+    /// Who created it (an operator, or `bootstrap`).
+    pub created_by: String,
+}
+
+impl From<OperatorInfo> for OperatorBody {
+    fn from(o: OperatorInfo) -> Self {
+        Self {
+            name: o.name,
+            role: o.role.into(),
+            created_at: o.created_at,
+            created_by: o.created_by,
+        }
+    }
+}
+
+/// An agent's suspension, as just set.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AgentSuspension)]
+pub struct SuspensionBody {
+    /// The agent.
+    pub name: String,
+    /// Whether its tokens are refused.
+    pub suspended: bool,
+}
+
+impl From<AgentStatus> for SuspensionBody {
+    fn from(a: AgentStatus) -> Self {
+        Self {
+            name: a.name,
+            suspended: a.suspended,
+        }
+    }
+}
+
+/// A task's lifecycle state.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = TaskState)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStateBody {
+    /// Running until `expires`.
+    Active,
+    /// Ended; everything under it is refused.
+    Ended,
+}
+
+/// A task.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Task)]
+pub struct TaskBody {
+    /// `task_…`.
+    pub id: String,
+    /// The agent doing the work.
+    pub agent: String,
+    /// That agent's immutable id: the task belongs to this registration of the agent.
+    pub agent_id: String,
+    /// The template it runs under.
+    pub template: String,
+    /// The template's version when the task started.
+    pub template_version: i64,
+    /// The operator who started it.
+    pub started_by: String,
+    /// The initiator: the human or event on whose behalf it runs.
+    pub on_behalf_of: String,
+    /// Why.
+    pub purpose: Option<String>,
+    /// When it started (Unix ms).
+    pub created_at: i64,
+    /// When it expires (Unix ms).
+    pub expires_at: i64,
+    /// Lifecycle state.
+    pub state: TaskStateBody,
+    /// When it ended (Unix ms).
+    pub ended_at: Option<i64>,
+    /// Who ended it.
+    pub ended_by: Option<String>,
+    /// The same as `id`, under the name `custos task start --json` prints.
+    pub task_id: String,
+    /// When it expires (RFC 3339).
+    pub expires: String,
+}
+
+impl From<Task> for TaskBody {
+    fn from(t: Task) -> Self {
+        Self {
+            task_id: t.id.clone(),
+            expires: rfc3339(t.expires_at),
+            id: t.id,
+            agent: t.agent,
+            agent_id: t.agent_id,
+            template: t.template,
+            template_version: t.template_version,
+            started_by: t.started_by,
+            on_behalf_of: t.on_behalf_of,
+            purpose: t.purpose,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            state: match t.state {
+                custos_core::TaskState::Active => TaskStateBody::Active,
+                custos_core::TaskState::Ended => TaskStateBody::Ended,
+            },
+            ended_at: t.ended_at,
+            ended_by: t.ended_by,
+        }
+    }
+}
+
+/// What re-reading the audit trail found.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = VerifyReport)]
+pub struct VerifyBody {
+    /// True only if every check held.
+    pub ok: bool,
+    /// How many records were read.
+    pub records: i64,
+    /// The last record's sequence number.
+    pub last_seq: i64,
+    /// The last record's hash.
+    pub last_hash: String,
+    /// What is wrong, first problems first (at most 20).
+    pub problems: Vec<String>,
+}
+
+impl From<custos_broker::VerifyReport> for VerifyBody {
+    fn from(r: custos_broker::VerifyReport) -> Self {
+        Self {
+            ok: r.ok,
+            records: r.records,
+            last_seq: r.last_seq,
+            last_hash: r.last_hash,
+            problems: r.problems,
+        }
+    }
+}
+
+/// `GET /healthz` when the store answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthBody {
+    /// `ok`.
+    pub status: String,
+    /// The database backend: `sqlite` or `postgres`.
+    pub store: String,
+}
+
+/// The answer of the token exchange.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TokenResponse)]
+pub struct TokenBody {
+    /// The task token (EdDSA JWT).
+    pub access_token: String,
+    /// `urn:ietf:params:oauth:token-type:access_token`.
+    pub issued_token_type: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+}
+
+impl From<custos_broker::TokenResponse> for TokenBody {
+    fn from(t: custos_broker::TokenResponse) -> Self {
+        Self {
+            access_token: t.access_token,
+            issued_token_type: t.issued_token_type.to_owned(),
+            token_type: t.token_type.to_owned(),
+            expires_in: t.expires_in,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The wire shapes, key order included, as clients and the CLI read them.
+
+    use custos_core::{Kind, TaskState};
+    use serde_json::json;
+
+    use super::*;
+
+    fn wire(v: impl Serialize) -> String {
+        serde_json::to_string(&v).expect("serialises")
+    }
+
+    #[test]
+    fn a_task_keeps_its_fields_and_adds_task_id_and_expires() {
+        let t = Task {
+            id: "task_1".into(),
+            agent: "a".into(),
+            agent_id: "agent_1".into(),
+            template: "t".into(),
+            template_version: 2,
+            started_by: "admin".into(),
+            on_behalf_of: "alice@example.com".into(),
+            purpose: None,
+            created_at: 0,
+            expires_at: 1_000,
+            state: TaskState::Active,
+            ended_at: None,
+            ended_by: None,
+        };
+        assert_eq!(
+            wire(TaskBody::from(t)),
+            r#"{"id":"task_1","agent":"a","agent_id":"agent_1","template":"t","template_version":2,"started_by":"admin","on_behalf_of":"alice@example.com","purpose":null,"created_at":0,"expires_at":1000,"state":"active","ended_at":null,"ended_by":null,"task_id":"task_1","expires":"1970-01-01T00:00:01Z"}"#
+        );
+    }
+
+    #[test]
+    fn a_resource_is_its_kind_and_spec_with_version_and_last_change() {
+        let r = StoredResource {
+            kind: Kind::Template,
+            name: "docs".into(),
+            id: "template_1".into(),
+            version: 3,
+            spec: json!({"name": "docs", "ttl": "30m"}),
+            updated_at: 0,
+            updated_by: "admin".into(),
+        };
+        assert_eq!(
+            wire(ResourceBody::from(r)),
+            r#"{"resource":{"kind":"Template","name":"docs","ttl":"30m"},"id":"template_1","version":3,"updated_at":"1970-01-01T00:00:00Z","updated_by":"admin"}"#
+        );
+    }
+
+    #[test]
+    fn changes_operators_suspensions_and_errors() {
+        let c = Change {
+            kind: Kind::Agent,
+            name: "a".into(),
+            id: "agent_1".into(),
+            version: 1,
+            op: ChangeOp::Created,
+        };
+        assert_eq!(
+            wire(ApplyBody {
+                changes: vec![c.into()]
+            }),
+            r#"{"changes":[{"kind":"Agent","name":"a","id":"agent_1","version":1,"op":"created"}]}"#
+        );
+        let o = OperatorInfo {
+            name: "ops".into(),
+            role: Role::Auditor,
+            created_at: 5,
+            created_by: "bootstrap".into(),
+        };
+        assert_eq!(
+            wire(OperatorBody::from(o)),
+            r#"{"name":"ops","role":"auditor","created_at":5,"created_by":"bootstrap"}"#
+        );
+        let a = AgentStatus {
+            name: "a".into(),
+            suspended: true,
+            updated_at: 5,
+            updated_by: "admin".into(),
+        };
+        assert_eq!(
+            wire(SuspensionBody::from(a)),
+            r#"{"name":"a","suspended":true}"#
+        );
+        assert_eq!(
+            wire(ErrorBody {
+                error: ErrorDetail {
+                    code: "not_found".into(),
+                    message: "no such endpoint".into(),
+                },
+            }),
+            r#"{"error":{"code":"not_found","message":"no such endpoint"}}"#
+        );
+    }
+}
