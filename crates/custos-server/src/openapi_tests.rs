@@ -2,7 +2,6 @@
 //! router serves (path and method) described.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -82,20 +81,7 @@ fn concrete(path: &str) -> String {
 #[tokio::test]
 async fn every_route_served_is_described() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = ServeConfig {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: None,
-        database_url: None,
-        durability: custos_broker::Durability::Process,
-        dev: true,
-        auth_failure_window: Duration::from_secs(10),
-        auth_failure_limit: 200,
-        max_connections: None,
-        max_connections_per_ip: crate::listener::DEFAULT_MAX_CONNECTIONS_PER_IP,
-        header_timeout: crate::listener::DEFAULT_HEADER_TIMEOUT,
-        body_timeout: crate::serve::DEFAULT_BODY_TIMEOUT,
-    };
+    let config = ServeConfig::dev(dir.path().to_owned());
     let built = build(&config, "127.0.0.1:8470".parse().expect("addr"))
         .await
         .expect("server builds");

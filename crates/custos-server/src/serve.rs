@@ -48,6 +48,26 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
 }
 
+impl ServeConfig {
+    /// `serve --dev` with every default, over `data_dir` (embedded SQLite there).
+    pub fn dev(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8470)),
+            public_url: None,
+            database_url: None,
+            durability: Durability::Process,
+            dev: true,
+            auth_failure_window: Duration::from_secs(10),
+            auth_failure_limit: 200,
+            max_connections: None,
+            max_connections_per_ip: listener::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            header_timeout: listener::DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
 /// How long a client has to send a request body by default: 4 MiB (the largest MCP body) at
 /// 150 KB/s.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,6 +119,18 @@ pub struct Built {
 /// # Errors
 /// When the data directory, keys or database cannot be prepared.
 pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Built> {
+    build_with_clock(config, bound, Arc::new(SystemClock)).await
+}
+
+/// [`build`] with the clock every component reads (tests drive a manual one).
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with_clock(
+    config: &ServeConfig,
+    bound: SocketAddr,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Built> {
     if config.dev && !config.listen.ip().is_loopback() {
         bail!(
             "--dev listens on loopback only; `{}` is not a loopback address",
@@ -122,7 +154,6 @@ pub async fn build(config: &ServeConfig, bound: SocketAddr) -> anyhow::Result<Bu
         Some(u) => u.clone(),
         None => format!("sqlite:{}", config.data_dir.join("custos.db").display()),
     };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let broker_config = BrokerConfig {
         issuer: issuer.clone(),
         max_token_ttl: Duration::from_secs(900),

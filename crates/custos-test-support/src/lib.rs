@@ -10,7 +10,10 @@
 //! when the test passes and kept for inspection when it fails (the name is printed); a
 //! throwaway cluster, and everything in it, is removed once the test process exits.
 
+pub mod app;
 pub mod tamper;
+
+pub use app::TestApp;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
