@@ -5,6 +5,7 @@ use custos_core::Reason;
 use custos_core::names::check_resource_name;
 use custos_core::operator::Permission;
 use custos_core::{OperatorInfo, Role};
+use custos_crypto::PresentedToken;
 use custos_crypto::operator_token::{self, OperatorToken};
 use custos_store::OperatorRow;
 use serde::Serialize;
@@ -55,10 +56,11 @@ impl Broker {
     /// [`BrokerError::Unauthenticated`] for any bad token (the reason is audited, not returned).
     pub async fn authenticate_operator(
         &self,
-        token: &str,
+        token: &PresentedToken,
         source: Source,
     ) -> Result<Operator, BrokerError> {
         self.check_source(source)?;
+        let token = token.expose();
         if !operator_token::well_formed(token) {
             return Err(self.record_auth_failure("operator", Reason::Malformed, None, source));
         }

@@ -12,7 +12,7 @@ use custos_core::text::{has_unsafe_chars, truncate};
 use custos_core::{Decision, Reason};
 use custos_core::{Task as TaskRow, TaskState};
 use custos_crypto::jwt::{assertion_issuer, verify_assertion};
-use custos_crypto::{jwk_thumbprint, new_id};
+use custos_crypto::{PresentedToken, jwk_thumbprint, new_id};
 use serde::{Deserialize, Serialize};
 
 use crate::call::TaskContext;
@@ -414,10 +414,11 @@ impl Broker {
     /// [`BrokerError::Unauthenticated`] for any failure (audited with the reason).
     pub async fn authenticate_task_token(
         &self,
-        token: &str,
+        token: &PresentedToken,
         source: Source,
     ) -> Result<TaskContext, BrokerError> {
         self.check_source(source)?;
+        let token = token.expose();
         let now_ms = self.inner.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         // A token verified once is remembered by its SHA-256 until it expires, so repeated

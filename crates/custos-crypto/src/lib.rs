@@ -7,10 +7,12 @@ pub mod digest;
 pub mod jwt;
 pub mod keys;
 pub mod operator_token;
+pub mod presented;
 pub mod random;
 
 pub use digest::{argument_digest, sha256_hex};
 pub use jwt::{ActClaim, AssertionClaims, TaskClaims, TokenError, TokenIssuer};
 pub use keys::{AgentKey, KeyError, ServerKey, jwk_thumbprint, parse_public_key_pem};
 pub use operator_token::OperatorToken;
+pub use presented::PresentedToken;
 pub use random::new_id;

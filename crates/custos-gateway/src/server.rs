@@ -220,17 +220,15 @@ impl McpGateway {
     }
 
     async fn authenticate(&self, req: &McpRequest<'_>) -> Result<TaskContext, GatewayReply> {
-        let token = req
+        let Some(token) = req
             .authorization
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            .and_then(custos_crypto::PresentedToken::from_authorization)
+        else {
             return Err(self.unauthorized());
         };
         match self
             .broker
-            .authenticate_task_token(token, Source(req.peer))
+            .authenticate_task_token(&token, Source(req.peer))
             .await
         {
             Ok(ctx) => Ok(ctx),

@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use custos_broker::{Operator, StartTask};
 use custos_core::{Kind, Role};
+use custos_crypto::PresentedToken;
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -44,13 +45,11 @@ impl FromRequestParts<AppState> for Op {
 }
 
 /// The bearer token of `Authorization: Bearer …`, if any.
-fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+fn bearer(headers: &axum::http::HeaderMap) -> Option<PresentedToken> {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
+        .and_then(PresentedToken::from_authorization)
 }
 
 fn kind(s: &str) -> Result<Kind, ApiError> {

@@ -177,7 +177,10 @@ pub async fn build_with_clock(
     let existing = std::fs::read_to_string(&admin_token_path).ok();
     let still_valid = match existing.as_deref().map(str::trim) {
         Some(t) if !t.is_empty() => broker
-            .authenticate_operator(t, custos_broker::Source::default())
+            .authenticate_operator(
+                &custos_crypto::PresentedToken::new(t),
+                custos_broker::Source::default(),
+            )
             .await
             .is_ok_and(|op| op.role == Role::Admin),
         _ => false,
