@@ -15,13 +15,22 @@ use crate::{Broker, BrokerError, Source};
 /// An authenticated operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Operator {
-    /// Its name.
-    pub name: String,
-    /// Its role.
-    pub role: Role,
+    // Private: an `Operator` exists only once `authenticate_operator` checked its token.
+    pub(crate) name: String,
+    pub(crate) role: Role,
 }
 
 impl Operator {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// Fails unless this operator's role grants `p`.
     ///
     /// # Errors

@@ -592,7 +592,7 @@ pub async fn metrics(
     let full = match bearer(&headers) {
         None => false,
         Some(token) => match s.broker.authenticate_operator(&token, peer.source()).await {
-            Ok(op) if op.role.allows(custos_core::operator::Permission::Audit) => true,
+            Ok(op) if op.role().allows(custos_core::operator::Permission::Audit) => true,
             Ok(_) => {
                 return ApiError::new(
                     StatusCode::FORBIDDEN,

@@ -182,7 +182,7 @@ pub async fn build_with_clock(
                 custos_broker::Source::default(),
             )
             .await
-            .is_ok_and(|op| op.role == Role::Admin),
+            .is_ok_and(|op| op.role() == Role::Admin),
         _ => false,
     };
     if !still_valid {
