@@ -96,6 +96,9 @@ struct Inner {
     auth_failures: auth_failures::AuthFailures,
     /// Tasks that ended, for the edges that hold something per task (sessions, connections).
     task_ends: tokio::sync::broadcast::Sender<String>,
+    /// Tasks expiring up to this time (Unix ms) have been announced on `task_ends`; held
+    /// while announcing, so each expiry is announced once.
+    expiry_announced: tokio::sync::Mutex<i64>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -119,7 +122,8 @@ impl Broker {
         clock: Arc<dyn Clock>,
         config: BrokerConfig,
     ) -> Result<Self, BrokerError> {
-        let registry = registry::RegistryCache::load(&store, clock.now_ms()).await?;
+        let now = clock.now_ms();
+        let registry = registry::RegistryCache::load(&store, now).await?;
         let tasks = tasks::TaskCache::new(config.cache_ttl);
         let auth_failures = auth_failures::AuthFailures::new(config.auth_failure_limit);
         let broker = Self {
@@ -137,6 +141,7 @@ impl Broker {
                 stopping: CancellationToken::new(),
                 auth_failures,
                 task_ends: tokio::sync::broadcast::channel(1024).0,
+                expiry_announced: tokio::sync::Mutex::new(now),
             }),
         };
         let flusher = broker.clone();
@@ -144,6 +149,8 @@ impl Broker {
             .inner
             .background
             .spawn(async move { flusher.summarise_auth_failures().await });
+        let watcher = broker.clone();
+        broker.spawn_supervised(async move { watcher.watch_task_expiry().await });
         Ok(broker)
     }
 
@@ -196,8 +203,9 @@ impl Broker {
         });
     }
 
-    /// The ids of tasks as they end (by an operator or by expiry noticed on use). A receiver
-    /// that lags misses ids; holders of per-task state should also expire it on their own.
+    /// The ids of tasks as they end: ended by an operator, or expired (announced within about
+    /// a second of their expiry by every replica). A receiver that lags misses ids; holders of
+    /// per-task state should also expire it on their own.
     pub fn task_ends(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.inner.task_ends.subscribe()
     }

@@ -478,6 +478,56 @@ impl Broker {
     }
 }
 
+/// How often the expiry watcher looks for tasks that expired.
+const EXPIRY_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most expired tasks announced per look; more wait for the next.
+const EXPIRY_BATCH: i64 = 10_000;
+
+impl Broker {
+    /// Announces, on [`Broker::task_ends`], the tasks whose expiry passed since the last look,
+    /// so what is held per task (sessions, per-task upstreams, later leases) is let go at expiry
+    /// and not only when an operator ends a task. Returns how many were announced.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store cannot be read (the next look retries).
+    pub async fn announce_expired_tasks(&self) -> Result<usize, BrokerError> {
+        let mut announced = self.inner.expiry_announced.lock().await;
+        let now = self.inner.clock.now_ms();
+        let after = *announced;
+        if now <= after {
+            return Ok(0);
+        }
+        let expired = self
+            .inner
+            .store
+            .tasks_expiring(after, now, EXPIRY_BATCH)
+            .await?;
+        // A full batch moves the cursor only as far as it read; ties beyond the batch at the
+        // same millisecond are left to the holders' own expiry.
+        let upto = match expired.last() {
+            Some((_, at)) if expired.len() as i64 == EXPIRY_BATCH => *at,
+            _ => now,
+        };
+        for (id, _) in &expired {
+            let _ = self.inner.task_ends.send(id.clone());
+        }
+        *announced = upto;
+        Ok(expired.len())
+    }
+
+    /// Looks for expired tasks every [`EXPIRY_TICK`] until shutdown.
+    pub(crate) async fn watch_task_expiry(&self) {
+        let mut tick = tokio::time::interval(EXPIRY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.announce_expired_tasks().await {
+                tracing::warn!(error = %e, "could not look for expired tasks; retrying");
+            }
+        }
+    }
+}
+
 /// An audit event carrying a task's attribution chain.
 fn task_event(kind: EventKind, t: &TaskRow) -> AuditEvent {
     let mut e = AuditEvent::new(kind);

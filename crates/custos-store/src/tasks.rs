@@ -74,6 +74,25 @@ impl Store {
         })
     }
 
+    /// The ids of tasks still active whose expiry falls in `(after, until]`, oldest first, at
+    /// most `limit`: what the expiry watcher announces.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn tasks_expiring(
+        &self,
+        after: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        const Q: &str = "SELECT id, expires_at FROM tasks WHERE state = 'active' AND expires_at > $1 AND expires_at <= $2 \
+                         ORDER BY expires_at, id LIMIT $3";
+        on_pool!(self, p => {
+            let rows = sqlx::query(Q).bind(after).bind(until).bind(limit).fetch_all(p).await?;
+            rows.into_iter().map(|r| Ok((r.try_get("id")?, r.try_get("expires_at")?))).collect()
+        })
+    }
+
     /// Ends an active task. `false` when it was not active.
     ///
     /// # Errors

@@ -118,3 +118,48 @@ async fn an_assertion_is_good_for_its_own_lifetime_only() {
     let reply = app.exchange(&task, "agent-a", &key).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }
+
+#[tokio::test]
+async fn expired_tasks_are_announced_once_and_ended_ones_not_again() {
+    let (app, _key) = app_with_agent().await;
+    let broker = &app.state().broker;
+    let mut ends = broker.task_ends();
+    let short = app.start_task("agent-a", "quiet", Some("1m")).await;
+    let long = app.start_task("agent-a", "quiet", Some("5m")).await;
+    let ended = app.start_task("agent-a", "quiet", Some("1m")).await;
+    let end = app
+        .api(
+            Method::POST,
+            &format!("/v1/tasks/{ended}/end"),
+            Some(&app.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(end.status, StatusCode::OK, "{}", end.body);
+    assert_eq!(
+        ends.recv().await.expect("announced"),
+        ended,
+        "ended by hand"
+    );
+
+    // The watcher looks every second on its own; a look now makes the test independent of
+    // when it last did. Each expiry is announced once, by whichever look sees it first.
+    let look = async || {
+        broker.announce_expired_tasks().await.expect("look");
+    };
+    look().await;
+    assert!(ends.try_recv().is_err(), "nothing expired yet");
+    app.advance(Duration::from_secs(60));
+    look().await;
+    assert_eq!(ends.try_recv().expect("announced"), short);
+    look().await;
+    assert!(ends.try_recv().is_err(), "announced once");
+    app.advance(Duration::from_secs(240));
+    look().await;
+    assert_eq!(ends.try_recv().expect("announced"), long);
+    look().await;
+    assert!(
+        ends.try_recv().is_err(),
+        "the task ended by hand is not announced again"
+    );
+}

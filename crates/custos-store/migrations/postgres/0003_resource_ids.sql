@@ -11,3 +11,6 @@ UPDATE tasks SET agent_uid = (
     SELECT r.uid FROM resources r WHERE r.kind = 'Agent' AND r.name = tasks.agent
 );
 UPDATE tasks SET agent_uid = 'agent_gone' WHERE agent_uid IS NULL;
+
+-- The expiry watcher reads active tasks by expiry.
+CREATE INDEX tasks_expiry ON tasks (state, expires_at);
