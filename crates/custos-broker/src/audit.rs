@@ -25,7 +25,11 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::NotFound`] for an unknown task.
-    pub async fn trace(&self, op: &Operator, task_id: &str) -> Result<Value, BrokerError> {
+    pub async fn trace(
+        &self,
+        op: &Operator,
+        task_id: &custos_core::TaskId,
+    ) -> Result<Value, BrokerError> {
         op.require(Permission::Audit)?;
         let task = self
             .inner
@@ -33,7 +37,7 @@ impl Broker {
             .get_task(task_id)
             .await?
             .ok_or_else(|| BrokerError::NotFound(format!("task `{task_id}` not found")))?;
-        let records = self.inner.store.audit_for_task(task_id).await?;
+        let records = self.inner.store.audit_for_task(task_id.as_str()).await?;
         let records: Vec<Value> = records
             .into_iter()
             .map(|r| {

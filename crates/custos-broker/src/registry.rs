@@ -8,8 +8,8 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::resource::parse_documents;
 use custos_core::{
-    AgentSpec, AgentStatus, Change, ChangeOp, Kind, Resource, StoredResource, TemplateSpec,
-    UpstreamSpec,
+    AgentId, AgentSpec, AgentStatus, Change, ChangeOp, Kind, Resource, StoredResource,
+    TemplateSpec, UpstreamSpec,
 };
 use custos_crypto::{new_id, parse_public_key_pem};
 use custos_store::{AppliedChange, ResourceRow, ResourceWrite, Store};
@@ -37,7 +37,7 @@ impl AsRef<UpstreamSpec> for Versioned<UpstreamSpec> {
 pub struct AgentEntry {
     /// Its immutable id (`agent_…`): tasks bind to it, so an agent deleted and re-created under
     /// the same name does not inherit the old one's tasks and tokens.
-    pub id: String,
+    pub id: AgentId,
     /// The stored version.
     pub version: i64,
     /// The spec.
@@ -99,12 +99,16 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
     }
     for row in store.list_resources(Kind::Agent.as_str()).await? {
         if let Ok(Resource::Agent(spec)) = Resource::from_spec_json(Kind::Agent, row.spec) {
-            // INVARIANT: keys were checked at apply; one that no longer parses leaves the agent out (deny).
-            if let Ok(key) = parse_public_key_pem(&spec.public_key) {
+            // INVARIANT: keys and ids were checked at apply; one that no longer parses leaves
+            // the agent out (deny).
+            if let (Ok(key), Some(id)) = (
+                parse_public_key_pem(&spec.public_key),
+                AgentId::parse(&row.uid),
+            ) {
                 snap.agents.insert(
                     row.name,
                     AgentEntry {
-                        id: row.uid,
+                        id,
                         version: row.version,
                         spec,
                         key,

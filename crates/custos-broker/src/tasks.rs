@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use custos_audit::{AuditEvent, Detail, EventKind};
+use custos_core::TaskId;
 use custos_core::duration::format_duration;
 use custos_core::operator::Permission;
 use custos_core::text::{has_unsafe_chars, truncate};
@@ -86,7 +87,7 @@ pub struct TokenResponse {
 
 pub(crate) struct TaskCache {
     ttl_ms: i64,
-    entries: Mutex<HashMap<String, (i64, TaskRow)>>,
+    entries: Mutex<HashMap<TaskId, (i64, TaskRow)>>,
 }
 
 impl TaskCache {
@@ -97,7 +98,7 @@ impl TaskCache {
         }
     }
 
-    fn get(&self, id: &str, now: i64) -> Option<TaskRow> {
+    fn get(&self, id: &TaskId, now: i64) -> Option<TaskRow> {
         let g = self.entries.lock().ok()?;
         let (at, row) = g.get(id)?;
         (now - at <= self.ttl_ms).then(|| row.clone())
@@ -112,7 +113,7 @@ impl TaskCache {
         }
     }
 
-    fn forget(&self, id: &str) {
+    fn forget(&self, id: &TaskId) {
         if let Ok(mut g) = self.entries.lock() {
             g.remove(id);
         }
@@ -198,7 +199,8 @@ impl Broker {
         }
         let now = self.inner.clock.now_ms();
         let row = TaskRow {
-            id: new_id("task_"),
+            id: TaskId::parse(&new_id(TaskId::PREFIX))
+                .ok_or(BrokerError::Unavailable("task id generation"))?,
             agent: req.agent,
             agent_id: agent.id.clone(),
             template: req.template,
@@ -217,7 +219,7 @@ impl Broker {
         e.actor = Some(op.name.clone());
         e.decision = Some(Decision::Allow);
         e.detail = Some(Detail::TaskStart {
-            agent_id: row.agent_id.clone(),
+            agent_id: row.agent_id.to_string(),
             expires_at: row.expires_at,
             template_version: row.template_version,
             purpose: row.purpose.clone(),
@@ -230,7 +232,7 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::NotFound`] for an unknown task, [`BrokerError::Conflict`] when already ended.
-    pub async fn end_task(&self, op: &Operator, id: &str) -> Result<TaskRow, BrokerError> {
+    pub async fn end_task(&self, op: &Operator, id: &TaskId) -> Result<TaskRow, BrokerError> {
         op.require(Permission::RunTasks)?;
         let now = self.inner.clock.now_ms();
         let ended = self.inner.store.end_task(id, &op.name, now).await?;
@@ -249,7 +251,7 @@ impl Broker {
         let mut e = task_event(EventKind::TaskEnd, &row);
         e.actor = Some(op.name.clone());
         self.record(e).await?;
-        let _ = self.inner.task_ends.send(row.id.clone());
+        let _ = self.inner.task_ends.send(row.id.to_string());
         Ok(row)
     }
 
@@ -257,7 +259,7 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::NotFound`] for an unknown task.
-    pub async fn get_task(&self, op: &Operator, id: &str) -> Result<TaskRow, BrokerError> {
+    pub async fn get_task(&self, op: &Operator, id: &TaskId) -> Result<TaskRow, BrokerError> {
         op.require(Permission::Read)?;
         self.inner
             .store
@@ -279,7 +281,7 @@ impl Broker {
         Ok(self.inner.store.list_tasks(agent, 500).await?)
     }
 
-    async fn task(&self, id: &str, now: i64) -> Result<Option<TaskRow>, BrokerError> {
+    async fn task(&self, id: &TaskId, now: i64) -> Result<Option<TaskRow>, BrokerError> {
         if let Some(t) = self.inner.tasks.get(id, now) {
             return Ok(Some(t));
         }
@@ -328,7 +330,10 @@ impl Broker {
         };
         // The task names the agent; the assertion must be signed by that agent's key and name
         // the agent (by name or by its key's JWK thumbprint).
-        let Some(task) = self.inner.store.get_task(&req.subject_token).await? else {
+        let Some(task_id) = TaskId::parse(&req.subject_token) else {
+            return fail(Reason::UnknownTask, None).await;
+        };
+        let Some(task) = self.inner.store.get_task(&task_id).await? else {
             return fail(Reason::UnknownTask, None).await;
         };
         let agent_name = task.agent.clone();
@@ -444,11 +449,15 @@ impl Broker {
                 50,
             )
             .await?;
-        let reason = match self.task(&claims.task_id, now_ms).await? {
+        let task = match TaskId::parse(&claims.task_id) {
+            Some(id) => self.task(&id, now_ms).await?,
+            None => None,
+        };
+        let reason = match task {
             None => Some(Reason::UnknownTask),
             Some(t)
                 if t.agent != agent
-                    || t.agent_id != claims.act.agent_id
+                    || t.agent_id.as_str() != claims.act.agent_id
                     || t.template != claims.template =>
             {
                 Some(Reason::TaskMismatch)
@@ -509,7 +518,7 @@ impl Broker {
             _ => now,
         };
         for (id, _) in &expired {
-            let _ = self.inner.task_ends.send(id.clone());
+            let _ = self.inner.task_ends.send(id.to_string());
         }
         *announced = upto;
         Ok(expired.len())
@@ -533,7 +542,7 @@ fn task_event(kind: EventKind, t: &TaskRow) -> AuditEvent {
     let mut e = AuditEvent::new(kind);
     e.initiator = Some(t.on_behalf_of.clone());
     e.agent = Some(t.agent.clone());
-    e.task = Some(t.id.clone());
+    e.task = Some(t.id.to_string());
     e.template = Some(t.template.clone());
     e
 }

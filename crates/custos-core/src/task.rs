@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::ids::{AgentId, TaskId};
+
 /// A task's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,12 +37,12 @@ impl TaskState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Task {
     /// `task_…`.
-    pub id: String,
+    pub id: TaskId,
     /// The agent doing the work.
     pub agent: String,
     /// That agent's immutable id: the task belongs to this registration of the agent, not to
     /// whatever is registered under its name later.
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// The template it runs under.
     pub template: String,
     /// The template's version when the task started.

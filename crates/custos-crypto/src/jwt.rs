@@ -181,9 +181,9 @@ impl TokenIssuer {
             sub: task.on_behalf_of.clone(),
             act: ActClaim {
                 sub: task.agent.clone(),
-                agent_id: task.agent_id.clone(),
+                agent_id: task.agent_id.to_string(),
             },
-            task_id: task.id.clone(),
+            task_id: task.id.to_string(),
             template: task.template.clone(),
             iat: now,
             nbf: now,
@@ -325,9 +325,9 @@ mod tests {
 
     fn task(agent: &str) -> Task {
         Task {
-            id: "task_1".into(),
+            id: custos_core::TaskId::parse("task_1").expect("id"),
             agent: agent.into(),
-            agent_id: "agent_1".into(),
+            agent_id: custos_core::AgentId::parse("agent_1").expect("id"),
             template: "docs".into(),
             template_version: 1,
             started_by: "op".into(),

@@ -24,9 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         AUDIENCE.to_owned(),
     );
     let task = custos_core::Task {
-        id: "task_01".into(),
+        id: custos_core::TaskId::parse("task_01").ok_or("task id")?,
         agent: "agent-docs-review-dev".into(),
-        agent_id: "agent_01".into(),
+        agent_id: custos_core::AgentId::parse("agent_01").ok_or("agent id")?,
         template: "docs-review".into(),
         template_version: 1,
         started_by: "admin".into(),

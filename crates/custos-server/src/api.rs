@@ -62,6 +62,17 @@ fn kind(s: &str) -> Result<Kind, ApiError> {
     })
 }
 
+/// A task id from a path: one that cannot be a task id is an unknown task.
+fn task_id(s: &str) -> Result<custos_core::TaskId, ApiError> {
+    custos_core::TaskId::parse(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("task `{}` not found", custos_core::text::for_display(s, 64)),
+        )
+    })
+}
+
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v)
         .map_err(|e| body_error(e.status(), e.body_text()))
@@ -450,7 +461,7 @@ pub async fn get_task(
     Op(op): Op,
     Path(id): Path<String>,
 ) -> Result<Json<TaskBody>, ApiError> {
-    Ok(Json(s.broker.get_task(&op, &id).await?.into()))
+    Ok(Json(s.broker.get_task(&op, &task_id(&id)?).await?.into()))
 }
 
 /// `POST /v1/tasks/{id}/end`
@@ -476,7 +487,7 @@ pub async fn end_task(
     Op(op): Op,
     Path(id): Path<String>,
 ) -> Result<Json<TaskBody>, ApiError> {
-    Ok(Json(s.broker.end_task(&op, &id).await?.into()))
+    Ok(Json(s.broker.end_task(&op, &task_id(&id)?).await?.into()))
 }
 
 /// `GET /v1/audit/verify`: re-reads every stored record.
@@ -523,7 +534,7 @@ pub async fn trace_task(
     Op(op): Op,
     Path(task): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.broker.trace(&op, &task).await?))
+    Ok(Json(s.broker.trace(&op, &task_id(&task)?).await?))
 }
 
 /// `GET /v1/openapi.json`

@@ -247,11 +247,11 @@ pub struct TaskBody {
 impl From<Task> for TaskBody {
     fn from(t: Task) -> Self {
         Self {
-            task_id: t.id.clone(),
+            task_id: t.id.to_string(),
             expires: rfc3339(t.expires_at),
-            id: t.id,
+            id: t.id.into(),
             agent: t.agent,
-            agent_id: t.agent_id,
+            agent_id: t.agent_id.into(),
             template: t.template,
             template_version: t.template_version,
             started_by: t.started_by,
@@ -348,9 +348,9 @@ mod tests {
     #[test]
     fn a_task_keeps_its_fields_and_adds_task_id_and_expires() {
         let t = Task {
-            id: "task_1".into(),
+            id: custos_core::TaskId::parse("task_1").expect("id"),
             agent: "a".into(),
-            agent_id: "agent_1".into(),
+            agent_id: custos_core::AgentId::parse("agent_1").expect("id"),
             template: "t".into(),
             template_version: 2,
             started_by: "admin".into(),

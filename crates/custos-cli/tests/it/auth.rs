@@ -163,12 +163,10 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
     ))
     .expect("claims");
     let task = |id: &str| custos_core::Task {
-        id: id.to_owned(),
+        id: custos_core::TaskId::parse(id).expect("task id"),
         agent: "agent-a".into(),
-        agent_id: real["act"]["agent_id"]
-            .as_str()
-            .expect("agent_id")
-            .to_owned(),
+        agent_id: custos_core::AgentId::parse(real["act"]["agent_id"].as_str().expect("agent_id"))
+            .expect("agent id"),
         template: "fx-all".into(),
         template_version: 1,
         started_by: "admin".into(),

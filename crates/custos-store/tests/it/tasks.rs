@@ -1,5 +1,6 @@
 //! Tasks: create, read, list, end.
 
+use custos_core::{AgentId, TaskId};
 use custos_store::{Store, StoreError, TaskRow, TaskState};
 use custos_test_support::both_backends;
 
@@ -12,9 +13,9 @@ both_backends!(
 
 fn task(id: &str, agent: &str, created_at: i64) -> TaskRow {
     TaskRow {
-        id: id.to_owned(),
+        id: tid(id),
         agent: agent.to_owned(),
-        agent_id: format!("agent_{agent}"),
+        agent_id: AgentId::parse(&format!("agent_{}", agent.replace('-', ""))).expect("agent id"),
         template: "tpl".to_owned(),
         template_version: 3,
         started_by: "op".to_owned(),
@@ -28,6 +29,10 @@ fn task(id: &str, agent: &str, created_at: i64) -> TaskRow {
     }
 }
 
+fn tid(id: &str) -> TaskId {
+    TaskId::parse(id).expect("task id")
+}
+
 fn ids(rows: &[TaskRow]) -> Vec<&str> {
     rows.iter().map(|t| t.id.as_str()).collect()
 }
@@ -36,8 +41,8 @@ async fn a_task_is_stored_and_read_back(store: Store) {
     let mut t = task("task_1", "agent-a", 1_000);
     t.purpose = Some("review \"docs\" ✓".to_owned());
     store.create_task(&t).await.expect("create");
-    assert_eq!(store.get_task("task_1").await.expect("get"), Some(t));
-    assert_eq!(store.get_task("task_2").await.expect("get"), None);
+    assert_eq!(store.get_task(&tid("task_1")).await.expect("get"), Some(t));
+    assert_eq!(store.get_task(&tid("task_2")).await.expect("get"), None);
 }
 
 async fn a_duplicate_task_id_is_a_conflict(store: Store) {
@@ -52,7 +57,7 @@ async fn a_duplicate_task_id_is_a_conflict(store: Store) {
     assert!(matches!(err, StoreError::Conflict), "{err:?}");
     assert_eq!(
         store
-            .get_task("task_1")
+            .get_task(&tid("task_1"))
             .await
             .expect("get")
             .map(|t| t.agent),
@@ -99,16 +104,21 @@ async fn a_task_ends_only_once(store: Store) {
         .create_task(&task("task_1", "a", 1_000))
         .await
         .expect("create");
-    assert!(store.end_task("task_1", "op-1", 2_000).await.expect("end"));
+    assert!(
+        store
+            .end_task(&tid("task_1"), "op-1", 2_000)
+            .await
+            .expect("end")
+    );
     assert!(
         !store
-            .end_task("task_1", "op-2", 3_000)
+            .end_task(&tid("task_1"), "op-2", 3_000)
             .await
             .expect("end again"),
         "an ended task does not end again"
     );
     let t = store
-        .get_task("task_1")
+        .get_task(&tid("task_1"))
         .await
         .expect("get")
         .expect("exists");
@@ -117,7 +127,7 @@ async fn a_task_ends_only_once(store: Store) {
     assert_eq!(t.ended_by.as_deref(), Some("op-1"));
     assert!(
         !store
-            .end_task("task_unknown", "op", 1)
+            .end_task(&tid("task_unknown"), "op", 1)
             .await
             .expect("end unknown")
     );
