@@ -29,10 +29,17 @@ pub enum AuditError {
     Stopped,
 }
 
+/// How long a record nobody waits for (a call's outcome) may wait for one somebody waits for
+/// (the next decision), so that the two share a commit.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+type Reply = oneshot::Sender<Result<AuditRow, AuditError>>;
+
 enum Msg {
     Append {
         event: Box<AuditEvent>,
-        reply: oneshot::Sender<Result<AuditRow, AuditError>>,
+        /// `None`: nobody waits for the commit.
+        reply: Option<Reply>,
     },
     Close(oneshot::Sender<()>),
 }
@@ -73,11 +80,29 @@ impl AuditLog {
         self.tx
             .send(Msg::Append {
                 event: Box::new(event),
-                reply,
+                reply: Some(reply),
             })
             .await
             .map_err(|_| AuditError::Stopped)?;
         rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Queues one record behind everything sent before it, without waiting for its commit:
+    /// for a record that completes a committed one (a call's outcome after its write-ahead
+    /// decision). It is committed with the next record somebody waits for, or within a few
+    /// milliseconds ([`LINGER`]), so sequential calls cost one commit each; a failure is
+    /// logged by the writer, and shutdown ([`AuditLog::close`]) still commits it.
+    ///
+    /// # Errors
+    /// [`AuditError::Stopped`] when the writer has stopped.
+    pub async fn enqueue(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.tx
+            .send(Msg::Append {
+                event: Box::new(event),
+                reply: None,
+            })
+            .await
+            .map_err(|_| AuditError::Stopped)
     }
 
     /// Commits every record sent before this call, then stops the writer: later appends fail
@@ -122,25 +147,37 @@ async fn writer(
     // A connection kept for the writer (SQLite): no pool round trip per commit.
     let mut appender = store.audit_appender();
     let mut events: Vec<AuditEvent> = Vec::new();
-    let mut replies: Vec<oneshot::Sender<Result<AuditRow, AuditError>>> =
-        Vec::with_capacity(MAX_BATCH);
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(MAX_BATCH);
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
         let Some(first) = rx.recv().await else { break };
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Append { event, reply } => {
-                    events.push(*event);
-                    replies.push(reply);
+        let mut linger_until = None;
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append { event, reply } => {
+                        events.push(*event);
+                        replies.push(reply);
+                    }
+                    Msg::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
                 }
-                Msg::Close(done) => {
-                    closing = Some(done);
-                    break;
+                if events.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
-            if events.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            // A batch nobody waits for lingers briefly for a record somebody does.
+            if closing.is_some() || events.len() >= MAX_BATCH || replies.iter().any(Option::is_some)
+            {
+                break;
+            }
+            let until = *linger_until.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(msg)) => next = Some(msg),
+                Ok(None) | Err(_) => break,
             }
         }
         if events.is_empty() {
@@ -181,7 +218,9 @@ async fn writer(
                     });
                 }
                 for (reply, row) in replies.drain(..).zip(rows) {
-                    let _ = reply.send(Ok(row));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(row));
+                    }
                 }
             }
             Ok(_) => {
@@ -190,13 +229,13 @@ async fn writer(
                     "the stored audit chain is behind what this server wrote (truncated or \
                      rewritten); refusing to append, denying"
                 );
-                for reply in replies.drain(..) {
+                for reply in replies.drain(..).flatten() {
                     let _ = reply.send(Err(AuditError::Rewritten));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, records = replies.len(), "audit append failed; denying");
-                for reply in replies.drain(..) {
+                for reply in replies.drain(..).flatten() {
                     let _ = reply.send(Err(AuditError::Store(StoreError::Corrupt(
                         "append failed".into(),
                     ))));
@@ -209,7 +248,10 @@ async fn writer(
         rx.close();
         // Anything queued after the close is refused, never silently dropped.
         while let Ok(msg) = rx.try_recv() {
-            if let Msg::Append { reply, .. } = msg {
+            if let Msg::Append {
+                reply: Some(reply), ..
+            } = msg
+            {
                 let _ = reply.send(Err(AuditError::Stopped));
             }
         }

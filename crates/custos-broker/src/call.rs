@@ -404,7 +404,10 @@ impl Broker {
                 } else {
                     tracing::debug!(agent = %ctx.agent(), task = %ctx.task_id(), tool = %tool, upstream = %upstream, tier = tier.number(), outcome = outcome.as_str(), "tool call allowed");
                 }
-                self.record(e).await?;
+                // The decision was committed before the upstream was called; the outcome
+                // follows it into the log and is committed with the next batch, so an allowed
+                // call waits for one commit, not two.
+                self.record_after(e).await?;
                 result.map_err(CallError::Upstream)
             }
         }

@@ -223,6 +223,15 @@ impl Broker {
             })
     }
 
+    /// Queues a record that completes an already committed one (a call's outcome), without
+    /// waiting for its commit.
+    pub(crate) async fn record_after(&self, event: AuditEvent) -> Result<(), BrokerError> {
+        self.inner.audit.enqueue(event).await.map_err(|e| {
+            tracing::error!(error = %e, "audit unavailable");
+            BrokerError::Unavailable("audit log")
+        })
+    }
+
     /// Refuses a source that failed to authenticate too often in this window, before any
     /// token it sends is checked.
     ///

@@ -15,6 +15,7 @@ both_backends!(
     two_writers_on_one_database_keep_one_chain,
     a_restarted_log_continues_the_chain,
     an_empty_log_verifies,
+    queued_records_ride_with_the_next_commit_or_land_on_their_own,
 );
 
 /// Appends `per_task` events from each of `tasks` tasks at once; every returned record.
@@ -123,4 +124,35 @@ async fn an_empty_log_verifies(store: Store) {
     let report = verify(&store, None).await.expect("verify");
     assert_intact(&report, 0, "empty");
     assert_eq!(report.last_hash, GENESIS_HASH);
+}
+
+async fn queued_records_ride_with_the_next_commit_or_land_on_their_own(store: Store) {
+    let log = AuditLog::start(store.clone(), Arc::new(ManualClock::new(1_700_000_000_000)));
+    // Queued (an outcome), then appended (the next decision): committed in that order, the
+    // queued one no later than the awaited one.
+    log.enqueue(event(1)).await.expect("enqueue");
+    let awaited = log.append(event(2)).await.expect("append");
+    let rows = all_rows(&store).await;
+    assert_eq!(rows.len(), 2, "both committed once the awaited append returned");
+    assert_eq!((rows[0].seq, rows[1].seq), (1, 2));
+    assert_eq!(rows[1], awaited);
+    // Queued with nothing after it: it lands on its own within a few milliseconds.
+    log.enqueue(event(3)).await.expect("enqueue");
+    let mut landed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if all_rows(&store).await.len() == 3 {
+            landed = true;
+            break;
+        }
+    }
+    assert!(landed, "a queued record waits for no one for long");
+    // And shutdown commits whatever is still queued.
+    log.enqueue(event(4)).await.expect("enqueue");
+    log.close().await;
+    assert_eq!(all_rows(&store).await.len(), 4);
+    let report = verify(&store, log.last_written().as_ref())
+        .await
+        .expect("verify");
+    assert_intact(&report, 4, "queued records");
 }

@@ -207,23 +207,25 @@ fn the_upstream_is_never_reached_without_a_committed_decision() {
     );
     sql(&s, "DROP TRIGGER down");
 
-    // The store fails after the decision: the call ran, its decision is on record, and the
-    // agent is told the outcome could not be recorded (fail closed: no result handed out).
+    // The store fails after the decision: the call ran under its committed decision, and its
+    // outcome (written behind the answer, so an allowed call waits for one commit) is missing
+    // from the trail, which says so: a decision without a result. The failure is logged.
     sql(
         &s,
         "CREATE TRIGGER down BEFORE INSERT ON audit_log WHEN NEW.kind = 'tool_result' \
          BEGIN SELECT RAISE(ABORT, 'store down'); END",
     );
     let (r, ran) = touch("after-decision");
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(
-        r.body["result"].is_null(),
-        "a result was handed out unrecorded"
-    );
+    assert_eq!(r.status, 200, "{}", r.body);
     assert!(ran, "a committed decision lets the call run");
+    let logged = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        s.log().contains("audit append failed")
+    });
+    assert!(logged, "the lost outcome is logged: {}", s.log());
     sql(&s, "DROP TRIGGER down");
     let (decided, results) = calls(&records(&s, &task), "fx__touch");
-    assert_eq!(decided.len(), 1, "only the recorded decision counts");
+    assert_eq!(decided.len(), 1, "the decision is on record");
     assert!(results.is_empty(), "{results:?}");
 
     // With the store back, calls are decided, made and recorded again.
