@@ -1,0 +1,3 @@
+//! PostgreSQL mints per second (placeholder).
+
+fn main() {}
