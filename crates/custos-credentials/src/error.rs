@@ -162,6 +162,57 @@ pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
     out
 }
 
+/// Maps a sqlx error: I/O and pool timeouts are [`CredentialError::Unreachable`], the rest
+/// [`CredentialError::Server`] with the server's message and code, scrubbed of `secrets`.
+pub(crate) fn sqlx_error(
+    engine: EngineKind,
+    target: &str,
+    e: sqlx::Error,
+    step: &str,
+    principal: &str,
+    secrets: &[&str],
+) -> CredentialError {
+    match e {
+        sqlx::Error::Io(io) => CredentialError::Unreachable {
+            engine,
+            target: target.to_owned(),
+            detail: redact(&io.to_string(), secrets),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => CredentialError::Unreachable {
+            engine,
+            target: target.to_owned(),
+            detail: "no connection available in time".to_owned(),
+        },
+        sqlx::Error::Database(db) => {
+            let mut detail = db.message().to_owned();
+            if let Some(more) = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(sqlx::postgres::PgDatabaseError::detail)
+            {
+                detail.push_str(": ");
+                detail.push_str(more);
+            }
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                detail.push_str(&format!(" (error {})", my.number()));
+            } else if let Some(code) = db.code() {
+                detail.push_str(&format!(" (SQLSTATE {code})"));
+            }
+            CredentialError::Server {
+                engine,
+                step: step.to_owned(),
+                principal: principal.to_owned(),
+                detail: redact(&detail, secrets),
+            }
+        }
+        other => CredentialError::Server {
+            engine,
+            step: step.to_owned(),
+            principal: principal.to_owned(),
+            detail: redact(&other.to_string(), secrets),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions,
+};
 use sqlx::{ConnectOptions, Connection, Executor, MySql};
 use time::OffsetDateTime;
 
 use crate::engine::{Engine, EngineFuture, MintedCredential};
+use crate::error::sqlx_error;
 use crate::error::{CredentialError, EngineKind};
-use crate::postgres::sqlx_error;
 use crate::principal::{PrincipalName, PrincipalPrefix};
 use crate::role::{RoleSpec, invalid_role};
 use crate::secret::generate_password;
@@ -22,9 +24,19 @@ use crate::template::{Dialect, Template};
 const KIND: EngineKind = EngineKind::Mysql;
 const MAX_STATEMENTS: usize = 32;
 /// MySQL's `ER_CANNOT_USER`: `CREATE USER` of an account that exists.
-const ER_CANNOT_USER: &str = "1396";
+const ER_CANNOT_USER: u16 = 1396;
 /// `ER_NO_SUCH_THREAD`: the connection ended before `KILL` reached it.
-const ER_NO_SUCH_THREAD: &str = "1094";
+const ER_NO_SUCH_THREAD: u16 = 1094;
+
+/// The server's error number (`1064`), which `code()` (the SQLSTATE) does not give.
+fn error_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(MySqlDatabaseError::number),
+        _ => None,
+    }
+}
 
 /// How to reach the MariaDB/MySQL server as an administrator allowed to create users and grant.
 #[derive(Debug)]
@@ -182,6 +194,12 @@ impl MysqlEngine {
         sqlx_error(KIND, &self.target, e, step, principal, secrets)
     }
 
+    /// Closes the admin connections (they reopen on next use); call before shutdown or
+    /// before dropping the database they are connected to.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn mint_inner(
         &self,
         principal: &PrincipalName,
@@ -220,12 +238,10 @@ impl MysqlEngine {
             .await
             .map_err(|e| self.error(e, "connect", name, &secrets))?;
         execute(&mut *conn, create).await.map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some(ER_CANNOT_USER) => {
-                CredentialError::AlreadyExists {
-                    engine: KIND,
-                    principal: name.to_owned(),
-                }
-            }
+            _ if error_number(&e) == Some(ER_CANNOT_USER) => CredentialError::AlreadyExists {
+                engine: KIND,
+                principal: name.to_owned(),
+            },
             _ => self.error(e, "create user", name, &secrets),
         })?;
 
@@ -285,8 +301,7 @@ impl MysqlEngine {
         for id in ids {
             match execute(&mut *conn, SafeSql::new("KILL CONNECTION ").number(id)).await {
                 Ok(()) => {}
-                Err(sqlx::Error::Database(db))
-                    if db.code().as_deref() == Some(ER_NO_SUCH_THREAD) => {}
+                Err(e) if error_number(&e) == Some(ER_NO_SUCH_THREAD) => {}
                 Err(e) => return Err(err("kill connection")(e)),
             }
         }

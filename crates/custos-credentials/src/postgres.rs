@@ -9,13 +9,13 @@ use std::time::Duration;
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::engine::{Engine, EngineFuture, MintedCredential};
-use crate::error::{CredentialError, EngineKind, redact};
+use crate::error::{CredentialError, EngineKind, sqlx_error};
 use crate::principal::{PRINCIPAL_PREFIX, PrincipalName, PrincipalPrefix};
 use crate::role::{RoleSpec, deserialize_duration, invalid_role};
 use crate::scram;
@@ -249,6 +249,12 @@ impl PostgresEngine {
         secrets: &[&str],
     ) -> CredentialError {
         sqlx_error(KIND, &self.target, e, step, principal, secrets)
+    }
+
+    /// Closes the admin connections (they reopen on next use); call before shutdown or
+    /// before dropping the database they are connected to.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     async fn mint_inner(
@@ -517,55 +523,6 @@ fn timestamp(at: OffsetDateTime) -> Result<String, CredentialError> {
     at.to_offset(time::UtcOffset::UTC)
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|_| invalid_role(KIND, "expires_at", "cannot be written as a timestamp"))
-}
-
-/// Maps a sqlx error: I/O and pool timeouts are [`CredentialError::Unreachable`], the rest
-/// [`CredentialError::Server`] with the server's message and code, scrubbed of `secrets`.
-pub(crate) fn sqlx_error(
-    engine: EngineKind,
-    target: &str,
-    e: sqlx::Error,
-    step: &str,
-    principal: &str,
-    secrets: &[&str],
-) -> CredentialError {
-    match e {
-        sqlx::Error::Io(io) => CredentialError::Unreachable {
-            engine,
-            target: target.to_owned(),
-            detail: redact(&io.to_string(), secrets),
-        },
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => CredentialError::Unreachable {
-            engine,
-            target: target.to_owned(),
-            detail: "no connection available in time".to_owned(),
-        },
-        sqlx::Error::Database(db) => {
-            let mut detail = db.message().to_owned();
-            if let Some(more) = db
-                .try_downcast_ref::<PgDatabaseError>()
-                .and_then(PgDatabaseError::detail)
-            {
-                detail.push_str(": ");
-                detail.push_str(more);
-            }
-            if let Some(code) = db.code() {
-                detail.push_str(&format!(" (code {code})"));
-            }
-            CredentialError::Server {
-                engine,
-                step: step.to_owned(),
-                principal: principal.to_owned(),
-                detail: redact(&detail, secrets),
-            }
-        }
-        other => CredentialError::Server {
-            engine,
-            step: step.to_owned(),
-            principal: principal.to_owned(),
-            detail: redact(&other.to_string(), secrets),
-        },
-    }
 }
 
 #[cfg(test)]

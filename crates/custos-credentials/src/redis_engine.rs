@@ -189,6 +189,12 @@ impl RedisEngine {
         })
     }
 
+    /// Closes the admin connections (they reopen on next use); call before shutdown or
+    /// before dropping the database they are connected to.
+    pub async fn close(&self) {
+        *self.connection.lock().await = None;
+    }
+
     /// The shared admin connection, opened on first use and after a failure.
     async fn connection(&self) -> Result<MultiplexedConnection, CredentialError> {
         let mut slot = self.connection.lock().await;
