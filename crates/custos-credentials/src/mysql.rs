@@ -175,6 +175,9 @@ impl MysqlEngine {
         let pool = MySqlPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.connect_timeout)
+            // A ping before every acquire would add a round trip to every mint; a broken
+            // connection fails the operation instead, which the caller retries.
+            .test_before_acquire(false)
             .connect_lazy_with(options.clone());
         Ok(Self {
             pool,

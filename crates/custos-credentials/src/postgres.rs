@@ -231,6 +231,9 @@ impl PostgresEngine {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.connect_timeout)
+            // A ping before every acquire would add a round trip to every mint; a broken
+            // connection fails the operation instead, which the caller retries.
+            .test_before_acquire(false)
             .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
@@ -301,50 +304,61 @@ impl PostgresEngine {
                 .pg_ident(group);
         }
 
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.error(e, "begin", name, &secrets))?;
-        let steps = async {
-            execute(&mut *tx, create).await.map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42710") => {
-                    CredentialError::AlreadyExists {
-                        engine: KIND,
-                        principal: name.to_owned(),
-                    }
+        let create_error = |e: sqlx::Error| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42710") => {
+                CredentialError::AlreadyExists {
+                    engine: KIND,
+                    principal: name.to_owned(),
                 }
-                _ => self.error(e, "create role", name, &secrets),
-            })?;
-            let quoted_name = escape_identifier(name);
-            let quoted_expiry = escape_literal(&valid_until_text);
-            for (i, statement) in role.statements.iter().enumerate() {
-                let sql = SafeSql::from_template(statement.render(&quoted_name, &quoted_expiry));
-                execute(&mut *tx, sql)
-                    .await
-                    .map_err(|e| self.error(e, &format!("statements[{i}]"), name, &secrets))?;
             }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = steps {
-            // CREATE ROLE is transactional: rolling back leaves nothing behind. If the
-            // rollback itself cannot be sent, the server aborts the transaction when the
-            // connection closes.
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-        if let Err(e) = tx.commit().await {
-            // The commit's outcome is unknown (e.g. the connection broke): remove whatever
-            // may exist.
-            let mint = self.error(e, "commit", name, &secrets);
-            return match self.revoke_inner(principal).await {
-                Ok(()) => Err(mint),
-                Err(cleanup) => Err(CredentialError::CleanupFailed {
-                    mint: Box::new(mint),
-                    cleanup: Box::new(cleanup),
-                }),
-            };
+            _ => self.error(e, "create role", name, &secrets),
+        };
+        if role.statements.is_empty() {
+            // One statement is atomic on its own: no transaction, one round trip.
+            execute_composed(&self.pool, create)
+                .await
+                .map_err(create_error)?;
+        } else {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| self.error(e, "begin", name, &secrets))?;
+            let steps = async {
+                execute_composed(&mut *tx, create)
+                    .await
+                    .map_err(create_error)?;
+                let quoted_name = escape_identifier(name);
+                let quoted_expiry = escape_literal(&valid_until_text);
+                for (i, statement) in role.statements.iter().enumerate() {
+                    let sql =
+                        SafeSql::from_template(statement.render(&quoted_name, &quoted_expiry));
+                    execute(&mut *tx, sql)
+                        .await
+                        .map_err(|e| self.error(e, &format!("statements[{i}]"), name, &secrets))?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = steps {
+                // CREATE ROLE is transactional: rolling back leaves nothing behind. If the
+                // rollback itself cannot be sent, the server aborts the transaction when the
+                // connection closes.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            if let Err(e) = tx.commit().await {
+                // The commit's outcome is unknown (e.g. the connection broke): remove
+                // whatever may exist.
+                let mint = self.error(e, "commit", name, &secrets);
+                return match self.revoke_inner(principal).await {
+                    Ok(()) => Err(mint),
+                    Err(cleanup) => Err(CredentialError::CleanupFailed {
+                        mint: Box::new(mint),
+                        cleanup: Box::new(cleanup),
+                    }),
+                };
+            }
         }
         tracing::debug!(principal = %principal, valid_until = %valid_until_text, "postgres role minted");
         Ok(MintedCredential {
@@ -369,7 +383,7 @@ impl PostgresEngine {
         // No new logins first, then end the sessions already open: `VALID UNTIL` alone would
         // leave them running.
         let nologin = SafeSql::new("ALTER ROLE ").pg_ident(name).kw(" NOLOGIN");
-        match execute(&mut *conn, nologin).await {
+        match execute_composed(&mut *conn, nologin).await {
             Ok(()) => {}
             // Dropped concurrently: gone is what we want.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42704") => {
@@ -411,7 +425,7 @@ impl PostgresEngine {
             let _ = other.close().await;
         }
         self.disown(&mut conn, name).await?;
-        execute(
+        execute_composed(
             &mut *conn,
             SafeSql::new("DROP ROLE IF EXISTS ").pg_ident(name),
         )
@@ -429,10 +443,10 @@ impl PostgresEngine {
             Some(owner) => reassign.pg_ident(owner),
             None => reassign.kw("CURRENT_USER"),
         };
-        execute(&mut *conn, reassign)
+        execute_composed(&mut *conn, reassign)
             .await
             .map_err(|e| self.error(e, "reassign owned", name, &[]))?;
-        execute(&mut *conn, SafeSql::new("DROP OWNED BY ").pg_ident(name))
+        execute_composed(&mut *conn, SafeSql::new("DROP OWNED BY ").pg_ident(name))
             .await
             .map_err(|e| self.error(e, "drop owned", name, &[]))
     }
@@ -505,14 +519,26 @@ impl Engine for PostgresEngine {
     }
 }
 
-/// Runs one statement with the extended protocol, which the server refuses to run more than
-/// one statement through.
+/// Runs one operator-written statement template with the extended protocol, through which
+/// the server refuses to run more than one statement.
 async fn execute<'c, E>(executor: E, sql: SafeSql) -> Result<(), sqlx::Error>
 where
     E: Executor<'c, Database = Postgres>,
 {
     sqlx::query(sql.into_sqlx())
         .persistent(false)
+        .execute(executor)
+        .await
+        .map(drop)
+}
+
+/// Runs one statement Custos composed itself (keywords and escaped values only, so one
+/// statement by construction) with the simple protocol: one round trip instead of two.
+async fn execute_composed<'c, E>(executor: E, sql: SafeSql) -> Result<(), sqlx::Error>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    sqlx::raw_sql(sql.into_sqlx())
         .execute(executor)
         .await
         .map(drop)

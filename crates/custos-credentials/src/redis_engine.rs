@@ -176,10 +176,10 @@ impl RedisEngine {
                 reason: "the URL is not a valid redis:// URL".to_owned(),
             }
         })?;
-        let target = client.get_connection_info().addr().to_string();
+        let target = client.get_connection_info().addr.to_string();
         let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout));
+            .set_connection_timeout(config.timeout)
+            .set_response_timeout(config.timeout);
         Ok(Self {
             client,
             target,
@@ -352,7 +352,7 @@ impl RedisEngine {
             .run(redis::cmd("ACL").arg("USERS"), "acl users", "-", &[])
             .await?;
         let names: Vec<String> =
-            redis::from_redis_value(v).map_err(|e| CredentialError::Server {
+            redis::from_redis_value(&v).map_err(|e| CredentialError::Server {
                 engine: KIND,
                 step: "acl users".to_owned(),
                 principal: "-".to_owned(),
