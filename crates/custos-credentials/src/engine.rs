@@ -83,3 +83,20 @@ pub trait Engine: Send + Sync {
     /// [`CredentialError::Server`] when it refuses the admin.
     fn check(&self) -> EngineFuture<'_, ()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MysqlEngine, PostgresEngine, RedisEngine};
+
+    fn shareable<T: Engine + 'static>() -> Option<std::sync::Arc<dyn Engine>> {
+        None::<std::sync::Arc<T>>.map(|e| e as std::sync::Arc<dyn Engine>)
+    }
+
+    #[test]
+    fn engines_are_object_safe_and_shareable() {
+        assert!(shareable::<PostgresEngine>().is_none());
+        assert!(shareable::<MysqlEngine>().is_none());
+        assert!(shareable::<RedisEngine>().is_none());
+    }
+}

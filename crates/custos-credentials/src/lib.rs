@@ -11,6 +11,35 @@
 //!
 //! Errors are [`CredentialError`]s, which never carry a secret: server messages are scrubbed of
 //! the password being minted before they are kept.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use custos_credentials::{
+//!     Engine, PostgresConfig, PostgresEngine, PostgresRole, PrincipalName, RoleSpec,
+//! };
+//! use secrecy::{ExposeSecret, SecretString};
+//!
+//! # async fn example() -> Result<(), custos_credentials::CredentialError> {
+//! let admin = SecretString::from("postgres://custos_admin:pw@127.0.0.1:5432/app");
+//! let engine: Arc<dyn Engine> = Arc::new(PostgresEngine::new(PostgresConfig::new(admin))?);
+//! engine.check().await?;
+//!
+//! let role = RoleSpec::Postgres(PostgresRole {
+//!     groups: vec!["app_readonly".to_owned()],
+//!     ..PostgresRole::default()
+//! });
+//! role.validate()?; // when the CredentialRole is applied
+//!
+//! let principal = PrincipalName::for_lease("01j9z3k7")?; // custos_01j9z3k7
+//! let expires = time::OffsetDateTime::now_utc() + time::Duration::minutes(15);
+//! let credential = engine.mint(&principal, expires, &role).await?;
+//! let _password: &str = credential.password.expose_secret(); // inject it, never log it
+//!
+//! engine.revoke(&principal).await?; // idempotent
+//! # Ok(())
+//! # }
+//! ```
 
 mod engine;
 mod error;

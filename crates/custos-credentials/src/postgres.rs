@@ -32,8 +32,20 @@ pub const MAX_GRACE: Duration = Duration::from_secs(300);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// How long revocation waits for each terminated session to end.
 const TERMINATE_WAIT_MS: i64 = 5_000;
+/// The first key of the advisory locks revocation takes (`Cust`), so they do not collide
+/// with an application's one-key locks.
+const ADVISORY_LOCK_CLASS: i32 = 0x4375_7374;
 
 /// How to reach the PostgreSQL server as an administrator allowed to create roles.
+///
+/// A superuser admin has every privilege the engine needs (the tests use one). A
+/// non-superuser admin needs `CREATEROLE`, `ADMIN OPTION` on every group a role names, and
+/// the privileges of the principals it created for `REASSIGN OWNED` and
+/// `pg_terminate_backend` (PostgreSQL 16: `createrole_self_grant = 'set, inherit'`); that
+/// setup is not tested here yet.
+///
+/// Connections are not encrypted (the workspace's sqlx has no TLS feature): reach a remote
+/// server through a TLS tunnel, or keep it on the same host, until that is configured.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct PostgresConfig {
@@ -369,28 +381,80 @@ impl PostgresEngine {
     }
 
     async fn revoke_inner(&self, principal: &PrincipalName) -> Result<(), CredentialError> {
+        match self.revoke_steps(principal).await {
+            Ok(()) => Ok(()),
+            // Another revoker (a replica, the reconciler) may have dropped it between two of
+            // our steps: gone is what was asked for.
+            Err(e) => match self.role_exists(principal.as_str()).await {
+                Ok(false) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    async fn role_exists(&self, name: &str) -> Result<bool, CredentialError> {
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.error(e, "look up role", name, &[]))?;
+        Ok(exists.is_some())
+    }
+
+    async fn revoke_steps(&self, principal: &PrincipalName) -> Result<(), CredentialError> {
+        let name = principal.as_str();
+        if !self.role_exists(name).await? {
+            return Ok(());
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.error(e, "connect", name, &[]))?;
+        // Revokers of one principal (replicas, the reconciler) take turns: concurrent
+        // `ALTER ROLE`s of one role fail with "tuple concurrently updated". A session lock,
+        // released below or when the connection closes.
+        sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(name)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.error(e, "lock", name, &[]))?;
+        let result = self.revoke_locked(&mut conn, principal).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(name)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Closing the session releases the lock.
+            let _ = conn.detach().close().await;
+        }
+        result
+    }
+
+    async fn revoke_locked(
+        &self,
+        conn: &mut PgConnection,
+        principal: &PrincipalName,
+    ) -> Result<(), CredentialError> {
         let name = principal.as_str();
         let err = |step: &'static str| move |e| self.error(e, step, name, &[]);
-        let mut conn = self.pool.acquire().await.map_err(err("connect"))?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
             .bind(name)
             .fetch_optional(&mut *conn)
             .await
             .map_err(err("look up role"))?;
         if exists.is_none() {
+            // The revoker we waited for finished it.
             return Ok(());
         }
         // No new logins first, then end the sessions already open: `VALID UNTIL` alone would
         // leave them running.
         let nologin = SafeSql::new("ALTER ROLE ").pg_ident(name).kw(" NOLOGIN");
-        match execute_composed(&mut *conn, nologin).await {
-            Ok(()) => {}
-            // Dropped concurrently: gone is what we want.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42704") => {
-                return Ok(());
-            }
-            Err(e) => return Err(err("nologin")(e)),
-        }
+        execute_composed(&mut *conn, nologin)
+            .await
+            .map_err(err("nologin"))?;
         sqlx::query(
             "SELECT pg_terminate_backend(pid, $2) FROM pg_stat_activity \
              WHERE usename = $1 AND pid <> pg_backend_pid()",
@@ -424,7 +488,7 @@ impl PostgresEngine {
             self.disown(&mut other, name).await?;
             let _ = other.close().await;
         }
-        self.disown(&mut conn, name).await?;
+        self.disown(&mut *conn, name).await?;
         execute_composed(
             &mut *conn,
             SafeSql::new("DROP ROLE IF EXISTS ").pg_ident(name),

@@ -273,7 +273,8 @@ impl RedisEngine {
         };
         let rules = spec.validate()?;
         let name = principal.as_str();
-        // `ACL SETUSER` on an existing user would change it: refuse instead.
+        // `ACL SETUSER` on an existing user would change it: refuse instead. (Two concurrent
+        // mints of one lease could both pass this check; the lease manager mints a lease once.)
         if self.exists(name).await? {
             return Err(CredentialError::AlreadyExists {
                 engine: KIND,

@@ -504,3 +504,31 @@ async fn unreachable_server_is_a_clear_error() {
     let revoke = engine.revoke(&p).await.expect_err("revoke");
     assert!(revoke.is_unreachable(), "{revoke}");
 }
+
+#[tokio::test]
+async fn concurrent_revokes_of_one_principal_all_succeed() {
+    let mut f = Fixture::new().await;
+    let owner = f
+        .group("own", &["GRANT CREATE, USAGE ON SCHEMA public TO {g}"])
+        .await;
+    let p = lease(&f.prefix, "race");
+    let cred = f
+        .engine
+        .mint(&p, in_minutes(5), &role(&[&owner]))
+        .await
+        .expect("mint");
+    let mut conn = f.login(&cred).await.expect("login");
+    conn.execute("CREATE TABLE raced (x int)")
+        .await
+        .expect("create");
+    let (a, b, c) = tokio::join!(
+        f.engine.revoke(&p),
+        f.engine.revoke(&p),
+        f.engine.revoke(&p)
+    );
+    for r in [a, b, c] {
+        r.expect("every concurrent revoke succeeds");
+    }
+    assert!(!f.role_exists(&p).await);
+    f.finish().await;
+}
