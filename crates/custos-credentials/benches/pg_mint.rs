@@ -229,16 +229,28 @@ async fn main() {
     let mut pooled = Vec::new();
     let (mut through_engine, mut plain) = (Vec::new(), Vec::new());
     for r in 0..rounds {
-        let d = engine_round(&engine, &spec, &format!("b{tag}r{r}x"), n).await;
-        through_engine.push(n as f64 / d.as_secs_f64());
-        let d = plain_round(&mut conns, &group, &verifier, &format!("{tag}r{r}x"), n).await;
-        plain.push(n as f64 / d.as_secs_f64());
-        let d = pool_round(&pool, &group, &verifier, &format!("{tag}r{r}x"), n).await;
-        pooled.push(n as f64 / d.as_secs_f64());
-        drop_roles(&mut admin, &format!("pool_{tag}")).await;
-        // Keep pg_authid the same size for both sides of the next round.
+        // Rotate which side goes first, so none always runs right after the cleanup.
+        for k in 0..3 {
+            match (r + k) % 3 {
+                0 => {
+                    let d = engine_round(&engine, &spec, &format!("b{tag}r{r}x"), n).await;
+                    through_engine.push(n as f64 / d.as_secs_f64());
+                }
+                1 => {
+                    let d =
+                        plain_round(&mut conns, &group, &verifier, &format!("{tag}r{r}x"), n).await;
+                    plain.push(n as f64 / d.as_secs_f64());
+                }
+                _ => {
+                    let d = pool_round(&pool, &group, &verifier, &format!("{tag}r{r}x"), n).await;
+                    pooled.push(n as f64 / d.as_secs_f64());
+                }
+            }
+        }
+        // Keep pg_authid the same size for every side of the next round.
         drop_roles(&mut admin, &format!("custos_b{tag}")).await;
         drop_roles(&mut admin, &format!("plain_{tag}")).await;
+        drop_roles(&mut admin, &format!("pool_{tag}")).await;
     }
     let leftover = engine
         .list_principals(

@@ -44,6 +44,7 @@
 mod engine;
 mod error;
 mod mysql;
+mod pg_connections;
 mod postgres;
 mod principal;
 mod redis_engine;

@@ -9,13 +9,14 @@ use std::time::Duration;
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::engine::{Engine, EngineFuture, MintedCredential};
 use crate::error::{CredentialError, EngineKind, sqlx_error};
+use crate::pg_connections::PgConnections;
 use crate::principal::{PRINCIPAL_PREFIX, PrincipalName, PrincipalPrefix};
 use crate::role::{RoleSpec, deserialize_duration, invalid_role};
 use crate::scram;
@@ -202,11 +203,9 @@ fn check_role_name(name: &str) -> Result<(), String> {
 
 /// The PostgreSQL engine.
 pub struct PostgresEngine {
-    pool: PgPool,
-    options: PgConnectOptions,
+    conns: PgConnections,
     target: String,
     owner: Option<String>,
-    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresEngine {
@@ -240,19 +239,16 @@ impl PostgresEngine {
             })?;
         }
         let target = format!("{}:{}", options.get_host(), options.get_port());
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections.max(1))
-            .acquire_timeout(config.connect_timeout)
-            // A ping before every acquire would add a round trip to every mint; a broken
-            // connection fails the operation instead, which the caller retries.
-            .test_before_acquire(false)
-            .connect_lazy_with(options.clone());
-        Ok(Self {
-            pool,
+        let conns = PgConnections::new(
             options,
+            config.max_connections,
+            config.connect_timeout,
+            target.clone(),
+        );
+        Ok(Self {
+            conns,
             target,
             owner: config.owner,
-            connect_timeout: config.connect_timeout,
         })
     }
 
@@ -266,10 +262,10 @@ impl PostgresEngine {
         sqlx_error(KIND, &self.target, e, step, principal, secrets)
     }
 
-    /// Closes the admin connections (they reopen on next use); call before shutdown or
-    /// before dropping the database they are connected to.
+    /// Closes the admin connections; later calls fail. Call before shutdown or before
+    /// dropping the database they are connected to.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.conns.close().await;
     }
 
     async fn mint_inner(
@@ -327,12 +323,21 @@ impl PostgresEngine {
         };
         if role.statements.is_empty() {
             // One statement is atomic on its own: no transaction, one round trip.
-            execute_composed(&self.pool, create)
-                .await
-                .map_err(create_error)?;
+            let mut conn = self.conns.acquire().await?;
+            match execute_composed(conn.get(), create).await {
+                Ok(()) => conn.release(),
+                Err(e) => {
+                    if matches!(e, sqlx::Error::Database(_)) {
+                        // The server answered: the connection is fine.
+                        conn.release();
+                    }
+                    return Err(create_error(e));
+                }
+            }
         } else {
-            let mut tx = self
-                .pool
+            let mut conn = self.conns.acquire().await?;
+            let mut tx = conn
+                .get()
                 .begin()
                 .await
                 .map_err(|e| self.error(e, "begin", name, &secrets))?;
@@ -363,6 +368,7 @@ impl PostgresEngine {
                 // The commit's outcome is unknown (e.g. the connection broke): remove
                 // whatever may exist.
                 let mint = self.error(e, "commit", name, &secrets);
+                drop(conn);
                 return match self.revoke_inner(principal).await {
                     Ok(()) => Err(mint),
                     Err(cleanup) => Err(CredentialError::CleanupFailed {
@@ -371,6 +377,7 @@ impl PostgresEngine {
                     }),
                 };
             }
+            conn.release();
         }
         tracing::debug!(principal = %principal, valid_until = %valid_until_text, "postgres role minted");
         Ok(MintedCredential {
@@ -393,11 +400,13 @@ impl PostgresEngine {
     }
 
     async fn role_exists(&self, name: &str) -> Result<bool, CredentialError> {
+        let mut conn = self.conns.acquire().await?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn.get())
             .await
             .map_err(|e| self.error(e, "look up role", name, &[]))?;
+        conn.release();
         Ok(exists.is_some())
     }
 
@@ -406,29 +415,26 @@ impl PostgresEngine {
         if !self.role_exists(name).await? {
             return Ok(());
         }
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.error(e, "connect", name, &[]))?;
+        let mut conn = self.conns.acquire().await?;
         // Revokers of one principal (replicas, the reconciler) take turns: concurrent
         // `ALTER ROLE`s of one role fail with "tuple concurrently updated". A session lock,
         // released below or when the connection closes.
         sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
             .bind(ADVISORY_LOCK_CLASS)
             .bind(name)
-            .execute(&mut *conn)
+            .execute(conn.get())
             .await
             .map_err(|e| self.error(e, "lock", name, &[]))?;
-        let result = self.revoke_locked(&mut conn, principal).await;
+        let result = self.revoke_locked(conn.get(), principal).await;
         let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
             .bind(ADVISORY_LOCK_CLASS)
             .bind(name)
-            .execute(&mut *conn)
+            .execute(conn.get())
             .await;
-        if unlocked.is_err() {
-            // Closing the session releases the lock.
-            let _ = conn.detach().close().await;
+        // A connection whose unlock failed is dropped, not reused: closing the session
+        // releases the lock.
+        if unlocked.is_ok() && result.is_ok() {
+            conn.release();
         }
         result
     }
@@ -479,16 +485,11 @@ impl PostgresEngine {
         .await
         .map_err(err("find databases"))?;
         for database in others {
-            let options = self.options.clone().database(&database);
-            let connect = PgConnection::connect_with(&options);
-            let mut other = tokio::time::timeout(self.connect_timeout, connect)
-                .await
-                .map_err(|_| self.timeout())?
-                .map_err(err("connect to another database"))?;
+            let mut other = self.conns.connect_to(&database).await?;
             self.disown(&mut other, name).await?;
             let _ = other.close().await;
         }
-        self.disown(&mut *conn, name).await?;
+        self.disown(conn, name).await?;
         execute_composed(
             &mut *conn,
             SafeSql::new("DROP ROLE IF EXISTS ").pg_ident(name),
@@ -519,37 +520,25 @@ impl PostgresEngine {
         &self,
         prefix: &PrincipalPrefix,
     ) -> Result<Vec<PrincipalName>, CredentialError> {
+        let mut conn = self.conns.acquire().await?;
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname::text, $1)",
         )
         .bind(prefix.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(conn.get())
         .await
         .map_err(|e| self.error(e, "list roles", "-", &[]))?;
+        conn.release();
         Ok(prefix.filter(names))
     }
 
     async fn check_inner(&self) -> Result<(), CredentialError> {
-        let mut conn = tokio::time::timeout(
-            self.connect_timeout,
-            PgConnection::connect_with(&self.options),
-        )
-        .await
-        .map_err(|_| self.timeout())?
-        .map_err(|e| self.error(e, "connect", "-", &[]))?;
+        let mut conn = self.conns.connect_fresh().await?;
         conn.execute("SELECT 1")
             .await
             .map_err(|e| self.error(e, "select 1", "-", &[]))?;
         let _ = conn.close().await;
         Ok(())
-    }
-
-    fn timeout(&self) -> CredentialError {
-        CredentialError::Unreachable {
-            engine: KIND,
-            target: self.target.clone(),
-            detail: format!("no connection within {:?}", self.connect_timeout),
-        }
     }
 }
 

@@ -16,7 +16,8 @@ use crate::redis_engine::RedisRole;
 pub enum RoleSpec {
     /// A PostgreSQL login role.
     Postgres(PostgresRole),
-    /// A MariaDB/MySQL user.
+    /// A MariaDB/MySQL user (`engine: mysql`, or `mariadb`).
+    #[serde(alias = "mariadb")]
     Mysql(MysqlRole),
     /// A Redis ACL user.
     Redis(RedisRole),
@@ -88,5 +89,13 @@ mod tests {
             serde_json::from_str(r#"{"engine":"redis","keys":["a:*"],"commands":["@read"]}"#)
                 .expect("valid");
         assert_eq!(redis.engine(), EngineKind::Redis);
+        let maria: RoleSpec = serde_json::from_str(
+            r#"{"engine":"mariadb","statements":["GRANT SELECT ON db.* TO {{name}}"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(maria.engine(), EngineKind::Mysql);
+        assert!(maria.validate().is_ok());
+        let bad_grace = serde_json::from_str::<RoleSpec>(r#"{"engine":"postgres","grace":"soon"}"#);
+        assert!(bad_grace.is_err());
     }
 }

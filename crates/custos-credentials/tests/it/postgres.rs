@@ -532,3 +532,33 @@ async fn concurrent_revokes_of_one_principal_all_succeed() {
     assert!(!f.role_exists(&p).await);
     f.finish().await;
 }
+
+#[tokio::test]
+async fn admin_connections_the_server_closed_are_replaced() {
+    let mut f = Fixture::new().await;
+    let p = lease(&f.prefix, "re");
+    f.engine
+        .mint(&p, in_minutes(5), &role(&[]))
+        .await
+        .expect("mint");
+    // The server ends the engine's idle admin sessions (a restart, an idle timeout).
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'custos-credentials' AND datname = current_database()",
+    )
+    .fetch_all(&mut f.admin)
+    .await
+    .expect("terminate");
+    assert!(!killed.is_empty());
+    // Idle connections are checked before reuse after a second.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        f.engine
+            .list_principals(&under(&f.prefix))
+            .await
+            .expect("list on a new connection"),
+        vec![p.clone()]
+    );
+    f.engine.revoke(&p).await.expect("revoke");
+    f.finish().await;
+}
