@@ -240,13 +240,25 @@ impl MysqlEngine {
             .acquire()
             .await
             .map_err(|e| self.error(e, "connect", name, &secrets))?;
-        execute(&mut *conn, create).await.map_err(|e| match &e {
-            _ if error_number(&e) == Some(ER_CANNOT_USER) => CredentialError::AlreadyExists {
-                engine: KIND,
-                principal: name.to_owned(),
-            },
-            _ => self.error(e, "create user", name, &secrets),
-        })?;
+        match execute(&mut *conn, create).await {
+            Ok(()) => {}
+            Err(e) if error_number(&e) == Some(ER_CANNOT_USER) => {
+                return Err(CredentialError::AlreadyExists {
+                    engine: KIND,
+                    principal: name.to_owned(),
+                });
+            }
+            // The server refused: nothing was created.
+            Err(e @ sqlx::Error::Database(_)) => {
+                return Err(self.error(e, "create user", name, &secrets));
+            }
+            // The connection broke with the statement sent: its outcome is unknown.
+            Err(e) => {
+                drop(conn);
+                let mint = self.error(e, "create user", name, &secrets);
+                return Err(self.undo(principal, mint).await);
+            }
+        }
 
         // DDL is not transactional here: undo by hand if a grant fails.
         let quoted_account = format!("{}@{}", mysql_literal(name), mysql_literal(&spec.host));
@@ -256,13 +268,7 @@ impl MysqlEngine {
             if let Err(e) = execute(&mut *conn, sql).await {
                 let mint = self.error(e, &format!("statements[{i}]"), name, &secrets);
                 drop(conn);
-                return match self.revoke_inner(principal).await {
-                    Ok(()) => Err(mint),
-                    Err(cleanup) => Err(CredentialError::CleanupFailed {
-                        mint: Box::new(mint),
-                        cleanup: Box::new(cleanup),
-                    }),
-                };
+                return Err(self.undo(principal, mint).await);
             }
         }
         tracing::debug!(principal = %principal, "mysql user minted");
@@ -271,6 +277,18 @@ impl MysqlEngine {
             password,
             server_expires_at: None,
         })
+    }
+
+    /// After a mint failed past `CREATE USER`: removes the user, and says whether that
+    /// worked too.
+    async fn undo(&self, principal: &PrincipalName, mint: CredentialError) -> CredentialError {
+        match self.revoke_inner(principal).await {
+            Ok(()) => mint,
+            Err(cleanup) => CredentialError::CleanupFailed {
+                mint: Box::new(mint),
+                cleanup: Box::new(cleanup),
+            },
+        }
     }
 
     async fn revoke_inner(&self, principal: &PrincipalName) -> Result<(), CredentialError> {

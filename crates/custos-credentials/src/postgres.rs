@@ -326,12 +326,16 @@ impl PostgresEngine {
             let mut conn = self.conns.acquire().await?;
             match execute_composed(conn.get(), create).await {
                 Ok(()) => conn.release(),
-                Err(e) => {
-                    if matches!(e, sqlx::Error::Database(_)) {
-                        // The server answered: the connection is fine.
-                        conn.release();
-                    }
+                Err(e @ sqlx::Error::Database(_)) => {
+                    // The server answered (and refused): nothing was created and the
+                    // connection is fine.
+                    conn.release();
                     return Err(create_error(e));
+                }
+                Err(e) => {
+                    // The connection broke with the statement sent: its outcome is unknown.
+                    drop(conn);
+                    return Err(self.undo(principal, create_error(e)).await);
                 }
             }
         } else {
@@ -369,13 +373,7 @@ impl PostgresEngine {
                 // whatever may exist.
                 let mint = self.error(e, "commit", name, &secrets);
                 drop(conn);
-                return match self.revoke_inner(principal).await {
-                    Ok(()) => Err(mint),
-                    Err(cleanup) => Err(CredentialError::CleanupFailed {
-                        mint: Box::new(mint),
-                        cleanup: Box::new(cleanup),
-                    }),
-                };
+                return Err(self.undo(principal, mint).await);
             }
             conn.release();
         }
@@ -385,6 +383,18 @@ impl PostgresEngine {
             password,
             server_expires_at: Some(valid_until),
         })
+    }
+
+    /// After a mint failed with its outcome unknown: removes whatever may exist, and says
+    /// whether that worked too.
+    async fn undo(&self, principal: &PrincipalName, mint: CredentialError) -> CredentialError {
+        match self.revoke_inner(principal).await {
+            Ok(()) => mint,
+            Err(cleanup) => CredentialError::CleanupFailed {
+                mint: Box::new(mint),
+                cleanup: Box::new(cleanup),
+            },
+        }
     }
 
     async fn revoke_inner(&self, principal: &PrincipalName) -> Result<(), CredentialError> {
