@@ -196,4 +196,17 @@ mod tests {
         assert!(PrincipalPrefix::lease_ids_starting_with("A").is_err());
         assert_eq!(PrincipalPrefix::all().as_str(), "custos_");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn a_valid_principal_is_always_plain(s in "\\PC{0,40}") {
+            if let Ok(p) = PrincipalName::for_lease(&s) {
+                let name = p.as_str();
+                proptest::prop_assert!(name.len() <= 32);
+                proptest::prop_assert!(name.starts_with("custos_"));
+                proptest::prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+                proptest::prop_assert_eq!(PrincipalName::parse(name).ok(), Some(p.clone()));
+            }
+        }
+    }
 }

@@ -362,4 +362,23 @@ mod tests {
         assert!(my("SELECT 1; SELECT 2").is_err());
         assert!(pg(&"x".repeat(MAX_STATEMENT_LEN + 1)).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_leaves_no_stray_braces(s in "\\PC{0,120}") {
+            for dialect in [Dialect::Postgres, Dialect::Mysql] {
+                if let Ok(t) = Template::parse(&s, dialect) {
+                    // Every `{{` is a placeholder or an error, so none survives rendering.
+                    let rendered = t.render("N", "E");
+                    proptest::prop_assert!(!rendered.contains("{{"), "{rendered:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn quoting_syntax_soup_never_panics(s in "[ a-z{}'\"`$;#*/\\\\eé\n-]{0,80}") {
+            let _ = Template::parse(&s, Dialect::Postgres);
+            let _ = Template::parse(&s, Dialect::Mysql);
+        }
+    }
 }
