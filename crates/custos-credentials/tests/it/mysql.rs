@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
-use super::{assert_no_secret, in_minutes, lease, under, unique_prefix};
+use super::{CapturedLogs, assert_no_secret, in_minutes, lease, under, unique_prefix};
 
 fn admin_url() -> String {
     std::env::var("CUSTOS_TEST_MYSQL")
@@ -330,4 +330,25 @@ async fn unreachable_server_is_a_clear_error() {
         .await
         .expect_err("mint");
     assert!(mint.is_unreachable(), "{mint}");
+}
+
+#[tokio::test]
+async fn logs_never_carry_the_password() {
+    let logs = CapturedLogs::start();
+    let f = Fixture::new().await;
+    let p = lease(&f.prefix, "log");
+    let cred = f
+        .engine
+        .mint(&p, in_minutes(5), &f.role("SELECT"))
+        .await
+        .expect("mint");
+    f.engine.revoke(&p).await.expect("revoke");
+    let text = logs.text();
+    assert!(text.contains(p.as_str()), "the mint is logged: {text}");
+    assert!(!text.contains(cred.password.expose_secret()), "{text}");
+    assert!(
+        !text.contains("IDENTIFIED BY"),
+        "statements are not logged: {text}"
+    );
+    f.finish().await;
 }

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
-use super::{assert_no_secret, in_minutes, lease, pg_cluster, under, unique_prefix};
+use super::{CapturedLogs, assert_no_secret, in_minutes, lease, pg_cluster, under, unique_prefix};
 
 /// A test database, its engine (admin connected to it) and group roles named after the test.
 struct Fixture {
@@ -560,5 +560,34 @@ async fn admin_connections_the_server_closed_are_replaced() {
         vec![p.clone()]
     );
     f.engine.revoke(&p).await.expect("revoke");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn logs_never_carry_the_password_or_verifier() {
+    let logs = CapturedLogs::start();
+    let mut f = Fixture::new().await;
+    let p = lease(&f.prefix, "log");
+    let spec = RoleSpec::Postgres(PostgresRole {
+        statements: vec!["COMMENT ON ROLE {{name}} IS 'x'".to_owned()],
+        ..PostgresRole::default()
+    });
+    let cred = f.engine.mint(&p, in_minutes(5), &spec).await.expect("mint");
+    let verifier: String =
+        sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+            .bind(p.as_str())
+            .fetch_one(&mut f.admin)
+            .await
+            .expect("verifier");
+    f.engine.revoke(&p).await.expect("revoke");
+    let text = logs.text();
+    assert!(text.contains(p.as_str()), "the mint is logged: {text}");
+    assert!(!text.contains(cred.password.expose_secret()), "{text}");
+    let stored_key = verifier.rsplit('$').next().expect("keys");
+    assert!(!text.contains(stored_key), "{text}");
+    assert!(!text.contains("SCRAM-SHA-256$"), "{text}");
+    // The capture does see sqlx's statement log: the test's own admin connection logs its
+    // queries, the engine's do not.
+    assert!(text.contains("SELECT rolpassword"), "{text}");
     f.finish().await;
 }
