@@ -36,7 +36,7 @@ impl fmt::Display for EngineKind {
 /// A credential engine failure.
 ///
 /// INVARIANT: no variant holds a password, a password verifier or an admin connection URL.
-/// Server messages are passed through [`redact`] with the secrets of the operation before they
+/// Server messages are passed through `redact` with the secrets of the operation before they
 /// are stored here, and connection targets are rendered as `host:port` only.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -591,3 +591,46 @@ async fn logs_never_carry_the_password_or_verifier() {
     assert!(text.contains("SELECT rolpassword"), "{text}");
     f.finish().await;
 }
+
+#[tokio::test]
+async fn revoke_hands_objects_to_the_configured_owner() {
+    let mut f = Fixture::new().await;
+    let creator = f
+        .group("cr", &["GRANT CREATE, USAGE ON SCHEMA public TO {g}"])
+        .await;
+    let heir = f.group("heir", &[]).await;
+    let mut config = PostgresConfig::new(SecretString::from(f.url.clone()));
+    config.owner = Some(heir.clone());
+    let engine = PostgresEngine::new(config).expect("engine");
+    let p = lease(&f.prefix, "own");
+    let cred = engine
+        .mint(&p, in_minutes(5), &role(&[&creator]))
+        .await
+        .expect("mint");
+    let mut conn = f.login(&cred).await.expect("login");
+    conn.execute("CREATE TABLE inherited (x int)")
+        .await
+        .expect("create");
+    let _ = conn.close().await;
+    engine.revoke(&p).await.expect("revoke");
+    let owner: String =
+        sqlx::query_scalar("SELECT tableowner::text FROM pg_tables WHERE tablename = 'inherited'")
+            .fetch_one(&mut f.admin)
+            .await
+            .expect("the table survives");
+    assert_eq!(owner, heir);
+    engine.close().await;
+    // The fixture drops the groups with `DROP OWNED`, which takes the table too.
+    f.finish().await;
+}
+
+#[test]
+fn a_bad_owner_is_refused_at_configuration() {
+    let mut config = PostgresConfig::new(SecretString::from("postgres://postgres@127.0.0.1/x"));
+    config.owner = Some("x\"; DROP ROLE postgres; --".to_owned());
+    let err = PostgresEngine::new(config).expect_err("refused");
+    assert!(
+        matches!(err, CredentialError::InvalidConfig { .. }),
+        "{err}"
+    );
+}
