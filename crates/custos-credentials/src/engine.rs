@@ -1,0 +1,102 @@
+//! The engine interface the lease manager, reconciler and broker program against.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+use crate::error::{CredentialError, EngineKind};
+use crate::principal::{PrincipalName, PrincipalPrefix};
+use crate::role::RoleSpec;
+
+/// The future an [`Engine`] method returns; boxed so engines can live behind
+/// `Arc<dyn Engine>`, one per configured server.
+pub type EngineFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, CredentialError>> + Send + 'a>>;
+
+/// A credential an engine just created.
+///
+/// `Debug` shows the principal and expiry; the password prints as `[REDACTED]` (it is a
+/// [`SecretString`], zeroized on drop, with no `Display`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct MintedCredential {
+    /// The user or role name on the server; also the `username` the agent side sees.
+    pub principal: PrincipalName,
+    /// The password.
+    pub password: SecretString,
+    /// When the server itself stops accepting the credential (PostgreSQL `VALID UNTIL`, the
+    /// lease expiry plus the role's grace), or `None` when the server has no such notion and
+    /// only revocation ends it (MySQL, Redis).
+    pub server_expires_at: Option<OffsetDateTime>,
+}
+
+/// One server on which Custos mints per-lease principals.
+///
+/// Implementations are cheap to share (`Arc<dyn Engine>`) and safe to call concurrently.
+/// Every principal is `custos_<lease id>`; the lease manager writes the lease intent before
+/// calling [`Engine::mint`], so a crash between the two leaves a principal the reconciler
+/// finds with [`Engine::list_principals`] and removes with [`Engine::revoke`].
+pub trait Engine: Send + Sync {
+    /// Which server kind this is.
+    fn kind(&self) -> EngineKind;
+
+    /// Creates `principal` with the privileges `role` describes, valid until `expires_at`
+    /// (plus the role's grace where the server enforces expiry).
+    ///
+    /// A failed mint leaves no principal behind: the steps run in one transaction where the
+    /// server has transactional DDL (PostgreSQL), and are undone otherwise.
+    ///
+    /// # Errors
+    /// [`CredentialError::InvalidRole`] or [`CredentialError::WrongRole`] before anything is
+    /// sent; [`CredentialError::Unreachable`]; [`CredentialError::AlreadyExists`] (the existing
+    /// principal is left alone); [`CredentialError::Server`] naming the failing step;
+    /// [`CredentialError::CleanupFailed`] when undoing a half-made principal failed too.
+    fn mint<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+    ) -> EngineFuture<'a, MintedCredential>;
+
+    /// Removes `principal`: no new logins, its open sessions terminated, then deleted.
+    /// Idempotent: revoking a principal that does not exist is `Ok`.
+    ///
+    /// # Errors
+    /// [`CredentialError::Unreachable`] or [`CredentialError::Server`]; the caller retries.
+    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()>;
+
+    /// The principals that exist on the server under `prefix`, sorted.
+    ///
+    /// # Errors
+    /// [`CredentialError::Unreachable`] or [`CredentialError::Server`].
+    fn list_principals<'a>(
+        &'a self,
+        prefix: &'a PrincipalPrefix,
+    ) -> EngineFuture<'a, Vec<PrincipalName>>;
+
+    /// Connects and authenticates as the admin and runs a trivial command.
+    ///
+    /// # Errors
+    /// [`CredentialError::Unreachable`] naming `host:port` when the server cannot be reached;
+    /// [`CredentialError::Server`] when it refuses the admin.
+    fn check(&self) -> EngineFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MysqlEngine, PostgresEngine, RedisEngine};
+
+    fn shareable<T: Engine + 'static>() -> Option<std::sync::Arc<dyn Engine>> {
+        None::<std::sync::Arc<T>>.map(|e| e as std::sync::Arc<dyn Engine>)
+    }
+
+    #[test]
+    fn engines_are_object_safe_and_shareable() {
+        assert!(shareable::<PostgresEngine>().is_none());
+        assert!(shareable::<MysqlEngine>().is_none());
+        assert!(shareable::<RedisEngine>().is_none());
+    }
+}
