@@ -74,12 +74,16 @@ pub fn assert_no_secret(err: &CredentialError, secrets: &[&str]) {
 
 /// Everything logged at any level while the guard lives (current-thread tests only).
 pub struct CapturedLogs {
-    buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+    from: usize,
 }
 
-impl CapturedLogs {
-    pub fn start() -> Self {
+/// Every log line of this test process, at TRACE. One global subscriber, installed once: a
+/// per-thread one (`set_default`) races tracing's per-callsite interest cache when tests run
+/// in parallel and can miss lines.
+fn log_buffer() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static BUFFER: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    BUFFER.get_or_init(|| {
         let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -87,14 +91,22 @@ impl CapturedLogs {
             .with_ansi(false)
             .with_writer(move || Writer(writer.clone()))
             .finish();
-        Self {
-            buffer,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buffer
+    })
+}
+
+impl CapturedLogs {
+    /// Captures from now on (lines of tests running alongside included: each test looks for
+    /// its own principal and password, which no other test has).
+    pub fn start() -> Self {
+        let from = log_buffer().lock().expect("lock").len();
+        Self { from }
     }
 
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buffer.lock().expect("lock")).into_owned()
+        let buffer = log_buffer().lock().expect("lock");
+        String::from_utf8_lossy(&buffer[self.from.min(buffer.len())..]).into_owned()
     }
 }
 

@@ -14,3 +14,7 @@ UPDATE tasks SET agent_uid = 'agent_gone' WHERE agent_uid IS NULL;
 
 -- The expiry watcher reads active tasks by expiry.
 CREATE INDEX tasks_expiry ON tasks (state, expires_at);
+
+-- No query reads audit records by call id (a trace reads a task's records in order); the index
+-- cost a b-tree insert per record on the hot path.
+DROP INDEX audit_log_call;
