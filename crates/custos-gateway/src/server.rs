@@ -115,6 +115,26 @@ impl std::fmt::Debug for McpGateway {
     }
 }
 
+fn missing_session() -> GatewayReply {
+    GatewayReply::rpc_error(
+        400,
+        &Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        "Bad Request: Missing session ID",
+        None,
+    )
+}
+
+fn unknown_session() -> GatewayReply {
+    GatewayReply::rpc_error(
+        404,
+        &Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        "Session not found",
+        None,
+    )
+}
+
 fn server_info() -> Value {
     json!({ "name": "custos", "version": env!("CARGO_PKG_VERSION") })
 }
@@ -266,16 +286,18 @@ impl McpGateway {
                     Ok(c) => c,
                     Err(r) => return r,
                 };
-                let removed = req.session_id.is_some_and(|sid| {
-                    self.sessions
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .close(sid, ctx.task_id())
-                });
+                let Some(sid) = req.session_id else {
+                    return missing_session();
+                };
+                let removed = self
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .close(sid, ctx.task_id());
                 if removed {
                     GatewayReply::empty(200)
                 } else {
-                    GatewayReply::empty(404)
+                    unknown_session()
                 }
             }
             McpVerb::Post => {
@@ -328,12 +350,49 @@ impl McpGateway {
             }
         };
         let (id, method, params) = match parsed {
-            Message::Response | Message::Notification { .. } => return GatewayReply::empty(202),
+            // In the session era a notification or response belongs to a session like any
+            // request: missing is 400, unknown (or another task's) 404.
+            Message::Response | Message::Notification { .. } => {
+                if era == Era::Session
+                    && let Err(reply) = self.session_of(ctx, req)
+                {
+                    return reply;
+                }
+                return GatewayReply::empty(202);
+            }
             Message::Request { id, method, params } => (id, method, params),
         };
         match era {
             Era::Session => self.session_request(ctx, req, id, method, params).await,
             Era::Modern => self.modern_request(ctx, req, id, method, params).await,
+        }
+    }
+
+    /// The session a session-era message belongs to, touched (its idle timer restarts); its
+    /// negotiated version. Missing: 400; unknown, expired or another task's: 404; a
+    /// `MCP-Protocol-Version` header other than the negotiated version: 400.
+    fn session_of(&self, ctx: &TaskContext, req: &McpRequest<'_>) -> Result<String, GatewayReply> {
+        let Some(sid) = req.session_id else {
+            return Err(missing_session());
+        };
+        let version = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .use_session(sid, ctx.task_id(), self.broker.clock().now_ms())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(unknown_session)?;
+        match req.protocol_version {
+            Some(v) if v != version => Err(GatewayReply::rpc_error(
+                400,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                &format!(
+                    "Bad Request: MCP-Protocol-Version does not match the session's negotiated version `{version}`"
+                ),
+                None,
+            )),
+            _ => Ok(version),
         }
     }
 
@@ -375,29 +434,8 @@ impl McpGateway {
             reply.headers.push(("mcp-session-id", sid));
             return reply;
         }
-        let Some(sid) = req.session_id else {
-            return GatewayReply::rpc_error(
-                400,
-                &Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                "Bad Request: Missing session ID",
-                None,
-            );
-        };
-        let known = self
-            .sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .use_session(sid, ctx.task_id(), self.broker.clock().now_ms())
-            .is_some_and(|v| !v.is_empty());
-        if !known {
-            return GatewayReply::rpc_error(
-                404,
-                &Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                "Session not found",
-                None,
-            );
+        if let Err(reply) = self.session_of(ctx, req) {
+            return reply;
         }
         let body = match method {
             "ping" => jsonrpc::result(id, json!({})),

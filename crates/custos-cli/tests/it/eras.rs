@@ -254,3 +254,56 @@ fn session_era_negotiation_and_termination() {
         "a deleted session is gone"
     );
 }
+
+#[test]
+fn session_era_messages_need_their_session_and_its_version() {
+    let (_s, mcp) = client();
+    let sid = mcp.initialize();
+    let delete = |sid: Option<&str>| {
+        let mut req = reqwest::blocking::Client::new()
+            .delete(&mcp.url)
+            .bearer_auth(mcp.token.as_deref().expect("token"));
+        if let Some(sid) = sid {
+            req = req.header("mcp-session-id", sid);
+        }
+        req.send().expect("delete").status().as_u16()
+    };
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    // A notification (or response) names its session like a request: missing 400, unknown 404.
+    assert_eq!(mcp.post(&note, &[]).status, 400, "no session id");
+    assert_eq!(
+        mcp.post(&note, &[("mcp-session-id", "mcps_nosuchsession")])
+            .status,
+        404,
+        "unknown session"
+    );
+    let answer = json!({"jsonrpc":"2.0","id":7,"result":{}});
+    assert_eq!(
+        mcp.post(&answer, &[("mcp-session-id", "mcps_nosuchsession")])
+            .status,
+        404,
+        "a response to an unknown session"
+    );
+    assert_eq!(mcp.post(&note, &[("mcp-session-id", &sid)]).status, 202);
+    // The version header, when sent, is the one the session negotiated.
+    let r = mcp.post(
+        &json!({"jsonrpc":"2.0","id":2,"method":"ping"}),
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-03-26"),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("MCP-Protocol-Version")),
+        "{}",
+        r.body
+    );
+    // DELETE: missing 400, unknown 404, the session itself 200 and then it is gone.
+    assert_eq!(delete(None), 400);
+    assert_eq!(delete(Some("mcps_nosuchsession")), 404);
+    assert_eq!(delete(Some(&sid)), 200);
+    assert_eq!(delete(Some(&sid)), 404);
+}
