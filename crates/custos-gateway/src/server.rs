@@ -48,6 +48,8 @@ pub struct McpRequest<'a> {
     pub content_type: Option<&'a str>,
     /// `Origin`.
     pub origin: Option<&'a str>,
+    /// `Host` (or the HTTP/2 authority).
+    pub host: Option<&'a str>,
     /// The client's address, when the edge knows it.
     pub peer: Option<std::net::IpAddr>,
     /// The body.
@@ -107,6 +109,8 @@ pub struct McpGateway {
     sessions: Arc<Mutex<Sessions>>,
     resource_metadata: String,
     own_origin: String,
+    /// `host[:port]` of the public URL: the `Host` a client must name, besides loopback names.
+    own_authority: String,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -167,6 +171,20 @@ fn decode_header_value(v: &str) -> Option<String> {
     }
 }
 
+/// `host[:port]` of a URL.
+fn authority_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
+}
+
+/// Whether a `Host` value names this server: its public URL's authority, or a loopback name
+/// (with any port). Anything else is a request for another name resolved to this address —
+/// DNS rebinding — and is refused.
+fn host_allowed(host: &str, own_authority: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    host == own_authority || is_loopback_origin(&format!("http://{host}"))
+}
+
 fn is_loopback_origin(origin: &str) -> bool {
     let host = origin.split("://").nth(1).unwrap_or("");
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
@@ -214,6 +232,7 @@ impl McpGateway {
         });
         Self {
             resource_metadata: format!("{issuer}/.well-known/oauth-protected-resource"),
+            own_authority: authority_of(&issuer).to_ascii_lowercase(),
             own_origin: issuer,
             broker,
             upstreams,
@@ -266,6 +285,15 @@ impl McpGateway {
 
     /// Handles one request to the MCP endpoint.
     pub async fn handle(&self, req: McpRequest<'_>) -> GatewayReply {
+        if !req
+            .host
+            .is_some_and(|h| host_allowed(h, &self.own_authority))
+        {
+            return GatewayReply::json(
+                403,
+                json!({ "error": { "code": "forbidden", "message": "host not allowed" } }),
+            );
+        }
         if let Some(origin) = req.origin
             && origin != self.own_origin
             && !is_loopback_origin(origin)
@@ -659,6 +687,21 @@ fn adapt_result(mut result: Value, era: Era) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts() {
+        let own = authority_of("https://custos.example.com:8443");
+        assert_eq!(own, "custos.example.com:8443");
+        assert_eq!(authority_of("http://127.0.0.1:8470"), "127.0.0.1:8470");
+        assert!(host_allowed("custos.example.com:8443", own));
+        assert!(host_allowed("CUSTOS.example.com:8443", own));
+        assert!(host_allowed("127.0.0.1:8470", own));
+        assert!(host_allowed("localhost", own));
+        assert!(host_allowed("[::1]:9", own));
+        assert!(!host_allowed("custos.example.com", own), "another port");
+        assert!(!host_allowed("evil.example:8443", own));
+        assert!(!host_allowed("127.0.0.1.evil.example", own));
+    }
 
     #[test]
     fn origins() {

@@ -32,10 +32,13 @@ async fn handle(
     s: &AppState,
     verb: McpVerb,
     peer: Option<std::net::IpAddr>,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
     let req = McpRequest {
+        // HTTP/1 names the host in `Host`; HTTP/2 in the request's authority.
+        host: header(headers, "host").or_else(|| uri.authority().map(|a| a.as_str())),
         verb,
         authorization: header(headers, "authorization"),
         session_id: header(headers, "mcp-session-id"),
@@ -71,11 +74,12 @@ async fn handle(
 pub async fn post(
     State(s): State<AppState>,
     peer: Peer,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match body {
-        Ok(b) => handle(&s, McpVerb::Post, peer.0, &headers, &b).await,
+        Ok(b) => handle(&s, McpVerb::Post, peer.0, &uri, &headers, &b).await,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => (
             StatusCode::PAYLOAD_TOO_LARGE,
             axum::Json(json!({ "jsonrpc": "2.0", "id": null, "error": { "code": -32600, "message": "request body too large" } })),
@@ -93,8 +97,13 @@ pub async fn post(
     summary = "No server-initiated stream",
     responses((status = 405, description = "method not allowed"))
 )]
-pub async fn get(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> Response {
-    handle(&s, McpVerb::Get, peer.0, &headers, &[]).await
+pub async fn get(
+    State(s): State<AppState>,
+    peer: Peer,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    handle(&s, McpVerb::Get, peer.0, &uri, &headers, &[]).await
 }
 
 /// `DELETE /mcp` ends a session.
@@ -109,6 +118,11 @@ pub async fn get(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> R
         (status = 404, description = "unknown session"),
     )
 )]
-pub async fn delete(State(s): State<AppState>, peer: Peer, headers: HeaderMap) -> Response {
-    handle(&s, McpVerb::Delete, peer.0, &headers, &[]).await
+pub async fn delete(
+    State(s): State<AppState>,
+    peer: Peer,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    handle(&s, McpVerb::Delete, peer.0, &uri, &headers, &[]).await
 }

@@ -116,7 +116,12 @@ impl TestApp {
     ///
     /// # Panics
     /// When the body cannot be read (the router never fails that way).
-    pub async fn send(&self, req: Request<Body>) -> Reply {
+    pub async fn send(&self, mut req: Request<Body>) -> Reply {
+        // As every HTTP/1.1 client does.
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut()
+                .insert(header::HOST, header::HeaderValue::from_static(APP_ADDR));
+        }
         let resp = router(self.state.clone())
             .oneshot(req)
             .await

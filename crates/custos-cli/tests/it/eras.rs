@@ -307,3 +307,26 @@ fn session_era_messages_need_their_session_and_its_version() {
     assert_eq!(delete(Some(&sid)), 200);
     assert_eq!(delete(Some(&sid)), 404);
 }
+
+#[test]
+fn a_request_naming_another_host_is_refused() {
+    let (s, mcp) = client();
+    let port = s.addr.rsplit(':').next().expect("port").to_owned();
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1 names its own host.
+    for host in ["evil.example".to_owned(), format!("evil.example:{port}")] {
+        let r = mcp.post(
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}),
+            &[("host", host.as_str())],
+        );
+        assert_eq!(r.status, 403, "{host}: {}", r.body);
+        assert_eq!(r.body["error"]["message"], "host not allowed");
+    }
+    // Loopback names and the server's own address are fine.
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let r = mcp.post(
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}),
+            &[("host", host.as_str())],
+        );
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+}
