@@ -119,6 +119,18 @@ impl std::fmt::Debug for McpGateway {
     }
 }
 
+/// The JSON-RPC code of a refused call: a tool this task cannot see (not in its template, no
+/// such upstream, not a valid name) is an unknown tool, `-32602` as the MCP specification
+/// says; a visible tool refused by policy (Tier 4, an approval needed) is `-32010`.
+fn refusal_code(reason: Reason) -> i64 {
+    match reason {
+        Reason::ToolNotAllowed | Reason::InvalidToolName | Reason::UnknownUpstream => {
+            jsonrpc::INVALID_PARAMS
+        }
+        _ => jsonrpc::DENIED,
+    }
+}
+
 fn missing_session() -> GatewayReply {
     GatewayReply::rpc_error(
         400,
@@ -620,7 +632,7 @@ impl McpGateway {
                     Ok(result) => jsonrpc::result(id, adapt_result(result, era)),
                     Err(CallError::Refused(refusal)) => jsonrpc::error(
                         id,
-                        jsonrpc::DENIED,
+                        refusal_code(refusal.reason),
                         &format!("custos: {}", refusal.message),
                         Some(json!({ "reason": refusal.reason })),
                     ),
