@@ -90,7 +90,7 @@ impl AuditLog {
     /// Queues one record behind everything sent before it, without waiting for its commit:
     /// for a record that completes a committed one (a call's outcome after its write-ahead
     /// decision). It is committed with the next record somebody waits for, or within a few
-    /// milliseconds ([`LINGER`]), so sequential calls cost one commit each; a failure is
+    /// milliseconds (5 ms), so sequential calls cost one commit each; a failure is
     /// logged by the writer, and shutdown ([`AuditLog::close`]) still commits it.
     ///
     /// # Errors
