@@ -119,6 +119,31 @@ impl std::fmt::Debug for McpGateway {
     }
 }
 
+/// Tools per `tools/list` page.
+const TOOLS_PAGE: usize = 100;
+
+/// One page of a tool list: from the offset the cursor names (an opaque `t<offset>`), at most
+/// [`TOOLS_PAGE`], and the cursor of the next page when there is one.
+fn page_of<T>(
+    mut tools: Vec<T>,
+    cursor: Option<&Value>,
+) -> Result<(Vec<T>, Option<String>), &'static str> {
+    let start = match cursor {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(c)) => c
+            .strip_prefix('t')
+            .filter(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0 && n < tools.len())
+            .ok_or("Invalid params: unknown cursor")?,
+        Some(_) => return Err("Invalid params: cursor must be a string"),
+    };
+    let end = start.saturating_add(TOOLS_PAGE).min(tools.len());
+    let next = (end < tools.len()).then(|| format!("t{end}"));
+    tools.truncate(end);
+    Ok((tools.split_off(start), next))
+}
+
 /// The JSON-RPC code of a refused call: a tool this task cannot see (not in its template, no
 /// such upstream, not a valid name) is an unknown tool, `-32602` as the MCP specification
 /// says; a visible tool refused by policy (Tier 4, an approval needed) is `-32010`.
@@ -588,7 +613,17 @@ impl McpGateway {
         match method {
             "tools/list" => match self.broker.list_tools(ctx, self.upstreams.as_ref()).await {
                 Ok(tools) => {
+                    let cursor = params.and_then(|p| p.get("cursor"));
+                    let (tools, next) = match page_of(tools, cursor) {
+                        Ok(p) => p,
+                        Err(why) => {
+                            return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why, None);
+                        }
+                    };
                     let mut result = json!({ "tools": tools });
+                    if let Some(next) = next {
+                        result["nextCursor"] = next.into();
+                    }
                     if era == Era::Modern {
                         result["resultType"] = "complete".into();
                         result["ttlMs"] = 0.into();
@@ -699,6 +734,36 @@ fn adapt_result(mut result: Value, era: Era) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_lists_come_in_pages_and_bad_cursors_are_refused() {
+        let tools: Vec<usize> = (0..250).collect();
+        let (first, next) = page_of(tools.clone(), None).expect("first");
+        assert_eq!(
+            (first.len(), first[0], next.as_deref()),
+            (100, 0, Some("t100"))
+        );
+        let (second, next) = page_of(tools.clone(), Some(&json!("t100"))).expect("second");
+        assert_eq!(
+            (second[0], second.len(), next.as_deref()),
+            (100, 100, Some("t200"))
+        );
+        let (last, next) = page_of(tools.clone(), Some(&json!("t200"))).expect("last");
+        assert_eq!((last.len(), last[49], next), (50, 249, None));
+        let (small, next) = page_of(vec![1, 2, 3], Some(&Value::Null)).expect("small");
+        assert_eq!((small, next), (vec![1, 2, 3], None));
+        for bad in [
+            json!("t0"),
+            json!("t250"),
+            json!("t-1"),
+            json!("x100"),
+            json!("t"),
+            json!("t9999999999"),
+            json!(100),
+        ] {
+            assert!(page_of(tools.clone(), Some(&bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn hosts() {

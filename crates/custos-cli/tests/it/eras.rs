@@ -330,3 +330,21 @@ fn a_request_naming_another_host_is_refused() {
         assert_eq!(r.status, 200, "{host}: {}", r.body);
     }
 }
+
+#[test]
+fn tools_list_pages_take_only_cursors_the_gateway_gave() {
+    let (_s, mcp) = client();
+    let sid = mcp.initialize();
+    let all = mcp.call(&sid, "tools/list", json!({}));
+    assert_eq!(all.status, 200, "{}", all.body);
+    // A short list is one page: no next cursor.
+    assert!(
+        all.body["result"].get("nextCursor").is_none(),
+        "{}",
+        all.body
+    );
+    for cursor in [json!("t999"), json!("garbage"), json!(7)] {
+        let r = mcp.call(&sid, "tools/list", json!({ "cursor": cursor }));
+        assert_eq!(r.body["error"]["code"], -32602, "{cursor}: {}", r.body);
+    }
+}
