@@ -100,6 +100,9 @@ pub enum UpstreamError {
         code: i64,
         /// Its message.
         message: String,
+        /// Its `data`, relayed to the agent when small (at most 4 KiB as JSON); never
+        /// recorded in the audit log.
+        data: Option<Box<Value>>,
     },
 }
 

@@ -671,9 +671,12 @@ impl McpGateway {
                         &format!("custos: {}", refusal.message),
                         Some(json!({ "reason": refusal.reason })),
                     ),
-                    Err(CallError::Upstream(UpstreamError::Rpc { code, message, .. })) => {
-                        jsonrpc::error(id, code, &message, None)
-                    }
+                    Err(CallError::Upstream(UpstreamError::Rpc {
+                        code,
+                        message,
+                        data,
+                        ..
+                    })) => jsonrpc::error(id, code, &message, data.map(|d| *d)),
                     Err(CallError::Upstream(e)) => jsonrpc::error(
                         id,
                         jsonrpc::UPSTREAM_FAILED,

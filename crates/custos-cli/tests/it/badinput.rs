@@ -299,3 +299,29 @@ fn dead_hanging_and_crashing_upstreams_answer_with_errors_and_are_restarted() {
     );
     assert!(s.cli(&["audit", "verify"]).status.success());
 }
+
+#[test]
+fn an_upstream_error_reaches_the_agent_with_its_data_when_small() {
+    let s = TestServer::start();
+    let (mcp, sid, task) = session(&s, "5s", "fx-all");
+    let r = call(
+        &mcp,
+        &sid,
+        "fx__fail",
+        json!({"data": {"field": "path", "hint": "absolute"}}),
+    );
+    assert_eq!(r["error"]["code"], -32000, "{r}");
+    assert_eq!(r["error"]["message"], "it failed");
+    assert_eq!(
+        r["error"]["data"],
+        json!({"field": "path", "hint": "absolute"})
+    );
+    // Data past 4 KiB is dropped, the error itself kept.
+    let r = call(&mcp, &sid, "fx__fail", json!({"data": "x".repeat(5000)}));
+    assert_eq!(r["error"]["code"], -32000, "{r}");
+    assert!(r["error"].get("data").is_none(), "{r}");
+    // The audit trail records a tool error, never the data.
+    let trace = s.cli_json(&["audit", "trace", &task, "--json"]).to_string();
+    assert!(trace.contains("tool_error"), "{trace}");
+    assert!(!trace.contains("absolute"), "{trace}");
+}

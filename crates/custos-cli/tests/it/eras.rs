@@ -79,6 +79,7 @@ fn stateless_era_discover_list_and_call() {
         vec![
             "fx__crash",
             "fx__echo",
+            "fx__fail",
             "fx__hang",
             "fx__publish",
             "fx__sleep",

@@ -96,6 +96,9 @@ pub(crate) fn negotiated(result: &Value, upstream: &str) -> Result<String, Upstr
     }
 }
 
+/// The largest upstream error `data` relayed to the agent, as JSON bytes; larger is dropped.
+const MAX_ERROR_DATA: usize = 4096;
+
 /// Splits a JSON-RPC response into its result or an [`UpstreamError::Rpc`].
 pub(crate) fn into_result(upstream: &str, msg: Value) -> Result<Value, UpstreamError> {
     if let Some(err) = msg.get("error") {
@@ -109,6 +112,10 @@ pub(crate) fn into_result(upstream: &str, msg: Value) -> Result<Value, UpstreamE
                 .chars()
                 .take(500)
                 .collect(),
+            data: err
+                .get("data")
+                .filter(|d| serde_json::to_vec(d).is_ok_and(|b| b.len() <= MAX_ERROR_DATA))
+                .map(|d| Box::new(d.clone())),
         });
     }
     match msg {
