@@ -119,6 +119,11 @@ impl std::fmt::Debug for McpGateway {
     }
 }
 
+/// The one protocol version with JSON-RPC batches.
+const BATCH_VERSION: &str = "2025-03-26";
+/// Most messages in one batch.
+const MAX_BATCH: usize = 64;
+
 /// Tools per `tools/list` page.
 const TOOLS_PAGE: usize = 100;
 
@@ -408,6 +413,9 @@ impl McpGateway {
             Some(v) if HANDSHAKE_VERSIONS.contains(&v) => Era::Session,
             Some(_) => Era::Modern,
         };
+        if let Value::Array(items) = &msg {
+            return self.batch(ctx, req, era, items).await;
+        }
         let parsed = match jsonrpc::classify(&msg) {
             Ok(m) => m,
             Err(why) => {
@@ -430,6 +438,62 @@ impl McpGateway {
         match era {
             Era::Session => self.session_request(ctx, req, id, method, params).await,
             Era::Modern => self.modern_request(ctx, req, id, method, params).await,
+        }
+    }
+
+    /// A JSON-RPC batch: part of the 2025-03-26 protocol only, so accepted only in a session
+    /// that negotiated it. Each message is handled as if sent alone, in order; the answer is
+    /// the array of responses to its requests (202 when it held none).
+    async fn batch(
+        &self,
+        ctx: &TaskContext,
+        req: &McpRequest<'_>,
+        era: Era,
+        items: &[Value],
+    ) -> GatewayReply {
+        let null = Value::Null;
+        let refuse =
+            |why: &str| GatewayReply::rpc_error(400, &null, jsonrpc::INVALID_REQUEST, why, None);
+        if era != Era::Session {
+            return refuse("batches are not part of this protocol version");
+        }
+        let version = match self.session_of(ctx, req) {
+            Ok(v) => v,
+            Err(reply) => return reply,
+        };
+        if version != BATCH_VERSION {
+            return refuse("batches need a session that negotiated 2025-03-26");
+        }
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return refuse("a batch holds 1 to 64 messages");
+        }
+        let mut answers = Vec::new();
+        for item in items {
+            match jsonrpc::classify(item) {
+                Err(why) => {
+                    answers.push(jsonrpc::error(&null, jsonrpc::INVALID_REQUEST, why, None))
+                }
+                Ok(Message::Response | Message::Notification { .. }) => {}
+                Ok(Message::Request { id, method, .. }) if method == "initialize" => {
+                    answers.push(jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_REQUEST,
+                        "initialize cannot be part of a batch",
+                        None,
+                    ));
+                }
+                Ok(Message::Request { id, method, params }) => {
+                    let reply = self.session_request(ctx, req, id, method, params).await;
+                    if let Some(body) = reply.body {
+                        answers.push(body);
+                    }
+                }
+            }
+        }
+        if answers.is_empty() {
+            GatewayReply::empty(202)
+        } else {
+            GatewayReply::json(200, Value::Array(answers))
         }
     }
 

@@ -349,3 +349,53 @@ fn tools_list_pages_take_only_cursors_the_gateway_gave() {
         assert_eq!(r.body["error"]["code"], -32602, "{cursor}: {}", r.body);
     }
 }
+
+#[test]
+fn batches_work_only_in_a_session_that_negotiated_2025_03_26() {
+    let (_s, mcp) = client();
+    let open = |version: &str| {
+        let r = mcp.post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}), &[]);
+        assert_eq!(r.body["result"]["protocolVersion"], version);
+        r.headers.get("mcp-session-id").expect("session").clone()
+    };
+    let old = open("2025-03-26");
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"a","method":"ping"},
+        {"jsonrpc":"2.0","method":"notifications/initialized"},
+        {"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"fx__echo","arguments":{"n":1}}},
+        {"jsonrpc":"2.0","id":"c","method":"initialize","params":{}},
+        {"not":"json-rpc"}
+    ]);
+    let r = mcp.post(&batch, &[("mcp-session-id", &old)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answers = r.body.as_array().expect("an array of answers");
+    assert_eq!(
+        answers.len(),
+        4,
+        "one per request and one for the bad message: {}",
+        r.body
+    );
+    assert_eq!(answers[0], json!({"jsonrpc":"2.0","id":"a","result":{}}));
+    assert_eq!(answers[1]["id"], "b");
+    assert!(answers[1]["result"]["content"].is_array(), "{}", answers[1]);
+    assert_eq!(answers[2]["id"], "c");
+    assert_eq!(answers[2]["error"]["code"], -32600);
+    assert_eq!(answers[3]["id"], Value::Null);
+    // Notifications only: accepted, nothing to answer.
+    let r = mcp.post(
+        &json!([{"jsonrpc":"2.0","method":"notifications/initialized"}]),
+        &[("mcp-session-id", &old)],
+    );
+    assert_eq!(r.status, 202);
+    // Empty, or in a session of a version without batches: refused.
+    assert_eq!(
+        mcp.post(&json!([]), &[("mcp-session-id", &old)]).status,
+        400
+    );
+    let new = open("2025-11-25");
+    let r = mcp.post(
+        &json!([{"jsonrpc":"2.0","id":1,"method":"ping"}]),
+        &[("mcp-session-id", &new)],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+}
