@@ -474,7 +474,11 @@ impl McpGateway {
                     answers.push(jsonrpc::error(&null, jsonrpc::INVALID_REQUEST, why, None))
                 }
                 Ok(Message::Response | Message::Notification { .. }) => {}
-                Ok(Message::Request { id, method, .. }) if method == "initialize" => {
+                Ok(Message::Request {
+                    id,
+                    method: "initialize",
+                    ..
+                }) => {
                     answers.push(jsonrpc::error(
                         id,
                         jsonrpc::INVALID_REQUEST,
