@@ -4,6 +4,7 @@
 //! provider only.
 
 pub mod digest;
+pub mod envelope;
 pub mod jwt;
 pub mod keys;
 pub mod operator_token;
@@ -11,6 +12,7 @@ pub mod presented;
 pub mod random;
 
 pub use digest::{argument_digest, sha256_hex};
+pub use envelope::{EnvelopeError, Kek};
 pub use jwt::{ActClaim, AssertionClaims, TaskClaims, TokenError, TokenIssuer};
 pub use keys::{AgentKey, KeyError, ServerKey, jwk_thumbprint, parse_public_key_pem};
 pub use operator_token::OperatorToken;
