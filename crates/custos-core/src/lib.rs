@@ -7,6 +7,7 @@
 //! Startup and glue code (the CLI, server bootstrap) use `anyhow` with `.context(..)`.
 
 pub mod clock;
+pub mod credential;
 pub mod decision;
 pub mod duration;
 pub mod glob;
@@ -21,6 +22,7 @@ pub mod tier;
 pub mod yaml_limits;
 
 pub use clock::{Clock, SystemClock, UnixMillis};
+pub use credential::{CredentialEngine, CredentialRoleSpec};
 pub use decision::{Decision, Outcome};
 pub use duration::{BoundedDuration, parse_duration};
 pub use ids::{AgentId, TaskId};
