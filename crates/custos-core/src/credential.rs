@@ -114,7 +114,11 @@ impl CredentialRoleSpec {
     /// the role's maximum nor the task's expiry. `None` when the task has no whole millisecond
     /// left.
     pub fn lease_ttl(&self, task_left: Duration) -> Option<Duration> {
-        let ttl = self.default_ttl.get().min(self.max_ttl.get()).min(task_left);
+        let ttl = self
+            .default_ttl
+            .get()
+            .min(self.max_ttl.get())
+            .min(task_left);
         (ttl >= Duration::from_millis(1)).then_some(ttl)
     }
 

@@ -895,13 +895,37 @@ credentials: [pg-readonly]
     #[test]
     fn bad_credential_roles_name_the_field() {
         let cases = [
-            (ROLE.replace("max_ttl: 15m", "max_ttl: 2h"), "field `max_ttl`: `2h` must be between 1s and 1h"),
-            (ROLE.replace("default_ttl: 5m", "default_ttl: 20m"), "field `default_ttl`: `20m` is longer than `max_ttl` `15m`"),
-            (ROLE.replace("engine: postgres", "engine: oracle"), "unknown variant `oracle`"),
-            (ROLE.replace("connection_env: APP_PG_ADMIN", "connection_env: postgres://u:p@h/db"), "field `connection_env`"),
-            (ROLE.replace("connection_env: APP_PG_ADMIN", "admin_url: x"), "unknown field `admin_url`"),
-            (ROLE.replace("credentials: [pg-readonly]", "credentials: [PG]"), "field `credentials`"),
-            (ROLE.replace("  grace: 10s", "  engine: redis"), "field `role`: `engine`"),
+            (
+                ROLE.replace("max_ttl: 15m", "max_ttl: 2h"),
+                "field `max_ttl`: `2h` must be between 1s and 1h",
+            ),
+            (
+                ROLE.replace("default_ttl: 5m", "default_ttl: 20m"),
+                "field `default_ttl`: `20m` is longer than `max_ttl` `15m`",
+            ),
+            (
+                ROLE.replace("engine: postgres", "engine: oracle"),
+                "unknown variant `oracle`",
+            ),
+            (
+                ROLE.replace(
+                    "connection_env: APP_PG_ADMIN",
+                    "connection_env: postgres://u:p@h/db",
+                ),
+                "field `connection_env`",
+            ),
+            (
+                ROLE.replace("connection_env: APP_PG_ADMIN", "admin_url: x"),
+                "unknown field `admin_url`",
+            ),
+            (
+                ROLE.replace("credentials: [pg-readonly]", "credentials: [PG]"),
+                "field `credentials`",
+            ),
+            (
+                ROLE.replace("  grace: 10s", "  engine: redis"),
+                "field `role`: `engine`",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse_documents(&text).expect_err(needle);

@@ -133,7 +133,11 @@ async fn queued_records_ride_with_the_next_commit_or_land_on_their_own(store: St
     log.enqueue(event(1)).await.expect("enqueue");
     let awaited = log.append(event(2)).await.expect("append");
     let rows = all_rows(&store).await;
-    assert_eq!(rows.len(), 2, "both committed once the awaited append returned");
+    assert_eq!(
+        rows.len(),
+        2,
+        "both committed once the awaited append returned"
+    );
     assert_eq!((rows[0].seq, rows[1].seq), (1, 2));
     assert_eq!(rows[1], awaited);
     // Queued with nothing after it: it lands on its own within a few milliseconds.
