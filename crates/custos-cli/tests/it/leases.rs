@@ -136,11 +136,18 @@ role:
   groups: [{group}]
   grace: 1s
 ---
+kind: CredentialRole
+name: pg-noenv
+engine: postgres
+default_ttl: 1m
+max_ttl: 1m
+connection_env: CUSTOS_IT_UNSET_ENV
+---
 kind: Template
 name: db-reader
 ttl: 10m
 tools: []
-credentials: [pg-readonly, pg-short]
+credentials: [pg-readonly, pg-short, pg-noenv]
 ---
 kind: Template
 name: no-creds
@@ -230,7 +237,7 @@ fn postgres_leases_end_to_end() {
     let e = apply_refused(
         &server,
         &base.replacen(
-            "credentials: [pg-readonly, pg-short]",
+            "credentials: [pg-readonly, pg-short, pg-noenv]",
             "credentials: [pg-nope]",
             1,
         ),
@@ -333,6 +340,23 @@ fn postgres_leases_end_to_end() {
         (403, &Value::from("permission denied"))
     );
     assert!(leases(&server, &other).is_empty());
+
+    // A role whose connection_env the server lacks: a warning on apply, a clear error at mint,
+    // and no lease.
+    assert!(
+        server.log().contains("connection_env is not set"),
+        "{}",
+        server.log()
+    );
+    let (status, noenv) = vault.creds(&token, "pg-noenv");
+    assert_eq!(status, 500, "{noenv}");
+    assert!(
+        noenv["errors"][0].as_str().is_some_and(|m| m.contains(
+            "environment variable `CUSTOS_IT_UNSET_ENV` (its connection_env) is not set"
+        )),
+        "{noenv}"
+    );
+    assert_eq!(leases(&server, &task).len(), 1);
 
     // A lease expires on its own: its role is gone within the bound.
     let (status, short) = vault.creds(&token, "pg-short");
