@@ -49,6 +49,9 @@ pub struct ServeConfig {
     /// Whether the lease reconciler runs (at start and periodically); `false` is
     /// `--no-revoke-on-start`, the safe mode after restoring the store from a backup.
     pub revoke_on_start: bool,
+    /// Where credential roles' `connection_env` variables are read: the process environment,
+    /// or (tests) anything else.
+    pub credential_env: custos_broker::CredentialEnv,
 }
 
 impl ServeConfig {
@@ -68,6 +71,7 @@ impl ServeConfig {
             header_timeout: listener::DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             revoke_on_start: true,
+            credential_env: custos_broker::CredentialEnv::process(),
         }
     }
 }
@@ -164,7 +168,7 @@ pub async fn build_with_clock(
         cache_ttl: Duration::from_secs(1),
         auth_failure_window: config.auth_failure_window,
         auth_failure_limit: config.auth_failure_limit,
-        credential_env: custos_broker::CredentialEnv::process(),
+        credential_env: config.credential_env.clone(),
         revoke_on_start: config.revoke_on_start,
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
