@@ -53,7 +53,7 @@ enum Command {
     },
     /// Show resources: `custos get agents`, `custos get template docs-review -o yaml`.
     Get {
-        /// upstream, template or agent (plural accepted).
+        /// upstream, credentialrole, template or agent (plural accepted).
         kind: String,
         /// One resource by name.
         name: Option<String>,
@@ -66,7 +66,7 @@ enum Command {
     },
     /// Delete one resource.
     Delete {
-        /// upstream, template or agent.
+        /// upstream, credentialrole, template or agent.
         kind: String,
         /// Its name.
         name: String,
@@ -381,6 +381,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 header_timeout: a.header_timeout,
                 body_timeout: a.body_timeout,
                 revoke_on_start: !a.no_revoke_on_start,
+                credential_env: custos_broker::CredentialEnv::process(),
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)

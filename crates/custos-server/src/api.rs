@@ -126,7 +126,7 @@ pub async fn apply(
     tag = "registry",
     summary = "List resources of a kind",
     security(("operatorToken" = [])),
-    params(("kind" = String, Path, description = "upstream, template or agent (plural accepted)")),
+    params(("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)")),
     responses(
         (status = 200, description = "every resource of the kind", body = Vec<ResourceBody>),
         (status = 401, description = "authentication required (no detail)", body = ErrorBody),
@@ -155,7 +155,7 @@ pub async fn list_resources(
     summary = "Get one resource",
     security(("operatorToken" = [])),
     params(
-        ("kind" = String, Path, description = "upstream, template or agent (plural accepted)"),
+        ("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)"),
         ("name" = String, Path, description = "resource name"),
     ),
     responses(
@@ -190,7 +190,7 @@ pub async fn get_resource(
     summary = "Delete one resource",
     security(("operatorToken" = [])),
     params(
-        ("kind" = String, Path, description = "upstream, template or agent (plural accepted)"),
+        ("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)"),
         ("name" = String, Path, description = "resource name"),
     ),
     responses(
