@@ -136,7 +136,8 @@ pub enum Detail {
         agent_id: String,
         /// When the lease expires (Unix ms).
         expires_at: i64,
-        /// For a revocation: why (`task_end`, `expired`, `revoked`, `reconcile`).
+        /// For a revocation: why (`task_end`, `expired`, `revoked`, `agent_suspended`,
+        /// `reconcile`).
         #[serde(skip_serializing_if = "Option::is_none")]
         cause: Option<String>,
         /// For a failure: what failed (bounded, never a secret).

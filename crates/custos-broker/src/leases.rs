@@ -129,6 +129,8 @@ enum Cause {
     Revoked,
     /// The reconciler found it not live.
     Reconcile,
+    /// Its agent was suspended.
+    AgentSuspended,
 }
 
 impl Cause {
@@ -138,6 +140,7 @@ impl Cause {
             Cause::Expired => "expired",
             Cause::Revoked => "revoked",
             Cause::Reconcile => "reconcile",
+            Cause::AgentSuspended => "agent_suspended",
         }
     }
 }
@@ -600,6 +603,25 @@ impl Broker {
         let mut revoked = 0;
         for lease in self.inner.store.live_leases_of_task(task).await? {
             if self.revoke_lease_now(&lease, Cause::TaskEnd).await.is_ok() {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Revokes every pending or active lease of an agent (it was suspended). Returns how many
+    /// were revoked; the others are retried in the background.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store cannot be read.
+    pub(crate) async fn revoke_agent_leases(&self, agent: &str) -> Result<usize, BrokerError> {
+        let mut revoked = 0;
+        for lease in self.inner.store.live_leases_of_agent(agent).await? {
+            if self
+                .revoke_lease_now(&lease, Cause::AgentSuspended)
+                .await
+                .is_ok()
+            {
                 revoked += 1;
             }
         }

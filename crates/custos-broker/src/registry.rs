@@ -463,6 +463,12 @@ impl Broker {
         e.actor = Some(op.name.clone());
         e.agent = Some(agent.to_owned());
         self.record(e).await?;
+        if suspended {
+            // Its tokens are refused from now on; the credentials it holds go too.
+            if let Err(e) = self.revoke_agent_leases(agent).await {
+                tracing::warn!(agent, error = %e, "could not revoke a suspended agent's leases; they are revoked at their expiry");
+            }
+        }
         Ok(AgentStatus {
             name: agent.to_owned(),
             suspended,

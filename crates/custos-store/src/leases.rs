@@ -172,6 +172,19 @@ impl Store {
         fetch_leases!(self, Q, task.as_str())
     }
 
+    /// An agent's leases that are pending or active.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn live_leases_of_agent(&self, agent: &str) -> Result<Vec<Lease>, StoreError> {
+        const Q: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM leases WHERE agent = $1 AND state IN ('pending', 'active') ORDER BY created_at, id"
+        );
+        fetch_leases!(self, Q, agent)
+    }
+
     /// Claims up to `limit` active leases past their expiry whose next attempt is due, oldest
     /// expiry first: each claimed lease's next attempt moves to `claim_until`, so another
     /// replica looking at the same moment does not take it too.

@@ -168,3 +168,50 @@ async fn a_revocation_that_keeps_failing_is_retried_then_reported() {
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
 }
+
+#[tokio::test]
+async fn suspending_the_agent_revokes_its_leases() {
+    let db = custos_test_support::fresh_pg_db().await;
+    let app = app(db.url().to_owned()).await;
+    let (key, public) = TestApp::agent_key();
+    app.apply(&registry(GOOD, &public)).await;
+    let task = app.start_task("agent-a", "db", None).await;
+    let token = app.task_token(&task, "agent-a", &key).await;
+    let r = app
+        .api(Method::GET, "/v1/database/creds/pg", Some(&token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let user = r.body["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
+    let exists = format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'");
+    assert_eq!(
+        custos_test_support::tamper::sql_at(db.url(), &exists).await,
+        Some(1)
+    );
+    let r = app
+        .api(
+            Method::POST,
+            "/v1/agents/agent-a/suspend",
+            Some(&app.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        custos_test_support::tamper::sql_at(db.url(), &exists).await,
+        Some(0)
+    );
+    let l = leases(&app, &format!("?task={task}")).await;
+    assert_eq!(l[0]["state"], "revoked");
+    let trace = app
+        .api(
+            Method::GET,
+            &format!("/v1/audit/trace/{task}"),
+            Some(&app.admin_token),
+            None,
+        )
+        .await;
+    assert!(trace.body.to_string().contains("agent_suspended"));
+}

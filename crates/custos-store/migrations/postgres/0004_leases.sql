@@ -24,6 +24,8 @@ CREATE TABLE leases (
 CREATE INDEX leases_due ON leases (state, expires_at);
 -- Ending a task revokes its leases.
 CREATE INDEX leases_task ON leases (task, state);
+-- Suspending an agent revokes its leases.
+CREATE INDEX leases_agent ON leases (agent, state);
 
 -- One row: this installation's lease scope, the first characters of every lease id it makes.
 -- The reconciler removes only principals under its own scope, so two installations sharing a
