@@ -660,7 +660,7 @@ impl Broker {
     }
 
     /// Removes principals under this installation's scope that no live lease covers, on every
-    /// server a credential role names, and closes intents older than [`STALE_PENDING_MS`]
+    /// server a credential role names, and closes intents older than a minute
     /// (their mint never finished). Returns how many principals were removed.
     ///
     /// # Errors
