@@ -31,6 +31,15 @@ pub enum EventKind {
     AgentSuspend,
     /// An agent resumed.
     AgentResume,
+    /// A credential lease issued: its principal exists and was handed to the task.
+    LeaseIssued,
+    /// A credential request refused (the template does not allow the role) or failed (the
+    /// engine could not mint).
+    LeaseRefused,
+    /// A credential lease revoked: its principal is gone.
+    LeaseRevoked,
+    /// A lease whose revocation gave up after its retries: the principal may still exist.
+    LeaseRevokeFailed,
 }
 
 impl EventKind {
@@ -47,6 +56,10 @@ impl EventKind {
             EventKind::OperatorCreate => "operator_create",
             EventKind::AgentSuspend => "agent_suspend",
             EventKind::AgentResume => "agent_resume",
+            EventKind::LeaseIssued => "lease_issued",
+            EventKind::LeaseRefused => "lease_refused",
+            EventKind::LeaseRevoked => "lease_revoked",
+            EventKind::LeaseRevokeFailed => "lease_revoke_failed",
         }
     }
 }
@@ -107,6 +120,29 @@ pub enum Detail {
     UpstreamError {
         /// The error, as the agent was told it.
         message: String,
+    },
+    /// A credential lease: the database user (or ACL user) name in clear, so "who received
+    /// this user" is one trace; never its password.
+    Lease {
+        /// The lease id.
+        lease_id: String,
+        /// The credential role.
+        role: String,
+        /// The engine (`postgres`, `mysql`, `redis`).
+        engine: String,
+        /// The principal on the server.
+        principal: String,
+        /// The immutable id of the task's agent registration.
+        agent_id: String,
+        /// When the lease expires (Unix ms).
+        expires_at: i64,
+        /// For a revocation: why (`task_end`, `expired`, `revoked`, `agent_suspended`,
+        /// `reconcile`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
+        /// For a failure: what failed (bounded, never a secret).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// Failed authentications summed over a window.
     AuthFailures {

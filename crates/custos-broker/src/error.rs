@@ -26,6 +26,10 @@ pub enum BrokerError {
     /// A dependency is down; the request was refused (fail closed).
     #[error("{0} unavailable")]
     Unavailable(&'static str),
+    /// A credential engine is not configured, or its server could not mint or revoke; the
+    /// message names the role and what failed, never a secret.
+    #[error("{0}")]
+    CredentialUnavailable(String),
 }
 
 impl BrokerError {
@@ -39,6 +43,7 @@ impl BrokerError {
             BrokerError::Conflict(_) => "conflict",
             BrokerError::RateLimited => "rate_limited",
             BrokerError::Unavailable(_) => "unavailable",
+            BrokerError::CredentialUnavailable(_) => "credential_unavailable",
         }
     }
 }

@@ -6,6 +6,7 @@ mod audit;
 mod auth_failures;
 mod call;
 mod error;
+mod leases;
 mod metrics;
 mod open;
 mod operators;
@@ -27,10 +28,11 @@ pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
 pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
 pub use error::BrokerError;
+pub use leases::{CredentialEnv, IssuedLease, LEASE_ID_PREFIX, parse_lease_id};
 pub use metrics::BrokerMetrics;
 pub use open::{Durability, OpenError};
 pub use operators::{CreatedOperator, Operator};
-pub use registry::{ApplyOutcome, Snapshot};
+pub use registry::{ApplyOutcome, CredentialRoleEntry, Snapshot};
 pub use tasks::{
     JWT_TOKEN_TYPE, StartTask, TASK_ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, TokenRequest,
     TokenResponse,
@@ -51,6 +53,13 @@ pub struct BrokerConfig {
     /// Failed authentications from one source in one window past which its requests are
     /// refused (429) before any token is checked.
     pub auth_failure_limit: u64,
+    /// Where credential roles' `connection_env` variables are read (the process environment).
+    pub credential_env: CredentialEnv,
+    /// Whether the reconciler runs (at start and every few minutes), removing this
+    /// installation's principals that no live lease covers. Off is the safe mode after
+    /// restoring the store from a backup, which would otherwise revoke credentials issued
+    /// since the backup.
+    pub revoke_on_start: bool,
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +70,8 @@ impl Default for BrokerConfig {
             cache_ttl: Duration::from_secs(1),
             auth_failure_window: Duration::from_secs(10),
             auth_failure_limit: 200,
+            credential_env: CredentialEnv::default(),
+            revoke_on_start: true,
         }
     }
 }
@@ -99,6 +110,10 @@ struct Inner {
     /// Tasks expiring up to this time (Unix ms) have been announced on `task_ends`; held
     /// while announcing, so each expiry is announced once.
     expiry_announced: tokio::sync::Mutex<i64>,
+    /// Credential engines, per role.
+    engines: leases::Engines,
+    /// This installation's lease scope: the first characters of its lease ids.
+    lease_scope: String,
 }
 
 impl std::fmt::Debug for Broker {
@@ -126,6 +141,11 @@ impl Broker {
         let registry = registry::RegistryCache::load(&store, now).await?;
         let tasks = tasks::TaskCache::new(config.cache_ttl);
         let auth_failures = auth_failures::AuthFailures::new(config.auth_failure_limit);
+        let scope_candidate = custos_crypto::new_id("");
+        let lease_scope = store
+            .lease_scope(&scope_candidate[..leases::LEASE_SCOPE_LEN])
+            .await?;
+        let revoke_on_start = config.revoke_on_start;
         let broker = Self {
             inner: Arc::new(Inner {
                 store,
@@ -142,6 +162,8 @@ impl Broker {
                 auth_failures,
                 task_ends: tokio::sync::broadcast::channel(1024).0,
                 expiry_announced: tokio::sync::Mutex::new(now),
+                engines: leases::Engines::default(),
+                lease_scope,
             }),
         };
         let flusher = broker.clone();
@@ -151,6 +173,20 @@ impl Broker {
             .spawn(async move { flusher.summarise_auth_failures().await });
         let watcher = broker.clone();
         broker.spawn_supervised(async move { watcher.watch_task_expiry().await });
+        let ends = broker.task_ends();
+        let lease_watcher = broker.clone();
+        broker
+            .spawn_supervised(async move { lease_watcher.watch_task_ends_for_leases(ends).await });
+        let expirer = broker.clone();
+        broker.spawn_supervised(async move { expirer.watch_lease_expiry().await });
+        if revoke_on_start {
+            let reconciler = broker.clone();
+            broker.spawn_supervised(async move { reconciler.run_reconciler().await });
+        } else {
+            tracing::warn!(
+                "the lease reconciler is off (--no-revoke-on-start): principals no live lease covers are left alone"
+            );
+        }
         Ok(broker)
     }
 

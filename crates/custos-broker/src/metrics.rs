@@ -58,6 +58,7 @@ pub struct BrokerMetrics {
     public_decisions: Family<PublicDecisionLabels, Counter>,
     public_auth_failures: Family<SubjectLabels, Counter>,
     public_upstream_latency: Histogram,
+    lease_revoke_failures: Counter,
 }
 
 impl Default for BrokerMetrics {
@@ -69,6 +70,7 @@ impl Default for BrokerMetrics {
             public_decisions: Family::default(),
             public_auth_failures: Family::default(),
             public_upstream_latency: latency_histogram(),
+            lease_revoke_failures: Counter::default(),
         }
     }
 }
@@ -90,6 +92,11 @@ impl BrokerMetrics {
             "custos_upstream_latency_seconds",
             "Time upstreams took to answer tool calls",
             self.upstream_latency.clone(),
+        );
+        registry.register(
+            "custos_lease_revoke_failures",
+            "Credential leases whose revocation gave up after its retries (marked failed)",
+            self.lease_revoke_failures.clone(),
         );
     }
 
@@ -141,6 +148,10 @@ impl BrokerMetrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    pub(crate) fn lease_revoke_failed(&self) {
+        self.lease_revoke_failures.inc();
     }
 
     pub(crate) fn auth_failure(&self, subject: &str, reason: Reason) {

@@ -8,9 +8,10 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::resource::parse_documents;
 use custos_core::{
-    AgentId, AgentSpec, AgentStatus, Change, ChangeOp, Kind, Resource, StoredResource,
-    TemplateSpec, UpstreamSpec,
+    AgentId, AgentSpec, AgentStatus, Change, ChangeOp, CredentialRoleSpec, Kind, Resource,
+    StoredResource, TemplateSpec, UpstreamSpec,
 };
+use custos_credentials::RoleSpec;
 use custos_crypto::{new_id, parse_public_key_pem};
 use custos_store::{AppliedChange, ResourceRow, ResourceWrite, Store};
 
@@ -46,6 +47,33 @@ pub struct AgentEntry {
     pub key: [u8; 32],
 }
 
+/// A credential role in the snapshot, with its engine spec read and validated.
+#[derive(Debug, Clone)]
+pub struct CredentialRoleEntry {
+    /// The stored version (engines are rebuilt when it changes).
+    pub version: i64,
+    /// The resource.
+    pub spec: CredentialRoleSpec,
+    /// Its `role:` fields as the engine reads them.
+    pub role: RoleSpec,
+}
+
+/// Reads a credential role's `role:` fields into the engine's spec and validates them.
+///
+/// # Errors
+/// A message naming the field (`field `role.groups[0]`: …`).
+pub(crate) fn engine_spec(spec: &CredentialRoleSpec) -> Result<RoleSpec, String> {
+    let role: RoleSpec =
+        serde_json::from_value(spec.engine_document()).map_err(|e| format!("field `role`: {e}"))?;
+    role.validate().map_err(|e| match e {
+        custos_credentials::CredentialError::InvalidRole { field, reason, .. } => {
+            format!("field `role.{field}`: {reason}")
+        }
+        other => format!("field `role`: {other}"),
+    })?;
+    Ok(role)
+}
+
 /// Everything the hot path needs from the registry, as of one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -54,6 +82,8 @@ pub struct Snapshot {
     pub policy_version: i64,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Versioned<UpstreamSpec>>,
+    /// Credential roles by name.
+    pub credential_roles: BTreeMap<String, CredentialRoleEntry>,
     /// Templates by name.
     pub templates: BTreeMap<String, Versioned<TemplateSpec>>,
     /// Agents by name.
@@ -84,6 +114,28 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
                     spec,
                 },
             );
+        }
+    }
+    for row in store.list_resources(Kind::CredentialRole.as_str()).await? {
+        if let Ok(Resource::CredentialRole(spec)) =
+            Resource::from_spec_json(Kind::CredentialRole, row.spec)
+        {
+            // INVARIANT: checked at apply; a role that no longer reads is left out (no mint).
+            match engine_spec(&spec) {
+                Ok(role) => {
+                    snap.credential_roles.insert(
+                        row.name,
+                        CredentialRoleEntry {
+                            version: row.version,
+                            spec,
+                            role,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(role = %row.name, error = %e, "stored credential role no longer reads")
+                }
+            }
         }
     }
     for row in store.list_resources(Kind::Template.as_str()).await? {
@@ -246,6 +298,36 @@ impl Broker {
         }
         let snap = self.reload().await?;
         for (i, r) in resources.iter().enumerate() {
+            if let Resource::CredentialRole(c) = r {
+                engine_spec(c).map_err(|e| {
+                    BrokerError::Invalid(format!(
+                        "document {} (CredentialRole `{}`): {e}",
+                        i + 1,
+                        c.name
+                    ))
+                })?;
+                if !self.inner.config.credential_env.is_set(&c.connection_env) {
+                    tracing::warn!(
+                        role = %c.name,
+                        connection_env = %c.connection_env,
+                        "credential role applied, but its connection_env is not set on this server: minting will fail until it is"
+                    );
+                }
+            }
+            if let Resource::Template(t) = r {
+                for c in &t.credentials {
+                    let in_file = resources
+                        .iter()
+                        .any(|r| r.kind() == Kind::CredentialRole && r.name() == c);
+                    if !in_file && !snap.credential_roles.contains_key(c) {
+                        return Err(BrokerError::Invalid(format!(
+                            "document {} (Template `{}`): field `credentials`: credential role `{c}` does not exist",
+                            i + 1,
+                            t.name
+                        )));
+                    }
+                }
+            }
             if let Resource::Agent(a) = r {
                 parse_public_key_pem(&a.public_key).map_err(|e| {
                     BrokerError::Invalid(format!(
@@ -381,6 +463,12 @@ impl Broker {
         e.actor = Some(op.name.clone());
         e.agent = Some(agent.to_owned());
         self.record(e).await?;
+        if suspended {
+            // Its tokens are refused from now on; the credentials it holds go too.
+            if let Err(e) = self.revoke_agent_leases(agent).await {
+                tracing::warn!(agent, error = %e, "could not revoke a suspended agent's leases; they are revoked at their expiry");
+            }
+        }
         Ok(AgentStatus {
             name: agent.to_owned(),
             suspended,

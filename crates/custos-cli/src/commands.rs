@@ -53,7 +53,7 @@ enum Command {
     },
     /// Show resources: `custos get agents`, `custos get template docs-review -o yaml`.
     Get {
-        /// upstream, template or agent (plural accepted).
+        /// upstream, credentialrole, template or agent (plural accepted).
         kind: String,
         /// One resource by name.
         name: Option<String>,
@@ -66,7 +66,7 @@ enum Command {
     },
     /// Delete one resource.
     Delete {
-        /// upstream, template or agent.
+        /// upstream, credentialrole, template or agent.
         kind: String,
         /// Its name.
         name: String,
@@ -86,6 +86,34 @@ enum Command {
     /// Verify and read the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// List and revoke credential leases.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCmd {
+    /// List leases, newest first: `id`, `role`, `task`, `principal`, `expires`, `state` (never
+    /// passwords).
+    List {
+        /// Only this task's leases.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only leases marked failed (a mint that failed, or a revocation that gave up).
+        #[arg(long)]
+        failed: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a lease now (also retries one marked failed).
+    Revoke {
+        /// The lease id (`lease_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -154,6 +182,11 @@ struct ServeArgs {
     /// connection closed), e.g. `30s`.
     #[arg(long, env = "CUSTOS_BODY_TIMEOUT", default_value = "30s", value_parser = custos_core::parse_duration)]
     body_timeout: std::time::Duration,
+    /// Do not run the lease reconciler (which, at start and every few minutes, removes this
+    /// installation's database users that no live lease covers): the safe mode after
+    /// restoring the database from a backup. Expired leases are still revoked.
+    #[arg(long)]
+    no_revoke_on_start: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +380,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections_per_ip: a.max_connections_per_ip,
                 header_timeout: a.header_timeout,
                 body_timeout: a.body_timeout,
+                revoke_on_start: !a.no_revoke_on_start,
+                credential_env: custos_broker::CredentialEnv::process(),
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -509,6 +544,48 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         text(&t["on_behalf_of"])
                     );
                 }
+            })
+        }
+        Command::Lease(LeaseCmd::List { task, failed, json }) => {
+            let mut query = Vec::new();
+            if let Some(t) = &task {
+                if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    bail!("`{t}` is not a task id");
+                }
+                query.push(format!("task={t}"));
+            }
+            if failed {
+                query.push("failed=true".to_owned());
+            }
+            let path = if query.is_empty() {
+                "/v1/leases".to_owned()
+            } else {
+                format!("/v1/leases?{}", query.join("&"))
+            };
+            let out = operator_client(&conn)?.get(&path).await?;
+            done(json, &out, || {
+                for l in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {:<7} {:<20} {} {} {}",
+                        text(&l["id"]),
+                        text(&l["state"]),
+                        text(&l["role"]),
+                        text(&l["principal"]),
+                        text(&l["task"]),
+                        text(&l["expires"])
+                    );
+                }
+            })
+        }
+        Command::Lease(LeaseCmd::Revoke { id, json }) => {
+            if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                bail!("`{id}` is not a lease id");
+            }
+            let out = operator_client(&conn)?
+                .post(&format!("/v1/leases/{id}/revoke"), json!({}))
+                .await?;
+            done(json, &out, || {
+                println!("lease {id} revoked ({})", text(&out["principal"]));
             })
         }
         Command::Audit(AuditCmd::Verify { json }) => {

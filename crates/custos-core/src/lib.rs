@@ -7,10 +7,12 @@
 //! Startup and glue code (the CLI, server bootstrap) use `anyhow` with `.context(..)`.
 
 pub mod clock;
+pub mod credential;
 pub mod decision;
 pub mod duration;
 pub mod glob;
 pub mod ids;
+pub mod lease;
 pub mod names;
 pub mod reason;
 pub mod registry;
@@ -21,9 +23,11 @@ pub mod tier;
 pub mod yaml_limits;
 
 pub use clock::{Clock, SystemClock, UnixMillis};
+pub use credential::{CredentialEngine, CredentialRoleSpec};
 pub use decision::{Decision, Outcome};
 pub use duration::{BoundedDuration, parse_duration};
 pub use ids::{AgentId, TaskId};
+pub use lease::{Lease, LeaseState};
 pub use names::{ExposedTool, NameError};
 pub use reason::Reason;
 pub use registry::{AgentStatus, Change, ChangeOp, StoredResource};

@@ -91,6 +91,13 @@ reasons! {
     UnknownToken => "unknown_token",
     /// Too many failed authentications from one source: refused without checking.
     RateLimited => "rate_limited",
+    // Credentials.
+    /// The task's template does not list the credential role.
+    CredentialNotAllowed => "credential_not_allowed",
+    /// No such credential role.
+    UnknownCredentialRole => "unknown_credential_role",
+    /// The engine could not mint (server unreachable, refused, not configured).
+    CredentialFailed => "credential_failed",
 }
 
 impl std::fmt::Display for Reason {

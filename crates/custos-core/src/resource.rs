@@ -1,4 +1,4 @@
-//! Declarative resources (`Upstream`, `Template`, `Agent`) and their YAML form.
+//! Declarative resources (`Upstream`, `CredentialRole`, `Template`, `Agent`) and their YAML form.
 //!
 //! A YAML file holds one or more documents, each with a `kind`. Parsing checks every document
 //! before any is applied, so one bad document applies nothing.
@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::credential::CredentialRoleSpec;
 use crate::duration::{BoundedDuration, DurationField};
 use crate::names::{TOOL_SEPARATOR, check_resource_name};
 use crate::tier::Tier;
@@ -33,6 +34,8 @@ pub struct ResourceError {
 pub enum Kind {
     /// An MCP server behind the gateway.
     Upstream,
+    /// What a credential lease mints, on which server, for how long.
+    CredentialRole,
     /// A permission template for a task type.
     Template,
     /// A registered agent identity.
@@ -40,13 +43,20 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// All kinds, in the order they are applied (upstreams before templates before agents).
-    pub const ALL: [Kind; 3] = [Kind::Upstream, Kind::Template, Kind::Agent];
+    /// All kinds, in the order they are applied (upstreams and credential roles before the
+    /// templates that name them, templates before agents).
+    pub const ALL: [Kind; 4] = [
+        Kind::Upstream,
+        Kind::CredentialRole,
+        Kind::Template,
+        Kind::Agent,
+    ];
 
     /// The kind's name as written in YAML.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Upstream => "Upstream",
+            Kind::CredentialRole => "CredentialRole",
             Kind::Template => "Template",
             Kind::Agent => "Agent",
         }
@@ -56,14 +66,16 @@ impl Kind {
     pub fn id_prefix(self) -> &'static str {
         match self {
             Kind::Upstream => "upstream_",
+            Kind::CredentialRole => "credrole_",
             Kind::Template => "template_",
             Kind::Agent => "agent_",
         }
     }
 
-    /// Reads a kind as a user types it: `agent`, `Agents`, `template`, `upstreams`.
+    /// Reads a kind as a user types it: `agent`, `Agents`, `template`, `upstreams`,
+    /// `credentialroles`, `credential-role`.
     pub fn parse(s: &str) -> Option<Kind> {
-        let lower = s.to_ascii_lowercase();
+        let lower = s.to_ascii_lowercase().replace(['-', '_'], "");
         let singular = lower.strip_suffix('s').unwrap_or(&lower);
         Kind::ALL
             .into_iter()
@@ -377,6 +389,9 @@ pub struct TemplateSpec {
     pub ttl: TemplateTtl,
     /// Exposed tool names (`upstream__tool`) or globs over them (`files__list_*`).
     pub tools: Vec<String>,
+    /// Credential roles its tasks may mint leases of (`credentials: [pg-readonly]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
 }
 
 impl TemplateSpec {
@@ -397,6 +412,9 @@ impl TemplateSpec {
                     "field `tools`: `{pattern}` must be `<upstream>__<tool>` or a glob over such names"
                 ));
             }
+        }
+        for role in &self.credentials {
+            check_resource_name(role).map_err(|e| format!("field `credentials`: {e}"))?;
         }
         Ok(())
     }
@@ -459,6 +477,8 @@ impl AgentSpec {
 pub enum Resource {
     /// An MCP server.
     Upstream(UpstreamSpec),
+    /// A credential role.
+    CredentialRole(CredentialRoleSpec),
     /// A permission template.
     Template(TemplateSpec),
     /// An agent identity.
@@ -470,6 +490,7 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Upstream(_) => Kind::Upstream,
+            Resource::CredentialRole(_) => Kind::CredentialRole,
             Resource::Template(_) => Kind::Template,
             Resource::Agent(_) => Kind::Agent,
         }
@@ -479,6 +500,7 @@ impl Resource {
     pub fn name(&self) -> &str {
         match self {
             Resource::Upstream(s) => &s.name,
+            Resource::CredentialRole(s) => &s.name,
             Resource::Template(s) => &s.name,
             Resource::Agent(s) => &s.name,
         }
@@ -488,6 +510,7 @@ impl Resource {
     pub fn spec_json(&self) -> serde_json::Value {
         let v = match self {
             Resource::Upstream(s) => serde_json::to_value(s),
+            Resource::CredentialRole(s) => serde_json::to_value(s),
             Resource::Template(s) => serde_json::to_value(s),
             Resource::Agent(s) => serde_json::to_value(s),
         };
@@ -511,6 +534,7 @@ impl Resource {
     pub fn from_spec_json(kind: Kind, spec: serde_json::Value) -> Result<Self, String> {
         let r = match kind {
             Kind::Upstream => serde_json::from_value(spec).map(Resource::Upstream),
+            Kind::CredentialRole => serde_json::from_value(spec).map(Resource::CredentialRole),
             Kind::Template => serde_json::from_value(spec).map(Resource::Template),
             Kind::Agent => serde_json::from_value(spec).map(Resource::Agent),
         };
@@ -520,6 +544,7 @@ impl Resource {
     fn validate(&self) -> Result<(), String> {
         match self {
             Resource::Upstream(s) => s.validate(),
+            Resource::CredentialRole(s) => s.validate(),
             Resource::Template(s) => s.validate(),
             Resource::Agent(s) => s.validate(),
         }
@@ -571,13 +596,14 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
         let rest = serde_yaml::Value::Mapping(map);
         let parsed = match kind_str.as_str() {
             "Upstream" => serde_yaml::from_value(rest).map(Resource::Upstream),
+            "CredentialRole" => serde_yaml::from_value(rest).map(Resource::CredentialRole),
             "Template" => serde_yaml::from_value(rest).map(Resource::Template),
             "Agent" => serde_yaml::from_value(rest).map(Resource::Agent),
             other => {
                 return Err(err(
                     String::new(),
                     format!(
-                        "field `kind`: unknown kind `{other}`, expected `Upstream`, `Template` or `Agent`"
+                        "field `kind`: unknown kind `{other}`, expected `Upstream`, `CredentialRole`, `Template` or `Agent`"
                     ),
                 ));
             }
@@ -816,6 +842,95 @@ public_key: |
             e.to_string(),
             "document 1: YAML nested deeper than 64 levels (line 3)"
         );
+    }
+
+    const ROLE: &str = "kind: CredentialRole
+name: pg-readonly
+engine: postgres
+default_ttl: 5m
+max_ttl: 15m
+connection_env: APP_PG_ADMIN
+role:
+  groups: [app_readonly]
+  grace: 10s
+---
+kind: Template
+name: db-reader
+ttl: 30m
+tools: []
+credentials: [pg-readonly]
+";
+
+    #[test]
+    fn credential_roles_parse_and_templates_name_them() {
+        let rs = parse_documents(ROLE).expect("parses");
+        let Resource::CredentialRole(r) = &rs[0] else {
+            panic!("not a credential role")
+        };
+        assert_eq!(r.engine, crate::CredentialEngine::Postgres);
+        assert_eq!(r.default_ttl.get(), Duration::from_secs(300));
+        assert_eq!(
+            r.engine_document(),
+            serde_json::json!({"engine": "postgres", "groups": ["app_readonly"], "grace": "10s"})
+        );
+        assert_eq!(
+            rs[0].spec_json(),
+            serde_json::json!({
+                "name": "pg-readonly", "engine": "postgres", "default_ttl": "5m",
+                "max_ttl": "15m", "connection_env": "APP_PG_ADMIN",
+                "role": {"groups": ["app_readonly"], "grace": "10s"},
+            })
+        );
+        let Resource::Template(t) = &rs[1] else {
+            panic!("not a template")
+        };
+        assert_eq!(t.credentials, ["pg-readonly"]);
+        // A template without credentials reads and prints as before.
+        let plain = parse_documents("kind: Template\nname: t\nttl: 1m\ntools: []\n").expect("t");
+        assert!(plain[0].spec_json().get("credentials").is_none());
+        assert_eq!(Kind::parse("credentialroles"), Some(Kind::CredentialRole));
+        assert_eq!(Kind::parse("credential-role"), Some(Kind::CredentialRole));
+    }
+
+    #[test]
+    fn bad_credential_roles_name_the_field() {
+        let cases = [
+            (
+                ROLE.replace("max_ttl: 15m", "max_ttl: 2h"),
+                "field `max_ttl`: `2h` must be between 1s and 1h",
+            ),
+            (
+                ROLE.replace("default_ttl: 5m", "default_ttl: 20m"),
+                "field `default_ttl`: `20m` is longer than `max_ttl` `15m`",
+            ),
+            (
+                ROLE.replace("engine: postgres", "engine: oracle"),
+                "unknown variant `oracle`",
+            ),
+            (
+                ROLE.replace(
+                    "connection_env: APP_PG_ADMIN",
+                    "connection_env: postgres://u:p@h/db",
+                ),
+                "field `connection_env`",
+            ),
+            (
+                ROLE.replace("connection_env: APP_PG_ADMIN", "admin_url: x"),
+                "unknown field `admin_url`",
+            ),
+            (
+                ROLE.replace("credentials: [pg-readonly]", "credentials: [PG]"),
+                "field `credentials`",
+            ),
+            (
+                ROLE.replace("  grace: 10s", "  engine: redis"),
+                "field `role`: `engine`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = parse_documents(&text).expect_err(needle);
+            assert!(e.to_string().contains(needle), "{needle:?} not in {e}");
+        }
     }
 
     #[test]

@@ -284,6 +284,7 @@ mod tests {
                 "files__write_file".into(),
                 "ghost__x".into(),
             ],
+            credentials: Vec::new(),
         }
     }
 

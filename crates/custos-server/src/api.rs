@@ -18,8 +18,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, body_error};
 use crate::response::{
-    ApplyBody, ChangeBody, CreatedOperatorBody, ErrorBody, HealthBody, OperatorBody, ResourceBody,
-    RoleBody, SuspensionBody, TaskBody, VerifyBody,
+    ApplyBody, ChangeBody, CreatedOperatorBody, ErrorBody, HealthBody, LeaseBody, OperatorBody,
+    ResourceBody, RoleBody, SuspensionBody, TaskBody, VerifyBody,
 };
 use crate::{AppState, Peer};
 
@@ -57,7 +57,7 @@ fn kind(s: &str) -> Result<Kind, ApiError> {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("unknown kind `{s}`: use upstream, template or agent"),
+            format!("unknown kind `{s}`: use upstream, credentialrole, template or agent"),
         )
     })
 }
@@ -126,7 +126,7 @@ pub async fn apply(
     tag = "registry",
     summary = "List resources of a kind",
     security(("operatorToken" = [])),
-    params(("kind" = String, Path, description = "upstream, template or agent (plural accepted)")),
+    params(("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)")),
     responses(
         (status = 200, description = "every resource of the kind", body = Vec<ResourceBody>),
         (status = 401, description = "authentication required (no detail)", body = ErrorBody),
@@ -155,7 +155,7 @@ pub async fn list_resources(
     summary = "Get one resource",
     security(("operatorToken" = [])),
     params(
-        ("kind" = String, Path, description = "upstream, template or agent (plural accepted)"),
+        ("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)"),
         ("name" = String, Path, description = "resource name"),
     ),
     responses(
@@ -190,7 +190,7 @@ pub async fn get_resource(
     summary = "Delete one resource",
     security(("operatorToken" = [])),
     params(
-        ("kind" = String, Path, description = "upstream, template or agent (plural accepted)"),
+        ("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)"),
         ("name" = String, Path, description = "resource name"),
     ),
     responses(
@@ -488,6 +488,72 @@ pub async fn end_task(
     Path(id): Path<String>,
 ) -> Result<Json<TaskBody>, ApiError> {
     Ok(Json(s.broker.end_task(&op, &task_id(&id)?).await?.into()))
+}
+
+/// Filters for `GET /v1/leases`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LeaseFilter {
+    /// Only this task's leases.
+    task: Option<String>,
+    /// Only leases marked failed (a mint that failed, or a revocation that gave up).
+    #[serde(default)]
+    failed: bool,
+}
+
+/// `GET /v1/leases`
+#[utoipa::path(
+    get,
+    path = "/v1/leases",
+    tag = "credentials",
+    summary = "List credential leases, newest first (never passwords)",
+    security(("operatorToken" = [])),
+    params(LeaseFilter),
+    responses(
+        (status = 200, description = "up to 1000 leases", body = Vec<LeaseBody>),
+        (status = 400, description = "invalid filter", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "`task` cannot be a task id", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn list_leases(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Query(f): Query<LeaseFilter>,
+) -> Result<Json<Vec<LeaseBody>>, ApiError> {
+    let task = f.task.as_deref().map(task_id).transpose()?;
+    let leases = s.broker.list_leases(&op, task.as_ref(), f.failed).await?;
+    Ok(Json(leases.into_iter().map(LeaseBody::from).collect()))
+}
+
+/// `POST /v1/leases/{id}/revoke`
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/revoke",
+    tag = "credentials",
+    summary = "Revoke a lease now (also retries one marked failed)",
+    security(("operatorToken" = [])),
+    params(("id" = String, Path, description = "lease id (`lease_…`, or Vault's `database/creds/<role>/lease_…`)")),
+    responses(
+        (status = 200, description = "revoked", body = LeaseBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown lease", body = ErrorBody),
+        (status = 409, description = "already revoked", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 502, description = "the engine failed; revocation is retried in the background", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn revoke_lease(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseBody>, ApiError> {
+    Ok(Json(s.broker.revoke_lease(&op, &id).await?.into()))
 }
 
 /// `GET /v1/audit/verify`: re-reads every stored record.

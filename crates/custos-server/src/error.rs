@@ -49,6 +49,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Conflict(_) => StatusCode::CONFLICT,
             BrokerError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::CredentialUnavailable(_) => StatusCode::BAD_GATEWAY,
         };
         let message = match &e {
             BrokerError::Unavailable(what) => format!("{what} unavailable; request refused"),

@@ -11,6 +11,7 @@ mod oauth;
 pub mod openapi;
 mod response;
 pub mod serve;
+mod vault;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,11 @@ fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
         .routes(routes!(api::start_task, api::list_tasks))
         .routes(routes!(api::get_task))
         .routes(routes!(api::end_task))
+        .routes(routes!(api::list_leases))
+        .routes(routes!(api::revoke_lease))
+        .routes(routes!(vault::creds))
+        .routes(routes!(vault::lookup))
+        .routes(routes!(vault::revoke))
         .routes(routes!(api::verify_audit))
         .routes(routes!(api::trace_task))
         .routes(routes!(api::openapi))

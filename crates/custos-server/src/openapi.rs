@@ -22,6 +22,8 @@ use utoipa::{Modify, OpenApi};
         (name = "operators", description = "The humans and systems that run Custos"),
         (name = "agents", description = "Suspending and resuming agents"),
         (name = "tasks", description = "Tasks: one run of work by one agent for one initiator"),
+        (name = "credentials", description = "Just-in-time credential leases; the Vault-compatible paths \
+            answer errors as Vault does, `{\"errors\": [..]}`"),
         (name = "audit", description = "The hash-chained audit trail"),
         (name = "oauth", description = "Task tokens (RFC 8693) and metadata"),
         (name = "mcp", description = "The MCP endpoint for agents"),

@@ -431,3 +431,81 @@ mod tests {
         );
     }
 }
+
+/// A lease's state.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = LeaseState)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseStateBody {
+    /// The intent is written; the credential may not exist yet.
+    Pending,
+    /// Minted and handed out.
+    Active,
+    /// Removed.
+    Revoked,
+    /// Minting failed, or revocation gave up after its retries (the principal may remain).
+    Failed,
+}
+
+impl From<custos_core::LeaseState> for LeaseStateBody {
+    fn from(s: custos_core::LeaseState) -> Self {
+        match s {
+            custos_core::LeaseState::Pending => LeaseStateBody::Pending,
+            custos_core::LeaseState::Active => LeaseStateBody::Active,
+            custos_core::LeaseState::Revoked => LeaseStateBody::Revoked,
+            custos_core::LeaseState::Failed => LeaseStateBody::Failed,
+        }
+    }
+}
+
+/// A credential lease (never its password).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Lease)]
+pub struct LeaseBody {
+    /// `lease_…`.
+    pub id: String,
+    /// The credential role.
+    pub role: String,
+    /// `postgres`, `mysql` or `redis`.
+    pub engine: String,
+    /// The task it was minted for.
+    pub task: String,
+    /// The task's agent.
+    pub agent: String,
+    /// On whose behalf the task runs.
+    pub initiator: String,
+    /// The database user (or ACL user) name.
+    pub principal: String,
+    /// Lifecycle state.
+    pub state: LeaseStateBody,
+    /// When it was issued (RFC 3339).
+    pub created: String,
+    /// When it expires, or expired (RFC 3339).
+    pub expires: String,
+    /// When it was revoked (RFC 3339).
+    pub revoked: Option<String>,
+    /// Failed revocation attempts.
+    pub attempts: i64,
+    /// The last failure (never a secret).
+    pub last_error: Option<String>,
+}
+
+impl From<custos_core::Lease> for LeaseBody {
+    fn from(l: custos_core::Lease) -> Self {
+        Self {
+            id: l.id,
+            role: l.role,
+            engine: l.engine,
+            task: l.task.to_string(),
+            agent: l.agent,
+            initiator: l.initiator,
+            principal: l.principal,
+            state: l.state.into(),
+            created: rfc3339(l.created_at),
+            expires: rfc3339(l.expires_at),
+            revoked: l.revoked_at.map(rfc3339),
+            attempts: l.attempts,
+            last_error: l.last_error,
+        }
+    }
+}

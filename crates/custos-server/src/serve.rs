@@ -46,6 +46,12 @@ pub struct ServeConfig {
     /// Time a client has to send a request's body once its headers are in; default
     /// [`DEFAULT_BODY_TIMEOUT`].
     pub body_timeout: Duration,
+    /// Whether the lease reconciler runs (at start and periodically); `false` is
+    /// `--no-revoke-on-start`, the safe mode after restoring the store from a backup.
+    pub revoke_on_start: bool,
+    /// Where credential roles' `connection_env` variables are read: the process environment,
+    /// or (tests) anything else.
+    pub credential_env: custos_broker::CredentialEnv,
 }
 
 impl ServeConfig {
@@ -64,6 +70,8 @@ impl ServeConfig {
             max_connections_per_ip: listener::DEFAULT_MAX_CONNECTIONS_PER_IP,
             header_timeout: listener::DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            revoke_on_start: true,
+            credential_env: custos_broker::CredentialEnv::process(),
         }
     }
 }
@@ -160,6 +168,8 @@ pub async fn build_with_clock(
         cache_ttl: Duration::from_secs(1),
         auth_failure_window: config.auth_failure_window,
         auth_failure_limit: config.auth_failure_limit,
+        credential_env: config.credential_env.clone(),
+        revoke_on_start: config.revoke_on_start,
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
     // The broker opens the store (migrating it) and the audit writer; its error names the

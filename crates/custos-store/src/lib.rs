@@ -5,6 +5,7 @@
 
 mod audit;
 mod identity;
+mod leases;
 mod resources;
 mod tasks;
 

@@ -6,6 +6,7 @@ mod badinput;
 mod connections;
 mod eras;
 mod hardening_inputs;
+mod leases;
 mod pipeline;
 mod postgres;
 mod python_client;

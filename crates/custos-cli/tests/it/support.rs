@@ -116,8 +116,19 @@ impl TestServer {
         Self::start_in(dir, extra)
     }
 
+    /// Starts a server with extra `serve` arguments and environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in_with_env(dir, extra, env)
+    }
+
     /// Starts a server over an existing directory (for restart tests).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_in_with_env(dir, extra, &[])
+    }
+
+    /// Starts a server over an existing directory with extra environment variables.
+    pub fn start_in_with_env(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data = dir.path().join("data");
         let log = dir.path().join("server.log");
         let mut child = Command::new(server_bin())
@@ -130,6 +141,7 @@ impl TestServer {
             .env("RUST_LOG", "info,custos_gateway=debug")
             .env_remove("CUSTOS_TOKEN")
             .env_remove("CUSTOS_ADDR")
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
 mod audit;
 mod connect;
 mod identity;
+mod leases;
 mod resources;
 mod tamper;
 mod tasks;

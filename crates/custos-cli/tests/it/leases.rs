@@ -1,0 +1,461 @@
+//! Just-in-time PostgreSQL credentials end to end, against the real server: a
+//! `CredentialRole` whose admin URL comes from the server's environment, the Vault-compatible
+//! API with the task token, `custos lease list|revoke`, revocation when the task ends, expiry
+//! on its own, the reconciler at restart, refusals, and no password anywhere it should not be.
+//!
+//! The test PostgreSQL server trusts every local login, so a credential is checked by what the
+//! server holds (`pg_roles`, `pg_auth_members`), not by logging in with it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::support::TestServer;
+
+const ENV: &str = "CUSTOS_IT_PG_ADMIN_URL";
+
+/// Runs SQL on the test database from the test; the first column of the first row of the
+/// last statement, when an integer.
+fn pg(url: &str, statements: &str) -> Option<i64> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(custos_test_support::tamper::sql_at(url, statements))
+}
+
+/// Runs SQL (one text, `DO` blocks allowed) on the test database.
+fn pg_exec(url: &str, statements: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(custos_test_support::tamper::exec_at(url, statements));
+}
+
+fn role_count(url: &str, name: &str) -> i64 {
+    pg(
+        url,
+        &format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{name}'"),
+    )
+    .unwrap_or(-1)
+}
+
+/// Polls until `name` is gone from `pg_roles`; the time it took.
+fn wait_role_gone(url: &str, name: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    while role_count(url, name) != 0 {
+        assert!(
+            start.elapsed() < within,
+            "role `{name}` still exists after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// Drops the test's group role, and any `custos_` member it still has, even when the test
+/// fails (roles belong to the whole server, not to the test's database).
+struct GroupGuard {
+    url: String,
+    group: String,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let g = &self.group;
+        pg_exec(
+            &self.url,
+            &format!(
+                "DO $$ DECLARE r record; BEGIN \
+                 FOR r IN SELECT m.rolname FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member \
+                 JOIN pg_roles g ON g.oid = am.roleid WHERE g.rolname = '{g}' AND m.rolname LIKE 'custos\\_%' \
+                 LOOP EXECUTE format('DROP ROLE %I', r.rolname); END LOOP; END $$; \
+                 DROP ROLE IF EXISTS {g}"
+            ),
+        );
+    }
+}
+
+struct Vault {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Vault {
+    fn new(s: &TestServer) -> Self {
+        Self {
+            base: s.addr.clone(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    fn creds(&self, token: &str, role: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}/v1/database/creds/{role}", self.base))
+            .header("X-Vault-Token", token)
+            .send()
+            .expect("GET creds");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    fn put(&self, token: &str, path: &str, lease_id: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}/v1/sys/leases/{path}", self.base))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "lease_id": lease_id }))
+            .send()
+            .expect("PUT sys/leases");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+}
+
+fn yaml(group: &str, public_key: &str) -> String {
+    let indented: String = public_key.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        r#"kind: CredentialRole
+name: pg-readonly
+engine: postgres
+default_ttl: 10m
+max_ttl: 1h
+connection_env: {ENV}
+role:
+  groups: [{group}]
+---
+kind: CredentialRole
+name: pg-short
+engine: postgres
+default_ttl: 2s
+max_ttl: 2s
+connection_env: {ENV}
+role:
+  groups: [{group}]
+  grace: 1s
+---
+kind: CredentialRole
+name: pg-noenv
+engine: postgres
+default_ttl: 1m
+max_ttl: 1m
+connection_env: CUSTOS_IT_UNSET_ENV
+---
+kind: Template
+name: db-reader
+ttl: 10m
+tools: []
+credentials: [pg-readonly, pg-short, pg-noenv]
+---
+kind: Template
+name: no-creds
+ttl: 10m
+tools: []
+---
+kind: Agent
+name: agent-db
+owner: test@example.com
+archetype: automation
+templates: [db-reader, no-creds]
+public_key: |
+{indented}"#
+    )
+}
+
+/// Applies YAML that must be refused; returns stderr.
+fn apply_refused(s: &TestServer, text: &str) -> String {
+    let path = s.dir.path().join("bad.yaml");
+    std::fs::write(&path, text).expect("write");
+    let out = s.cli(&["apply", "-f", path.to_str().expect("utf-8"), "--json"]);
+    assert!(!out.status.success(), "applied: {text}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn leases(s: &TestServer, task: &str) -> Vec<Value> {
+    s.cli_json(&["lease", "list", "--task", task, "--json"])
+        .as_array()
+        .cloned()
+        .expect("a list")
+}
+
+#[test]
+fn postgres_leases_end_to_end() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let url = db.url().to_owned();
+    let tag = format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default()
+    );
+    let group = format!("it_readers_{tag}");
+    pg(&url, &format!("CREATE ROLE {group} NOLOGIN"));
+    let _group = GroupGuard {
+        url: url.clone(),
+        group: group.clone(),
+    };
+
+    let env = [(ENV, url.as_str())];
+    let server = TestServer::start_with_env(&[], &env);
+    let (key, public) = server.keygen("agent-db");
+    server.apply(&yaml(&group, &public));
+    let vault = Vault::new(&server);
+
+    // Bad roles are refused on apply, naming the field; nothing is applied.
+    let base = yaml(&group, &public);
+    let unknown_field = base.replacen(
+        &format!("  groups: [{group}]\n---"),
+        &format!("  groups: [{group}]\n  superuser: true\n---"),
+        1,
+    );
+    let e = apply_refused(&server, &unknown_field);
+    assert!(
+        e.contains("CredentialRole `pg-readonly`")
+            && e.contains("field `role`")
+            && e.contains("superuser"),
+        "{e}"
+    );
+    let e = apply_refused(&server, &base.replacen("max_ttl: 1h", "max_ttl: 2h", 1));
+    assert!(
+        e.contains("field `max_ttl`: `2h` must be between 1s and 1h"),
+        "{e}"
+    );
+    let e = apply_refused(
+        &server,
+        &base.replacen(
+            &format!("groups: [{group}]"),
+            "groups: [\"x; DROP ROLE postgres\"]",
+            1,
+        ),
+    );
+    assert!(e.contains("field `role.groups[0]`"), "{e}");
+    let e = apply_refused(
+        &server,
+        &base.replacen(
+            "credentials: [pg-readonly, pg-short, pg-noenv]",
+            "credentials: [pg-nope]",
+            1,
+        ),
+    );
+    assert!(
+        e.contains("credential role `pg-nope` does not exist"),
+        "{e}"
+    );
+
+    // A credential for the task, in Vault's shape.
+    let task = server.start_task("agent-db", "db-reader");
+    let token = server.task_token(&task, &key);
+    let (status, body) = vault.creds(&token, "pg-readonly");
+    assert_eq!(status, 200, "{body}");
+    let username = body["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
+    let password = body["data"]["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    let lease_id = body["lease_id"].as_str().expect("lease_id").to_owned();
+    assert!(
+        lease_id.starts_with("database/creds/pg-readonly/lease_"),
+        "{lease_id}"
+    );
+    assert_eq!(body["renewable"], false);
+    let duration = body["lease_duration"].as_i64().expect("lease_duration");
+    assert!((590..=600).contains(&duration), "{duration}");
+    assert!(
+        username.starts_with("custos_") && password.len() >= 32,
+        "{body}"
+    );
+    let bare_id = lease_id.rsplit('/').next().expect("id").to_owned();
+    assert_eq!(&bare_id["lease_".len()..], &username["custos_".len()..]);
+
+    // The role exists, can log in, expires on the server itself, and holds the group.
+    assert_eq!(
+        pg(
+            &url,
+            &format!(
+                "SELECT COUNT(*) FROM pg_roles WHERE rolname = '{username}' AND rolcanlogin AND rolvaliduntil IS NOT NULL \
+                 AND rolvaliduntil > now() + interval '9 minutes' AND rolvaliduntil < now() + interval '12 minutes'"
+            )
+        ),
+        Some(1),
+        "login role with VALID UNTIL"
+    );
+    assert_eq!(
+        pg(
+            &url,
+            &format!(
+                "SELECT COUNT(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
+                 JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = '{username}' AND g.rolname = '{group}'"
+            )
+        ),
+        Some(1),
+        "member of the group"
+    );
+
+    // The operator sees it, with the principal, never the password.
+    let listed = leases(&server, &task);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], bare_id.as_str());
+    assert_eq!(listed[0]["state"], "active");
+    assert_eq!(listed[0]["principal"], username.as_str());
+    assert_eq!(listed[0]["role"], "pg-readonly");
+    assert_eq!(listed[0]["task"], task.as_str());
+    assert!(listed[0]["expires"].is_string());
+
+    // Vault's lookup, for the lease's own task.
+    let (status, looked) = vault.put(&token, "lookup", &lease_id);
+    assert_eq!(status, 200, "{looked}");
+    assert_eq!(looked["data"]["id"], lease_id.as_str());
+    assert!(
+        looked["data"]["ttl"].as_i64().unwrap_or(0) > 500,
+        "{looked}"
+    );
+
+    // Refusals: a role the template does not list, another task's lease, a bad token.
+    let other = server.start_task("agent-db", "no-creds");
+    let other_token = server.task_token(&other, &key);
+    let (status, refused) = vault.creds(&other_token, "pg-readonly");
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["errors"][0].as_str().is_some_and(
+            |m| m.contains("template `no-creds` does not allow credential role `pg-readonly`")
+        ),
+        "{refused}"
+    );
+    let (status, invalid) = vault.put(&other_token, "lookup", &lease_id);
+    assert_eq!(
+        (status, &invalid["errors"][0]),
+        (400, &Value::from("invalid lease"))
+    );
+    let (status, denied) = vault.creds("not-a-token", "pg-readonly");
+    assert_eq!(
+        (status, &denied["errors"][0]),
+        (403, &Value::from("permission denied"))
+    );
+    assert!(leases(&server, &other).is_empty());
+
+    // A role whose connection_env the server lacks: a warning on apply, a clear error at mint,
+    // and no lease.
+    assert!(
+        server.log().contains("connection_env is not set"),
+        "{}",
+        server.log()
+    );
+    let (status, noenv) = vault.creds(&token, "pg-noenv");
+    assert_eq!(status, 500, "{noenv}");
+    assert!(
+        noenv["errors"][0].as_str().is_some_and(|m| m.contains(
+            "environment variable `CUSTOS_IT_UNSET_ENV` (its connection_env) is not set"
+        )),
+        "{noenv}"
+    );
+    assert_eq!(leases(&server, &task).len(), 1);
+
+    // A lease expires on its own: its role is gone within the bound.
+    let (status, short) = vault.creds(&token, "pg-short");
+    assert_eq!(status, 200, "{short}");
+    assert_eq!(short["lease_duration"], 2);
+    let short_user = short["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
+    assert_eq!(role_count(&url, &short_user), 1);
+    let took = wait_role_gone(&url, &short_user, Duration::from_secs(10));
+    assert!(
+        took >= Duration::from_millis(1500),
+        "revoked before expiry: {took:?}"
+    );
+
+    // The task revokes a lease through Vault's API.
+    let (_, third) = vault.creds(&token, "pg-readonly");
+    let third_user = third["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
+    let (status, _) = vault.put(&token, "revoke", third["lease_id"].as_str().expect("id"));
+    assert_eq!(status, 204);
+    assert_eq!(role_count(&url, &third_user), 0);
+
+    // A principal under this installation's scope that no lease covers is removed when the
+    // server restarts; the live lease survives.
+    let scope = &username["custos_".len().."custos_".len() + 5];
+    let orphan = format!("custos_{scope}{}", "z".repeat(20));
+    pg(&url, &format!("CREATE ROLE {orphan} LOGIN"));
+    let dir = server.stop();
+    let server = TestServer::start_in_with_env(dir, &[], &env);
+    wait_role_gone(&url, &orphan, Duration::from_secs(10));
+    assert_eq!(
+        role_count(&url, &username),
+        1,
+        "a live lease survives a restart"
+    );
+
+    // An operator revokes a lease with the CLI. (The issuer is the server's address, which
+    // changed with the restart: a new token.)
+    let token = server.task_token(&task, &key);
+    let (status, fourth) = Vault::new(&server).creds(&token, "pg-readonly");
+    assert_eq!(status, 200, "{fourth}\n{}", server.log());
+    let fourth_id = fourth["lease_id"]
+        .as_str()
+        .expect("id")
+        .rsplit('/')
+        .next()
+        .expect("id")
+        .to_owned();
+    let revoked = server.cli_json(&["lease", "revoke", &fourth_id, "--json"]);
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(
+        role_count(&url, fourth["data"]["username"].as_str().expect("username")),
+        0
+    );
+
+    // Ending the task revokes what it still holds.
+    let out = server.cli(&["task", "end", &task]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_role_gone(&url, &username, Duration::from_secs(5));
+    let after = leases(&server, &task);
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert!(after.iter().all(|l| l["state"] == "revoked"), "{after:?}");
+
+    // Who received which user is in the audit trail, in clear; no password is anywhere.
+    let trace = server.cli(&["audit", "trace", &task, "--json"]);
+    assert!(trace.status.success());
+    let trace = String::from_utf8_lossy(&trace.stdout).into_owned();
+    assert!(
+        trace.contains(&username)
+            && trace.contains("lease_issued")
+            && trace.contains("lease_revoked"),
+        "{trace}"
+    );
+    let listing =
+        String::from_utf8_lossy(&server.cli(&["lease", "list", "--json"]).stdout).into_owned();
+    for (what, text) in [
+        ("audit trace", &trace),
+        ("server log", &server.log()),
+        ("lease list", &listing),
+    ] {
+        assert!(!text.contains(&password), "the password is in the {what}");
+        assert!(!text.contains(&url), "the admin URL is in the {what}");
+    }
+    for p in [&short, &third, &fourth] {
+        let pw = p["data"]["password"].as_str().expect("password");
+        assert!(!trace.contains(pw) && !server.log().contains(pw) && !listing.contains(pw));
+    }
+    assert!(
+        server
+            .cli_json(&["lease", "list", "--failed", "--json"])
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+}
