@@ -197,6 +197,13 @@ impl Store {
         claim_until: i64,
         limit: i64,
     ) -> Result<Vec<Lease>, StoreError> {
+        // Usually nothing is due: a read says so without taking the write lock (on SQLite the
+        // audit writer's), which the claiming UPDATE takes even when it matches nothing.
+        const ANY: &str = "SELECT 1 AS due FROM leases WHERE state = 'active' AND expires_at <= $1 AND next_attempt_at <= $1 LIMIT 1";
+        let due: bool = on_pool!(self, p => sqlx::query(ANY).bind(now).fetch_optional(p).await.map(|r| r.is_some()).map_err(StoreError::from))?;
+        if !due {
+            return Ok(Vec::new());
+        }
         // The outer condition repeats the inner one: PostgreSQL re-checks it on a row another
         // transaction changed meanwhile, so a lease is claimed once.
         const Q: &str = concat!(
