@@ -459,3 +459,106 @@ fn postgres_leases_end_to_end() {
             .is_some_and(Vec::is_empty)
     );
 }
+
+/// `psql` as the superuser on the example's database: (succeeded, stderr).
+fn psql_example(sql: &str) -> (bool, String) {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "custos_example",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_credentials_example_applies_and_its_readonly_role_reads_but_cannot_write() {
+    let root = super::support::repo_root();
+    let setup = std::process::Command::new("bash")
+        .arg(root.join("examples/credentials-setup.sh"))
+        .output()
+        .expect("run the example's setup");
+    assert!(
+        setup.status.success(),
+        "setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let s = TestServer::start_with_env(
+        &[],
+        &[
+            (
+                "CUSTOS_EXAMPLE_PG",
+                "postgres://postgres@127.0.0.1:5432/custos_example",
+            ),
+            (
+                "CUSTOS_EXAMPLE_MARIADB",
+                "mysql://root@127.0.0.1:3306/custos_example",
+            ),
+            ("CUSTOS_EXAMPLE_REDIS", "redis://127.0.0.1:6379"),
+        ],
+    );
+    let out = s.cli(&[
+        "apply",
+        "-f",
+        root.join("examples/credentials.yaml")
+            .to_str()
+            .expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "the example applies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (key, public) = s.keygen("example-agent");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    s.apply(&format!(
+        "kind: Agent\nname: example-agent\nowner: test@example.com\narchetype: internal-ops\n\
+         templates: [db-reader]\npublic_key: |\n{indented}"
+    ));
+    let task = s.start_task("example-agent", "db-reader");
+    let token = s.task_token(&task, &key);
+    let vault = Vault::new(&s);
+
+    let (status, body) = vault.creds(&token, "pg-readonly");
+    assert_eq!(status, 200, "{body}");
+    let user = body["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
+    assert!(user.starts_with("custos_"), "{user}");
+    // The credential's privileges: it reads the example's table and cannot write it.
+    let (read, err) = psql_example(&format!("SET ROLE {user}; SELECT count(*) FROM orders"));
+    assert!(read, "SELECT as {user}: {err}");
+    let (wrote, err) = psql_example(&format!(
+        "SET ROLE {user}; INSERT INTO orders (customer, total) VALUES ('x', 1)"
+    ));
+    assert!(!wrote, "INSERT as {user} succeeded");
+    assert!(err.contains("permission denied"), "{err}");
+    // The template allows pg-readonly only.
+    assert_eq!(vault.creds(&token, "pg-readwrite").0, 403);
+    // Ending the task removes the user.
+    assert!(s.cli(&["task", "end", &task]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, err) = psql_example(&format!("SET ROLE {user}"));
+        if err.contains("does not exist") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{user} still exists: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
