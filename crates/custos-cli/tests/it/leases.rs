@@ -562,3 +562,80 @@ fn the_credentials_example_applies_and_its_readonly_role_reads_but_cannot_write(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Members of `group` whose name is a Custos principal.
+fn custos_members(url: &str, group: &str) -> i64 {
+    pg(
+        url,
+        &format!(
+            "SELECT COUNT(*) FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member \
+             JOIN pg_roles g ON g.oid = am.roleid WHERE g.rolname = '{group}' \
+             AND m.rolname LIKE 'custos\\_%'"
+        ),
+    )
+    .unwrap_or(-1)
+}
+
+#[test]
+fn a_thousand_leases_expiring_together_are_all_revoked() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let url = db.url().to_owned();
+    let group = format!(
+        "it_burst_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default()
+    );
+    pg(&url, &format!("CREATE ROLE {group} NOLOGIN"));
+    let _group = GroupGuard {
+        url: url.clone(),
+        group: group.clone(),
+    };
+    let server = TestServer::start_with_env(&[], &[(ENV, url.as_str())]);
+    let (key, public) = server.keygen("agent-burst");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    server.apply(&format!(
+        "kind: CredentialRole\nname: pg-burst\nengine: postgres\ndefault_ttl: 30s\nmax_ttl: 30s\n\
+         connection_env: {ENV}\nrole:\n  groups: [{group}]\n  grace: 1s\n---\n\
+         kind: Template\nname: burst\nttl: 10m\ntools: []\ncredentials: [pg-burst]\n---\n\
+         kind: Agent\nname: agent-burst\nowner: test@example.com\narchetype: automation\n\
+         templates: [burst]\npublic_key: |\n{indented}"
+    ));
+    let task = server.start_task("agent-burst", "burst");
+    let token = server.task_token(&task, &key);
+    // 1,000 leases, minted by 8 clients at once: they expire within a few seconds of each
+    // other, 30 s after they were minted.
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            let vault = Vault::new(&server);
+            let token = token.as_str();
+            scope.spawn(move || {
+                for _ in 0..125 {
+                    let (status, body) = vault.creds(token, "pg-burst");
+                    assert_eq!(status, 200, "{body}");
+                }
+            });
+        }
+    });
+    assert_eq!(
+        custos_members(&url, &group),
+        1000,
+        "every lease has its user"
+    );
+    // All gone after their expiry, without anyone asking; generous bound (the figure belongs
+    // in a benchmark, not here).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while custos_members(&url, &group) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} users left 2 minutes after minting",
+            custos_members(&url, &group)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let failed = server.cli_json(&["lease", "list", "--failed", "--json"]);
+    assert_eq!(failed.as_array().map(Vec::len), Some(0), "{failed}");
+}
