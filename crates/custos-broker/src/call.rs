@@ -267,18 +267,13 @@ impl Broker {
         upstreams: Arc<U>,
     ) -> CallResult {
         let broker = self.clone();
-        let run = self.inner.background.spawn(async move {
+        self.to_completion("call pipeline", async move {
             broker
                 .run_call(&ctx, &name, arguments, upstreams.as_ref())
                 .await
-        });
-        match run.await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "call pipeline failed");
-                Err(CallError::Broker(BrokerError::Unavailable("call pipeline")))
-            }
-        }
+        })
+        .await
+        .unwrap_or_else(|e| Err(CallError::Broker(e)))
     }
 
     /// The pipeline: each stage passes the call on or stops it; [`Broker::finish`] ends it.

@@ -320,6 +320,17 @@ impl Broker {
         ctx: &TaskContext,
         role: &str,
     ) -> Result<IssuedLease, BrokerError> {
+        // Run to its end even if the client hangs up: a mint under way is activated and
+        // audited, or revoked, never left pending for the reconciler.
+        let (broker, ctx, role) = (self.clone(), ctx.clone(), role.to_owned());
+        self.to_completion("credential issuance", async move {
+            broker.mint_lease(&ctx, &role).await
+        })
+        .await?
+    }
+
+    /// The issuance itself: intent, mint, activation, audit (or refusal, or revocation).
+    async fn mint_lease(&self, ctx: &TaskContext, role: &str) -> Result<IssuedLease, BrokerError> {
         let snap = ctx.snapshot();
         let allowed = snap
             .templates
@@ -538,7 +549,16 @@ impl Broker {
         if lease.state == LeaseState::Revoked {
             return Ok(());
         }
-        self.revoke_lease_now(&lease, Cause::Revoked).await
+        self.revoke_to_completion(lease).await
+    }
+
+    /// [`Broker::revoke_lease_now`] run to its end whether or not the caller still waits.
+    async fn revoke_to_completion(&self, lease: Lease) -> Result<(), BrokerError> {
+        let broker = self.clone();
+        self.to_completion("credential revocation", async move {
+            broker.revoke_lease_now(&lease, Cause::Revoked).await
+        })
+        .await?
     }
 
     /// Leases newest first (at most 1000): one task's, or all; only failed ones with `failed`.
@@ -591,7 +611,7 @@ impl Broker {
             // nothing succeeds.
             lease.attempts = 0;
         }
-        self.revoke_lease_now(&lease, Cause::Revoked).await?;
+        self.revoke_to_completion(lease).await?;
         self.inner.store.get_lease(&id).await?.ok_or_else(not_found)
     }
 

@@ -239,6 +239,28 @@ impl Broker {
         });
     }
 
+    /// Runs `work` to its end on the broker's tracker, whether or not the caller still waits:
+    /// a client hanging up drops the caller's future, never the work that acts (a tool call,
+    /// a mint, a revocation), so what it does is always finished and recorded. Shutdown waits
+    /// for it.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] naming `what` if the work panicked.
+    pub(crate) async fn to_completion<T, F>(
+        &self,
+        what: &'static str,
+        work: F,
+    ) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        self.inner.background.spawn(work).await.map_err(|e| {
+            tracing::error!(error = %e, what, "supervised work failed");
+            BrokerError::Unavailable(what)
+        })
+    }
+
     /// The ids of tasks as they end: ended by an operator, or expired (announced within about
     /// a second of their expiry by every replica). A receiver that lags misses ids; holders of
     /// per-task state should also expire it on their own.

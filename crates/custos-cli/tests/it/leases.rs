@@ -576,41 +576,69 @@ fn custos_members(url: &str, group: &str) -> i64 {
     .unwrap_or(-1)
 }
 
+/// A fresh database, a group role, a server whose `pg-burst` role (TTL `ttl`) joins it, and a
+/// task of an agent allowed to use it: (database, url, group guard, server, task, token).
+struct BurstWorld {
+    url: String,
+    group: String,
+    server: TestServer,
+    task: String,
+    token: String,
+    _guard: GroupGuard,
+    _db: custos_test_support::TestDb,
+}
+
+impl BurstWorld {
+    fn new(ttl: &str) -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let db = rt.block_on(custos_test_support::fresh_pg_db());
+        let url = db.url().to_owned();
+        let group = format!(
+            "it_burst_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default()
+        );
+        pg(&url, &format!("CREATE ROLE {group} NOLOGIN"));
+        let guard = GroupGuard {
+            url: url.clone(),
+            group: group.clone(),
+        };
+        let server = TestServer::start_with_env(&[], &[(ENV, url.as_str())]);
+        let (key, public) = server.keygen("agent-burst");
+        let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+        server.apply(&format!(
+            "kind: CredentialRole\nname: pg-burst\nengine: postgres\ndefault_ttl: {ttl}\nmax_ttl: {ttl}\n\
+             connection_env: {ENV}\nrole:\n  groups: [{group}]\n  grace: 1s\n---\n\
+             kind: Template\nname: burst\nttl: 10m\ntools: []\ncredentials: [pg-burst]\n---\n\
+             kind: Agent\nname: agent-burst\nowner: test@example.com\narchetype: automation\n\
+             templates: [burst]\npublic_key: |\n{indented}"
+        ));
+        let task = server.start_task("agent-burst", "burst");
+        let token = server.task_token(&task, &key);
+        Self {
+            url,
+            group,
+            server,
+            task,
+            token,
+            _guard: guard,
+            _db: db,
+        }
+    }
+}
+
 #[test]
 fn a_thousand_leases_expiring_together_are_all_revoked() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let db = rt.block_on(custos_test_support::fresh_pg_db());
-    let url = db.url().to_owned();
-    let group = format!(
-        "it_burst_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default()
-    );
-    pg(&url, &format!("CREATE ROLE {group} NOLOGIN"));
-    let _group = GroupGuard {
-        url: url.clone(),
-        group: group.clone(),
-    };
-    let server = TestServer::start_with_env(&[], &[(ENV, url.as_str())]);
-    let (key, public) = server.keygen("agent-burst");
-    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
-    server.apply(&format!(
-        "kind: CredentialRole\nname: pg-burst\nengine: postgres\ndefault_ttl: 30s\nmax_ttl: 30s\n\
-         connection_env: {ENV}\nrole:\n  groups: [{group}]\n  grace: 1s\n---\n\
-         kind: Template\nname: burst\nttl: 10m\ntools: []\ncredentials: [pg-burst]\n---\n\
-         kind: Agent\nname: agent-burst\nowner: test@example.com\narchetype: automation\n\
-         templates: [burst]\npublic_key: |\n{indented}"
-    ));
-    let task = server.start_task("agent-burst", "burst");
-    let token = server.task_token(&task, &key);
+    let w = BurstWorld::new("30s");
+    let (url, group, server, token) = (&w.url, &w.group, &w.server, &w.token);
     // 1,000 leases, minted by 8 clients at once: they expire within a few seconds of each
     // other, 30 s after they were minted.
     std::thread::scope(|scope| {
         for _ in 0..8 {
-            let vault = Vault::new(&server);
+            let vault = Vault::new(server);
             let token = token.as_str();
             scope.spawn(move || {
                 for _ in 0..125 {
@@ -628,14 +656,59 @@ fn a_thousand_leases_expiring_together_are_all_revoked() {
     // All gone after their expiry, without anyone asking; generous bound (the figure belongs
     // in a benchmark, not here).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while custos_members(&url, &group) > 0 {
+    while custos_members(url, group) > 0 {
         assert!(
             Instant::now() < deadline,
             "{} users left 2 minutes after minting",
-            custos_members(&url, &group)
+            custos_members(url, group)
         );
         std::thread::sleep(Duration::from_millis(500));
     }
     let failed = server.cli_json(&["lease", "list", "--failed", "--json"]);
     assert_eq!(failed.as_array().map(Vec::len), Some(0), "{failed}");
+}
+
+#[test]
+fn credential_requests_abandoned_at_once_still_finish_activated_and_audited() {
+    let w = BurstWorld::new("10m");
+    let host = w.server.addr.trim_start_matches("http://").to_owned();
+    // Each client sends its request and hangs up at once, while the credential is being made.
+    for _ in 0..20 {
+        use std::io::Write as _;
+        let mut conn = std::net::TcpStream::connect(&host).expect("connect");
+        write!(
+            conn,
+            "GET /v1/database/creds/pg-burst HTTP/1.1\r\nHost: {host}\r\nX-Vault-Token: {}\r\n\r\n",
+            w.token
+        )
+        .expect("send");
+        conn.flush().expect("flush");
+        drop(conn);
+    }
+    // Whatever was minted ends active and audited; nothing is left pending.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leases = loop {
+        let leases = w
+            .server
+            .cli_json(&["lease", "list", "--task", &w.task, "--json"]);
+        let leases = leases.as_array().cloned().unwrap_or_default();
+        let pending = leases.iter().filter(|l| l["state"] == "pending").count();
+        if pending == 0 || Instant::now() > deadline {
+            break leases;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!leases.is_empty(), "no request reached the broker");
+    assert!(leases.iter().all(|l| l["state"] == "active"), "{leases:#?}");
+    assert_eq!(
+        custos_members(&w.url, &w.group),
+        i64::try_from(leases.len()).expect("count"),
+        "one user per lease, none untracked"
+    );
+    let trace = w.server.cli_json(&["audit", "trace", &w.task, "--json"]);
+    let issued = trace["records"]
+        .as_array()
+        .map(|r| r.iter().filter(|r| r["kind"] == "lease_issued").count())
+        .unwrap_or(0);
+    assert_eq!(issued, leases.len(), "every lease handed out is on record");
 }
