@@ -649,7 +649,7 @@ fn a_thousand_leases_expiring_together_are_all_revoked() {
         }
     });
     assert_eq!(
-        custos_members(&url, &group),
+        custos_members(url, group),
         1000,
         "every lease has its user"
     );
