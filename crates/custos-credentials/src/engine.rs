@@ -100,3 +100,44 @@ mod tests {
         assert!(shareable::<RedisEngine>().is_none());
     }
 }
+
+/// Implements [`Engine`] for an engine type by boxing its inherent `mint_inner`,
+/// `revoke_inner`, `list_inner` and `check_inner` async methods; `$kind` is its
+/// [`EngineKind`]. (The boxing is what keeps the trait usable as `dyn Engine`.)
+macro_rules! engine_from_inner_methods {
+    ($ty:ty, $kind:expr) => {
+        impl $crate::engine::Engine for $ty {
+            fn kind(&self) -> $crate::error::EngineKind {
+                $kind
+            }
+
+            fn mint<'a>(
+                &'a self,
+                principal: &'a $crate::principal::PrincipalName,
+                expires_at: ::time::OffsetDateTime,
+                role: &'a $crate::role::RoleSpec,
+            ) -> $crate::engine::EngineFuture<'a, $crate::engine::MintedCredential> {
+                Box::pin(self.mint_inner(principal, expires_at, role))
+            }
+
+            fn revoke<'a>(
+                &'a self,
+                principal: &'a $crate::principal::PrincipalName,
+            ) -> $crate::engine::EngineFuture<'a, ()> {
+                Box::pin(self.revoke_inner(principal))
+            }
+
+            fn list_principals<'a>(
+                &'a self,
+                prefix: &'a $crate::principal::PrincipalPrefix,
+            ) -> $crate::engine::EngineFuture<'a, Vec<$crate::principal::PrincipalName>> {
+                Box::pin(self.list_inner(prefix))
+            }
+
+            fn check(&self) -> $crate::engine::EngineFuture<'_, ()> {
+                Box::pin(self.check_inner())
+            }
+        }
+    };
+}
+pub(crate) use engine_from_inner_methods;

@@ -12,7 +12,7 @@ use sqlx::mysql::{
 use sqlx::{ConnectOptions, Connection, Executor, MySql};
 use time::OffsetDateTime;
 
-use crate::engine::{Engine, EngineFuture, MintedCredential};
+use crate::engine::MintedCredential;
 use crate::error::sqlx_error;
 use crate::error::{CredentialError, EngineKind};
 use crate::principal::{PrincipalName, PrincipalPrefix};
@@ -362,35 +362,7 @@ impl MysqlEngine {
     }
 }
 
-impl Engine for MysqlEngine {
-    fn kind(&self) -> EngineKind {
-        KIND
-    }
-
-    fn mint<'a>(
-        &'a self,
-        principal: &'a PrincipalName,
-        expires_at: OffsetDateTime,
-        role: &'a RoleSpec,
-    ) -> EngineFuture<'a, MintedCredential> {
-        Box::pin(self.mint_inner(principal, expires_at, role))
-    }
-
-    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()> {
-        Box::pin(self.revoke_inner(principal))
-    }
-
-    fn list_principals<'a>(
-        &'a self,
-        prefix: &'a PrincipalPrefix,
-    ) -> EngineFuture<'a, Vec<PrincipalName>> {
-        Box::pin(self.list_inner(prefix))
-    }
-
-    fn check(&self) -> EngineFuture<'_, ()> {
-        Box::pin(self.check_inner())
-    }
-}
+crate::engine::engine_from_inner_methods!(MysqlEngine, KIND);
 
 /// Runs one statement over the text protocol (`CREATE USER`, `GRANT` and `KILL` are not all
 /// preparable on every server version). Validated templates hold no `;`, so it is one

@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::engine::{Engine, EngineFuture, MintedCredential};
+use crate::engine::MintedCredential;
 use crate::error::{CredentialError, EngineKind, sqlx_error};
 use crate::pg_connections::PgConnections;
 use crate::principal::{PRINCIPAL_PREFIX, PrincipalName, PrincipalPrefix};
@@ -552,35 +552,7 @@ impl PostgresEngine {
     }
 }
 
-impl Engine for PostgresEngine {
-    fn kind(&self) -> EngineKind {
-        KIND
-    }
-
-    fn mint<'a>(
-        &'a self,
-        principal: &'a PrincipalName,
-        expires_at: OffsetDateTime,
-        role: &'a RoleSpec,
-    ) -> EngineFuture<'a, MintedCredential> {
-        Box::pin(self.mint_inner(principal, expires_at, role))
-    }
-
-    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()> {
-        Box::pin(self.revoke_inner(principal))
-    }
-
-    fn list_principals<'a>(
-        &'a self,
-        prefix: &'a PrincipalPrefix,
-    ) -> EngineFuture<'a, Vec<PrincipalName>> {
-        Box::pin(self.list_inner(prefix))
-    }
-
-    fn check(&self) -> EngineFuture<'_, ()> {
-        Box::pin(self.check_inner())
-    }
-}
+crate::engine::engine_from_inner_methods!(PostgresEngine, KIND);
 
 /// Runs one operator-written statement template with the extended protocol, through which
 /// the server refuses to run more than one statement.

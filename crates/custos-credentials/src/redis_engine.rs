@@ -10,7 +10,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use crate::engine::{Engine, EngineFuture, MintedCredential};
+use crate::engine::MintedCredential;
 use crate::error::{CredentialError, EngineKind, redact};
 use crate::principal::{PrincipalName, PrincipalPrefix};
 use crate::role::{RoleSpec, invalid_role};
@@ -369,35 +369,7 @@ impl RedisEngine {
     }
 }
 
-impl Engine for RedisEngine {
-    fn kind(&self) -> EngineKind {
-        KIND
-    }
-
-    fn mint<'a>(
-        &'a self,
-        principal: &'a PrincipalName,
-        expires_at: OffsetDateTime,
-        role: &'a RoleSpec,
-    ) -> EngineFuture<'a, MintedCredential> {
-        Box::pin(self.mint_inner(principal, expires_at, role))
-    }
-
-    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()> {
-        Box::pin(self.revoke_inner(principal))
-    }
-
-    fn list_principals<'a>(
-        &'a self,
-        prefix: &'a PrincipalPrefix,
-    ) -> EngineFuture<'a, Vec<PrincipalName>> {
-        Box::pin(self.list_inner(prefix))
-    }
-
-    fn check(&self) -> EngineFuture<'_, ()> {
-        Box::pin(self.check_inner())
-    }
-}
+crate::engine::engine_from_inner_methods!(RedisEngine, KIND);
 
 #[cfg(test)]
 mod tests {

@@ -648,11 +648,7 @@ fn a_thousand_leases_expiring_together_are_all_revoked() {
             });
         }
     });
-    assert_eq!(
-        custos_members(url, group),
-        1000,
-        "every lease has its user"
-    );
+    assert_eq!(custos_members(url, group), 1000, "every lease has its user");
     // All gone after their expiry, without anyone asking; generous bound (the figure belongs
     // in a benchmark, not here).
     let deadline = Instant::now() + Duration::from_secs(120);
