@@ -84,23 +84,6 @@ pub trait Engine: Send + Sync {
     fn check(&self) -> EngineFuture<'_, ()>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{MysqlEngine, PostgresEngine, RedisEngine};
-
-    fn shareable<T: Engine + 'static>() -> Option<std::sync::Arc<dyn Engine>> {
-        None::<std::sync::Arc<T>>.map(|e| e as std::sync::Arc<dyn Engine>)
-    }
-
-    #[test]
-    fn engines_are_object_safe_and_shareable() {
-        assert!(shareable::<PostgresEngine>().is_none());
-        assert!(shareable::<MysqlEngine>().is_none());
-        assert!(shareable::<RedisEngine>().is_none());
-    }
-}
-
 /// Implements [`Engine`] for an engine type by boxing its inherent `mint_inner`,
 /// `revoke_inner`, `list_inner` and `check_inner` async methods; `$kind` is its
 /// [`EngineKind`]. (The boxing is what keeps the trait usable as `dyn Engine`.)
@@ -141,3 +124,20 @@ macro_rules! engine_from_inner_methods {
     };
 }
 pub(crate) use engine_from_inner_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MysqlEngine, PostgresEngine, RedisEngine};
+
+    fn shareable<T: Engine + 'static>() -> Option<std::sync::Arc<dyn Engine>> {
+        None::<std::sync::Arc<T>>.map(|e| e as std::sync::Arc<dyn Engine>)
+    }
+
+    #[test]
+    fn engines_are_object_safe_and_shareable() {
+        assert!(shareable::<PostgresEngine>().is_none());
+        assert!(shareable::<MysqlEngine>().is_none());
+        assert!(shareable::<RedisEngine>().is_none());
+    }
+}

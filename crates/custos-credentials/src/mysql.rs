@@ -158,7 +158,7 @@ impl std::fmt::Debug for MysqlEngine {
 }
 
 impl MysqlEngine {
-    /// An engine for this server. Connects lazily: use [`Engine::check`] to find out whether
+    /// An engine for this server. Connects lazily: use [`Engine::check`](crate::Engine::check) to find out whether
     /// the server is reachable.
     ///
     /// # Errors
