@@ -425,6 +425,6 @@ fn decide(ctx: &TaskContext, request: CallRequest) -> Verdict<'_> {
 
 /// The hold stage: a Tier 3 call waits for a human. Until approvals exist there is no one to
 /// ask, so it is refused.
-fn hold(held: HeldCall) -> Refusal {
+fn hold(held: HeldCall<'_>) -> Refusal {
     held.unavailable()
 }

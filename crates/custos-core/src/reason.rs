@@ -51,6 +51,17 @@ reasons! {
     Tier4Denied => "tier4_denied",
     /// Tier 3, and no approval can be had.
     ApprovalUnavailable => "approval_unavailable",
+    /// Tier 3: held for a human approval that has not been given yet (the call may be
+    /// retried with the same arguments; `data.approval_id` names the request).
+    ApprovalPending => "approval_pending",
+    /// Tier 3: a human denied the approval (or answered nothing before it expired and the
+    /// default answer is a denial).
+    ApprovalDenied => "approval_denied",
+    /// Tier 3: the approval request expired before it was answered, or its approval before it
+    /// was used.
+    ApprovalExpired => "approval_expired",
+    /// The upstream tool's definition changed since an operator approved (pinned) it.
+    ToolChanged => "tool_changed",
     /// Allowed, but the upstream failed or did not answer in time.
     UpstreamFailed => "upstream_failed",
     /// The store or the audit log is down: refused (fail closed).

@@ -110,22 +110,56 @@ impl PermittedCall<'_> {
     }
 }
 
-/// A call that needs a human approval before it may run (Tier 3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldCall {
-    /// The tool, parsed.
-    pub tool: ExposedTool,
-    /// The digest of its arguments.
-    pub digest: String,
-    /// Its tier.
-    pub tier: Tier,
-    /// The rule that would allow it.
-    pub rule: String,
-    /// The policy version it was decided under.
-    pub policy_version: i64,
+/// A call that needs a human approval before it may run (Tier 3): everything the approval
+/// is bound to (task, tool, argument digest, policy version) and what a human needs to
+/// judge it. Only [`decide`] builds one; an approval turns it into the one [`PermittedCall`]
+/// it allows ([`HeldCall::into_permitted`]).
+#[derive(Debug, Clone)]
+pub struct HeldCall<'a> {
+    task: String,
+    tool: ExposedTool,
+    upstream: &'a UpstreamSpec,
+    arguments: Value,
+    digest: String,
+    tier: Tier,
+    rule: String,
+    policy_version: i64,
 }
 
-impl HeldCall {
+impl<'a> HeldCall<'a> {
+    /// The task the call belongs to.
+    pub fn task(&self) -> &str {
+        &self.task
+    }
+    /// The tool, parsed.
+    pub fn tool(&self) -> &ExposedTool {
+        &self.tool
+    }
+    /// The upstream that would serve it.
+    pub fn upstream(&self) -> &UpstreamSpec {
+        self.upstream
+    }
+    /// The arguments held (unredacted: redact before showing or storing them).
+    pub fn arguments(&self) -> &Value {
+        &self.arguments
+    }
+    /// The digest of its arguments.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// Its tier.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+    /// The rule that held it.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+    /// The policy version it was decided under.
+    pub fn policy_version(&self) -> i64 {
+        self.policy_version
+    }
+
     /// The refusal while no approval can be had.
     pub fn unavailable(&self) -> Refusal {
         Refusal {
@@ -138,6 +172,22 @@ impl HeldCall {
             upstream: Some(self.tool.upstream.clone()),
         }
     }
+
+    /// The call an approval allows: exactly this one, under this policy version. The caller
+    /// (the approvals stage) has checked that `approval_id` approved this task, tool, digest
+    /// and policy version and that it has not been used; the rule becomes `approval:<id>`.
+    pub fn into_permitted(self, approval_id: &str) -> PermittedCall<'a> {
+        PermittedCall {
+            task: self.task,
+            tool: self.tool,
+            upstream: self.upstream,
+            arguments: self.arguments,
+            digest: self.digest,
+            tier: self.tier,
+            rule: format!("approval:{approval_id}"),
+            policy_version: self.policy_version,
+        }
+    }
 }
 
 /// The verdict on one call.
@@ -146,7 +196,7 @@ pub enum Verdict<'a> {
     /// Let it through.
     Permit(PermittedCall<'a>),
     /// Hold it for a human.
-    Hold(HeldCall),
+    Hold(HeldCall<'a>),
     /// Refuse it.
     Deny(Refusal),
 }
@@ -247,7 +297,10 @@ pub fn decide<'a, U: AsRef<UpstreamSpec>>(
             upstream: Some(tool.upstream),
         }),
         Tier::T3 => Verdict::Hold(HeldCall {
+            task: call.task,
             tool,
+            upstream,
+            arguments: call.arguments,
             digest: call.digest,
             tier,
             rule,
@@ -309,7 +362,7 @@ mod tests {
         )])
     }
 
-    fn verdict(name: &str) -> Result<(Tier, String, i64), Result<HeldCall, Refusal>> {
+    fn verdict(name: &str) -> Result<(Tier, String, i64), Result<(Tier, i64, Refusal), Refusal>> {
         let t = template();
         let ups = upstreams();
         let view = PolicyView {
@@ -326,7 +379,7 @@ mod tests {
                 assert_eq!(p.digest(), custos_crypto::argument_digest(p.arguments()));
                 Ok((p.tier(), p.rule().to_owned(), p.policy_version()))
             }
-            Verdict::Hold(h) => Err(Ok(h)),
+            Verdict::Hold(h) => Err(Ok((h.tier(), h.policy_version(), h.unavailable()))),
             Verdict::Deny(r) => Err(Err(r)),
         }
     }
@@ -357,9 +410,9 @@ mod tests {
         assert_eq!(reason("ghost__x"), Reason::UnknownUpstream);
         assert_eq!(reason("files"), Reason::InvalidToolName);
         match verdict("files__write_file") {
-            Err(Ok(h)) => {
-                assert_eq!((h.tier, h.policy_version), (Tier::T3, 7));
-                assert_eq!(h.unavailable().reason, Reason::ApprovalUnavailable);
+            Err(Ok((tier, version, unavailable))) => {
+                assert_eq!((tier, version), (Tier::T3, 7));
+                assert_eq!(unavailable.reason, Reason::ApprovalUnavailable);
             }
             other => panic!("tier 3 must be held: {other:?}"),
         }
