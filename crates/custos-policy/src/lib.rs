@@ -362,7 +362,10 @@ mod tests {
         )])
     }
 
-    fn verdict(name: &str) -> Result<(Tier, String, i64), Result<(Tier, i64, Refusal), Refusal>> {
+    /// A held call's tier, policy version and refusal while no approval can be had.
+    type Held = (Tier, i64, Refusal);
+
+    fn verdict(name: &str) -> Result<(Tier, String, i64), Result<Held, Refusal>> {
         let t = template();
         let ups = upstreams();
         let view = PolicyView {
