@@ -40,6 +40,8 @@ pub enum EventKind {
     LeaseRevoked,
     /// A lease whose revocation gave up after its retries: the principal may still exist.
     LeaseRevokeFailed,
+    /// A task tainted: an untrusted tool returned content to it.
+    TaskTainted,
 }
 
 impl EventKind {
@@ -60,6 +62,7 @@ impl EventKind {
             EventKind::LeaseRefused => "lease_refused",
             EventKind::LeaseRevoked => "lease_revoked",
             EventKind::LeaseRevokeFailed => "lease_revoke_failed",
+            EventKind::TaskTainted => "task_tainted",
         }
     }
 }
@@ -106,10 +109,16 @@ pub enum Detail {
         /// Its role.
         role: String,
     },
-    /// Which template rule allowed a call.
+    /// Which policy allowed a call.
     Permit {
-        /// `template:pattern`.
+        /// The Cedar policies of the template that allowed it (`template:NAME:tools[i]`,
+        /// comma-separated), or `approval:ID`.
         rule: String,
+    },
+    /// A task tainted.
+    TaskTainted {
+        /// The untrusted tool whose result tainted it.
+        tool: String,
     },
     /// Why a call was refused, in words (the code is the record's reason).
     Refusal {

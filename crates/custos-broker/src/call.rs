@@ -7,7 +7,8 @@
 //!   -> Permit: commit the decision record (durable, write-ahead)
 //!        -> [mint per-call credential]        (credentials)
 //!        -> call upstream, bounded by its timeout
-//!        -> [scan result: redact, mark taint] (scanners)
+//!        -> [scan result: redact]             (scanners)
+//!        -> taint: an untrusted tool's content taints the task
 //!        -> [revoke per-call credential]      (credentials)
 //!        -> finish (result record, answer)
 //! ```
@@ -39,11 +40,21 @@ const MAX_TOOL_FIELD: usize = 128;
 pub struct TaskContext {
     claims: TaskClaims,
     snapshot: Arc<Snapshot>,
+    tainted: bool,
 }
 
 impl TaskContext {
-    pub(crate) fn new(claims: TaskClaims, snapshot: Arc<Snapshot>) -> Self {
-        Self { claims, snapshot }
+    pub(crate) fn new(claims: TaskClaims, snapshot: Arc<Snapshot>, tainted: bool) -> Self {
+        Self {
+            claims,
+            snapshot,
+            tainted,
+        }
+    }
+
+    /// Whether the task was tainted when this request was authenticated.
+    pub fn tainted(&self) -> bool {
+        self.tainted
     }
 
     /// The task id.
@@ -72,7 +83,7 @@ impl TaskContext {
     }
 
     /// An audit event carrying the task's attribution chain.
-    fn event(&self, kind: EventKind) -> AuditEvent {
+    pub(crate) fn event(&self, kind: EventKind) -> AuditEvent {
         let mut e = AuditEvent::new(kind);
         e.initiator = Some(self.claims.sub.clone());
         e.agent = Some(self.claims.act.sub.clone());
@@ -218,7 +229,8 @@ impl Broker {
         for (name, up) in &ctx.snapshot.upstreams {
             let prefix = format!("{name}__");
             // Only ask upstreams some pattern could match.
-            let wanted = template.tools.iter().any(|p| {
+            let wanted = template.tools.iter().any(|e| {
+                let p = &e.tool;
                 p.starts_with(&prefix)
                     || custos_core::glob::glob_match(p.split("__").next().unwrap_or(""), name)
             });
@@ -299,6 +311,7 @@ impl Broker {
         // [Credential minting: a later stage, before the call.]
         let result = self.invoke(&permitted, upstreams).await;
         // [Result scanning and per-call credential revocation: later stages, after the call.]
+        let result = self.taint(ctx, &permitted, result).await;
         let ending = Ending::Called {
             tier: permitted.tier(),
             upstream: permitted.upstream().name.clone(),
@@ -328,6 +341,33 @@ impl Broker {
         call.event.kind = EventKind::ToolResult;
         call.event.upstream = Some(permitted.upstream().name.clone());
         Ok(())
+    }
+
+    /// The taint stage: content from an untrusted tool taints the task before the agent
+    /// sees it, so its next calls are decided as a tainted task's. If the taint cannot be
+    /// stored the content is withheld (fail closed).
+    async fn taint(
+        &self,
+        ctx: &TaskContext,
+        permitted: &PermittedCall<'_>,
+        result: Result<Value, UpstreamError>,
+    ) -> Result<Value, UpstreamError> {
+        let returned_content = matches!(&result, Ok(v) if v
+            .get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+            || v.get("structuredContent").is_some());
+        if permitted.taints() && returned_content && !ctx.tainted {
+            let tool = permitted.tool().to_string();
+            if let Err(e) = self.mark_tainted(ctx, &tool).await {
+                tracing::error!(task = %ctx.task_id(), tool = %tool, error = %e, "taint not recorded; result withheld");
+                return Err(UpstreamError::Failed(
+                    permitted.upstream().name.clone(),
+                    "result withheld: the task's taint could not be recorded".into(),
+                ));
+            }
+        }
+        result
     }
 
     /// Calls the upstream.
@@ -419,6 +459,8 @@ fn decide(ctx: &TaskContext, request: CallRequest) -> Verdict<'_> {
         template: snap.templates.get(ctx.template()).map(|t| &t.spec),
         upstreams: &snap.upstreams,
         version: snap.policy_version,
+        compiled: &snap.compiled,
+        tainted: ctx.tainted,
     };
     custos_policy::decide(view, request)
 }

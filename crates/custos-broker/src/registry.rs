@@ -92,6 +92,8 @@ pub struct Snapshot {
     pub suspended: HashSet<String>,
     /// When this snapshot was read (Unix ms).
     pub loaded_at: i64,
+    /// The Cedar policies of this version, compiled per template and tool on first use.
+    pub compiled: Arc<custos_policy::Compiled>,
 }
 
 pub(crate) struct RegistryCache {

@@ -113,6 +113,17 @@ impl TaskCache {
         }
     }
 
+    /// Marks the cached task tainted (the store already says so).
+    fn taint(&self, id: &TaskId, tool: &str, at: i64) {
+        if let Ok(mut m) = self.entries.lock()
+            && let Some((_, row)) = m.get_mut(id)
+            && row.tainted_at.is_none()
+        {
+            row.tainted_at = Some(at);
+            row.tainted_by = Some(tool.to_owned());
+        }
+    }
+
     fn forget(&self, id: &TaskId) {
         if let Ok(mut g) = self.entries.lock() {
             g.remove(id);
@@ -213,6 +224,8 @@ impl Broker {
             state: TaskState::Active,
             ended_at: None,
             ended_by: None,
+            tainted_at: None,
+            tainted_by: None,
         };
         self.inner.store.create_task(&row).await?;
         let mut e = task_event(EventKind::TaskStart, &row);
@@ -253,6 +266,32 @@ impl Broker {
         self.record(e).await?;
         let _ = self.inner.task_ends.send(row.id.to_string());
         Ok(row)
+    }
+
+    /// Marks a task tainted by `tool` (an untrusted tool returned content to it): stored,
+    /// recorded, and seen by the task's next call. Only the first taint is recorded.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the store or the audit log fails.
+    pub(crate) async fn mark_tainted(
+        &self,
+        ctx: &TaskContext,
+        tool: &str,
+    ) -> Result<(), BrokerError> {
+        let Some(id) = TaskId::parse(ctx.task_id()) else {
+            return Ok(());
+        };
+        let now = self.inner.clock.now_ms();
+        if self.inner.store.mark_tainted(&id, tool, now).await? {
+            let mut e = ctx.event(EventKind::TaskTainted);
+            e.tool = Some(tool.to_owned());
+            e.detail = Some(custos_audit::Detail::TaskTainted {
+                tool: tool.to_owned(),
+            });
+            self.record(e).await?;
+        }
+        self.inner.tasks.taint(&id, tool, now);
+        Ok(())
     }
 
     /// One task.
@@ -453,6 +492,7 @@ impl Broker {
             Some(id) => self.task(&id, now_ms).await?,
             None => None,
         };
+        let tainted = task.as_ref().is_some_and(|t| t.tainted_at.is_some());
         let reason = match task {
             None => Some(Reason::UnknownTask),
             Some(t)
@@ -483,7 +523,7 @@ impl Broker {
         if let Some(r) = reason {
             return Err(self.record_auth_failure("task_token", r, Some(&agent), source));
         }
-        Ok(TaskContext::new(claims, snap))
+        Ok(TaskContext::new(claims, snap, tainted))
     }
 }
 

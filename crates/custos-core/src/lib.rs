@@ -17,6 +17,7 @@ pub mod names;
 pub mod reason;
 pub mod registry;
 pub mod resource;
+pub mod rules;
 pub mod task;
 pub mod text;
 pub mod tier;
@@ -35,6 +36,7 @@ pub use resource::{
     AgentSpec, Archetype, CallTimeout, HttpUrl, Kind, Resource, ResourceError, StdioCommand,
     TemplateSpec, TemplateTtl, Transport, UpstreamScope, UpstreamSpec,
 };
+pub use rules::{ArgConstraint, ArgConstraints, TierRule, ToolEntry};
 pub use task::{Task, TaskState};
 pub use tier::Tier;
 pub mod operator;

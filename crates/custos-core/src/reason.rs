@@ -43,6 +43,8 @@ reasons! {
     ToolNotAllowed => "tool_not_allowed",
     /// The tool name breaks the exposed-name rule.
     InvalidToolName => "invalid_tool_name",
+    /// The template names the tool, but no entry allows these arguments.
+    ArgumentNotAllowed => "argument_not_allowed",
     /// The tool names no registered upstream.
     UnknownUpstream => "unknown_upstream",
     /// The task's template no longer exists.

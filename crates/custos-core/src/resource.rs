@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::credential::CredentialRoleSpec;
 use crate::duration::{BoundedDuration, DurationField};
 use crate::names::{TOOL_SEPARATOR, check_resource_name};
+use crate::rules::{TierRule, ToolEntry};
 use crate::tier::Tier;
 
 /// The longest task TTL a template may allow.
@@ -274,6 +275,13 @@ pub struct UpstreamSpec {
     /// Whether tasks share one connection (`scope: shared`, the default) or each task gets its
     /// own, stopped when the task ends (`scope: task`).
     pub scope: UpstreamScope,
+    /// Rules that raise a tool's tier when its arguments match (`tier_rules`).
+    pub tier_rules: Vec<TierRule>,
+    /// Tools (names or globs) whose results taint the task: web, e-mail, tickets, any
+    /// open-world read (`untrusted`).
+    pub untrusted: Vec<String>,
+    /// A tool's tier once the task is tainted (`tainted_tiers`; never lowers it).
+    pub tainted_tiers: BTreeMap<String, Tier>,
 }
 
 /// [`UpstreamSpec`] as written: the YAML and JSON keys, checked into the typed spec.
@@ -296,6 +304,12 @@ struct RawUpstreamSpec {
     // Left out when shared, so specs written before `scope` existed read and print as before.
     #[serde(default, skip_serializing_if = "UpstreamScope::is_shared")]
     scope: UpstreamScope,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tier_rules: Vec<TierRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    untrusted: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tainted_tiers: BTreeMap<String, Tier>,
 }
 
 impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
@@ -322,6 +336,9 @@ impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
             default_tier: raw.default_tier,
             timeout: raw.timeout,
             scope: raw.scope,
+            tier_rules: raw.tier_rules,
+            untrusted: raw.untrusted,
+            tainted_tiers: raw.tainted_tiers,
         })
     }
 }
@@ -341,6 +358,9 @@ impl From<UpstreamSpec> for RawUpstreamSpec {
             default_tier: spec.default_tier,
             timeout: spec.timeout,
             scope: spec.scope,
+            tier_rules: spec.tier_rules,
+            untrusted: spec.untrusted,
+            tainted_tiers: spec.tainted_tiers,
         }
     }
 }
@@ -366,6 +386,14 @@ impl UpstreamSpec {
                 self.name
             ));
         }
+        for rule in &self.tier_rules {
+            rule.validate()
+                .map_err(|e| format!("field `tier_rules`: {e}"))?;
+        }
+        for pattern in self.untrusted.iter().chain(self.tainted_tiers.keys()) {
+            crate::rules::check_tool_glob(pattern)
+                .map_err(|e| format!("field `untrusted`/`tainted_tiers`: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -387,8 +415,9 @@ pub struct TemplateSpec {
     pub description: Option<String>,
     /// The longest a task under this template may live, e.g. `30m` (1s to 24h).
     pub ttl: TemplateTtl,
-    /// Exposed tool names (`upstream__tool`) or globs over them (`files__list_*`).
-    pub tools: Vec<String>,
+    /// Exposed tool names (`upstream__tool`) or globs over them (`files__list_*`), each
+    /// optionally with argument constraints and a tier.
+    pub tools: Vec<ToolEntry>,
     /// Credential roles its tasks may mint leases of (`credentials: [pg-readonly]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
@@ -402,7 +431,8 @@ impl TemplateSpec {
 
     fn validate(&self) -> Result<(), String> {
         check_resource_name(&self.name).map_err(|e| format!("field `name`: {e}"))?;
-        for pattern in &self.tools {
+        for entry in &self.tools {
+            let pattern = &entry.tool;
             let chars_ok = !pattern.is_empty()
                 && pattern
                     .bytes()
@@ -412,6 +442,9 @@ impl TemplateSpec {
                     "field `tools`: `{pattern}` must be `<upstream>__<tool>` or a glob over such names"
                 ));
             }
+            entry
+                .validate()
+                .map_err(|e| format!("field `tools`: {e}"))?;
         }
         for role in &self.credentials {
             check_resource_name(role).map_err(|e| format!("field `credentials`: {e}"))?;

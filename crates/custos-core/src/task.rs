@@ -63,6 +63,11 @@ pub struct Task {
     pub ended_at: Option<i64>,
     /// Who ended it.
     pub ended_by: Option<String>,
+    /// When an untrusted tool first returned content to it (Unix ms): from then on policy
+    /// may raise its calls' tiers.
+    pub tainted_at: Option<i64>,
+    /// The tool that tainted it.
+    pub tainted_by: Option<String>,
 }
 
 impl Task {

@@ -338,6 +338,8 @@ mod tests {
             state: custos_core::TaskState::Active,
             ended_at: None,
             ended_by: None,
+            tainted_at: None,
+            tainted_by: None,
         }
     }
 

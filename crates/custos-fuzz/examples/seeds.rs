@@ -37,6 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         state: custos_core::TaskState::Active,
         ended_at: None,
         ended_by: None,
+        tainted_at: None,
+        tainted_by: None,
     };
     let (token, claims) = issuer.issue(&task, NOW, NOW + 1800)?;
     write("task_token", "issued.jwt", &token)?;

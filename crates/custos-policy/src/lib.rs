@@ -1,9 +1,11 @@
 //! Policy: which tools a task's template allows, at which tier, and the verdict on one call.
 //!
-//! A [`PermittedCall`] can only be built here (and, once approvals exist, from an approval):
+//! A [`PermittedCall`] can only be built here (or from a [`HeldCall`] an approval answered):
 //! code that calls an upstream must hold one, so nothing reaches an upstream without a
-//! verdict. Cedar policies compiled from templates (argument constraints) slot in behind
-//! [`decide`].
+//! verdict. The decision itself is Cedar's: templates and upstream tiers are compiled to Cedar
+//! policies (module `cedar`) and each call is evaluated against its template's slice.
+
+mod cedar;
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,8 @@ use custos_core::glob::glob_match;
 use custos_core::text::for_display;
 use custos_core::{ExposedTool, Reason, TemplateSpec, Tier, UpstreamSpec};
 use serde_json::Value;
+
+pub use cedar::Compiled;
 
 /// How much of a name from outside a message echoes.
 const ECHO: usize = 80;
@@ -73,9 +77,14 @@ pub struct PermittedCall<'a> {
     tier: Tier,
     rule: String,
     policy_version: i64,
+    taints: bool,
 }
 
 impl PermittedCall<'_> {
+    /// Whether the tool is untrusted: content it returns taints the task.
+    pub fn taints(&self) -> bool {
+        self.taints
+    }
     /// The task the call belongs to.
     pub fn task(&self) -> &str {
         &self.task
@@ -124,6 +133,7 @@ pub struct HeldCall<'a> {
     tier: Tier,
     rule: String,
     policy_version: i64,
+    taints: bool,
 }
 
 impl<'a> HeldCall<'a> {
@@ -186,6 +196,7 @@ impl<'a> HeldCall<'a> {
             tier: self.tier,
             rule: format!("approval:{approval_id}"),
             policy_version: self.policy_version,
+            taints: self.taints,
         }
     }
 }
@@ -201,8 +212,9 @@ pub enum Verdict<'a> {
     Deny(Refusal),
 }
 
-/// What policy reads from the registry: one template, the upstreams, the policy version.
-#[derive(Debug, Clone, Copy)]
+/// What policy reads: one template, the upstreams, the policy version and its compiled
+/// policies, and the task's state.
+#[derive(Debug)]
 pub struct PolicyView<'a, U> {
     /// The task's template, if it still exists.
     pub template: Option<&'a TemplateSpec>,
@@ -210,6 +222,35 @@ pub struct PolicyView<'a, U> {
     pub upstreams: &'a BTreeMap<String, U>,
     /// The registry's policy version.
     pub version: i64,
+    /// The Cedar policies of this version (slices compiled on first use).
+    pub compiled: &'a Compiled,
+    /// Whether the task is tainted (an untrusted tool returned content to it).
+    pub tainted: bool,
+}
+
+impl<U> Clone for PolicyView<'_, U> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<U> Copy for PolicyView<'_, U> {}
+
+/// Why a call got the verdict it got: for `custos policy explain`, audit records and logs.
+#[derive(Debug, Clone, Default)]
+pub struct Explanation {
+    /// The template entries that allowed the call (Cedar policy ids).
+    pub allowed_by: Vec<String>,
+    /// The policies that set its tier.
+    pub tiered_by: Vec<String>,
+    /// Policies that could not be evaluated on these arguments (counted against the call).
+    pub errors: Vec<String>,
+    /// The tier, when classified.
+    pub tier: Option<Tier>,
+    /// Whether the task was tainted.
+    pub tainted: bool,
+    /// The Cedar slice the call was evaluated against.
+    pub cedar: Option<String>,
 }
 
 /// The template pattern that allows `exposed`, if any.
@@ -217,43 +258,53 @@ pub fn allowing_pattern<'a>(template: &'a TemplateSpec, exposed: &str) -> Option
     template
         .tools
         .iter()
-        .find(|p| glob_match(p, exposed))
-        .map(String::as_str)
+        .find(|e| glob_match(&e.tool, exposed))
+        .map(|e| e.tool.as_str())
 }
 
-/// The tier of a call: the upstream's tier for the tool. Argument rules raise it here when
-/// templates gain argument constraints. The one place tiers are classified: listing and
-/// deciding both come here.
-pub fn classify(upstream: &UpstreamSpec, tool: &str, _arguments: &Value) -> Tier {
-    upstream.tier_of(tool)
-}
-
-/// Whether a tool is listed to an agent running under `template`: allowed and, without
-/// arguments, not Tier 4.
+/// Whether a tool is listed to an agent running under `template`: some entry names it and
+/// its tier before arguments (the upstream's `tiers` or `default_tier`: the base policy of
+/// its Cedar slice) is not 4. Argument constraints are checked on the call.
 pub fn lists(template: &TemplateSpec, upstream: &UpstreamSpec, exposed: &str, tool: &str) -> bool {
-    allowing_pattern(template, exposed).is_some()
-        && classify(upstream, tool, &Value::Null) != Tier::T4
+    allowing_pattern(template, exposed).is_some() && upstream.tier_of(tool) != Tier::T4
 }
 
 /// Decides one call. Deny by default: an unknown template, a malformed name, a tool the
-/// template does not name, an unknown upstream and Tier 4 are refused; Tier 3 is held.
+/// template does not name, arguments no entry allows, an unknown upstream and Tier 4 are
+/// refused; Tier 3 is held.
 pub fn decide<'a, U: AsRef<UpstreamSpec>>(
     view: PolicyView<'a, U>,
     call: CallRequest,
 ) -> Verdict<'a> {
-    let refuse = |reason, message: String, upstream: Option<String>| {
-        Verdict::Deny(Refusal {
-            reason,
-            message,
-            tier: None,
-            upstream,
-        })
+    decide_explained(view, call).0
+}
+
+/// [`decide`], with the reasons.
+pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
+    view: PolicyView<'a, U>,
+    call: CallRequest,
+) -> (Verdict<'a>, Explanation) {
+    let mut why = Explanation {
+        tainted: view.tainted,
+        ..Explanation::default()
+    };
+    let refuse = |reason, message: String, upstream: Option<String>, why: Explanation| {
+        (
+            Verdict::Deny(Refusal {
+                reason,
+                message,
+                tier: why.tier,
+                upstream,
+            }),
+            why,
+        )
     };
     let Some(template) = view.template else {
         return refuse(
             Reason::UnknownTemplate,
             "the task's template no longer exists".into(),
             None,
+            why,
         );
     };
     let tool = match ExposedTool::parse(&call.name) {
@@ -266,11 +317,12 @@ pub fn decide<'a, U: AsRef<UpstreamSpec>>(
                     for_display(&call.name, ECHO)
                 ),
                 None,
+                why,
             );
         }
     };
     let exposed = tool.to_string();
-    let Some(pattern) = allowing_pattern(template, &exposed) else {
+    if allowing_pattern(template, &exposed).is_none() {
         return refuse(
             Reason::ToolNotAllowed,
             format!(
@@ -278,18 +330,79 @@ pub fn decide<'a, U: AsRef<UpstreamSpec>>(
                 template.name
             ),
             Some(tool.upstream),
+            why,
         );
-    };
+    }
     let Some(upstream) = view.upstreams.get(&tool.upstream).map(AsRef::as_ref) else {
         return refuse(
             Reason::UnknownUpstream,
             format!("tool `{exposed}` names no registered upstream"),
             Some(tool.upstream),
+            why,
         );
     };
-    let tier = classify(upstream, &tool.tool, &call.arguments);
-    let rule = format!("{}:{pattern}", template.name);
-    match tier {
+    let evaluated = view
+        .compiled
+        .slice(template, upstream, &tool.tool, &exposed)
+        .and_then(|slice| {
+            let facts = cedar::Facts {
+                template: &template.name,
+                task: &call.task,
+                upstream: &upstream.name,
+                tool: &tool.tool,
+                exposed: &exposed,
+                arguments: &call.arguments,
+                tainted: view.tainted,
+            };
+            view.compiled.evaluate(&slice, &facts).map(|e| (slice, e))
+        });
+    let (slice, eval) = match evaluated {
+        Ok(v) => v,
+        Err(e) => {
+            // Fail closed: a policy that cannot be compiled or evaluated allows nothing.
+            return refuse(
+                Reason::Unavailable,
+                format!(
+                    "policy for `{exposed}` could not be evaluated: {}",
+                    for_display(&e, 200)
+                ),
+                Some(tool.upstream),
+                why,
+            );
+        }
+    };
+    why.cedar = Some(slice.text.clone());
+    why.allowed_by.clone_from(&eval.allowed_by);
+    why.tiered_by.clone_from(&eval.tiered_by);
+    why.errors.clone_from(&eval.errors);
+    if eval.allowed_by.is_empty() {
+        let mut constrained: Vec<&str> = template
+            .tools
+            .iter()
+            .filter(|e| glob_match(&e.tool, &exposed))
+            .flat_map(|e| e.args.keys().map(String::as_str))
+            .collect();
+        constrained.sort_unstable();
+        constrained.dedup();
+        let names = constrained
+            .iter()
+            .map(|n| format!("`{}`", for_display(n, 40)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return refuse(
+            Reason::ArgumentNotAllowed,
+            format!(
+                "the arguments of `{exposed}` are not allowed by template `{}` (constrained: {names})",
+                template.name
+            ),
+            Some(tool.upstream),
+            why,
+        );
+    }
+    let tier = eval.tier;
+    why.tier = Some(tier);
+    let rule = eval.allowed_by.join(",");
+    let verdict = match tier {
         Tier::T4 => Verdict::Deny(Refusal {
             reason: Reason::Tier4Denied,
             message: format!("tool `{exposed}` is Tier 4: always refused"),
@@ -305,6 +418,7 @@ pub fn decide<'a, U: AsRef<UpstreamSpec>>(
             tier,
             rule,
             policy_version: view.version,
+            taints: slice.untrusted,
         }),
         Tier::T1 | Tier::T2 => Verdict::Permit(PermittedCall {
             task: call.task,
@@ -315,8 +429,10 @@ pub fn decide<'a, U: AsRef<UpstreamSpec>>(
             tier,
             rule,
             policy_version: view.version,
+            taints: slice.untrusted,
         }),
-    }
+    };
+    (verdict, why)
 }
 
 #[cfg(test)]
@@ -358,6 +474,9 @@ mod tests {
                 default_tier: Tier::T3,
                 timeout: None,
                 scope: UpstreamScope::Shared,
+                tier_rules: Vec::new(),
+                untrusted: Vec::new(),
+                tainted_tiers: BTreeMap::new(),
             },
         )])
     }
@@ -368,10 +487,13 @@ mod tests {
     fn verdict(name: &str) -> Result<(Tier, String, i64), Result<Held, Refusal>> {
         let t = template();
         let ups = upstreams();
+        let compiled = Compiled::default();
         let view = PolicyView {
             template: Some(&t),
             upstreams: &ups,
             version: 7,
+            compiled: &compiled,
+            tainted: false,
         };
         match decide(
             view,
@@ -398,11 +520,11 @@ mod tests {
     fn allowed_tiers_pass_with_rule_and_version() {
         assert_eq!(
             verdict("files__read_text_file").expect("allowed"),
-            (Tier::T1, "docs:files__read_text_file".into(), 7)
+            (Tier::T1, "template:docs:tools[0]".into(), 7)
         );
         assert_eq!(
             verdict("files__list_directory").expect("allowed by glob"),
-            (Tier::T2, "docs:files__list_*".into(), 7)
+            (Tier::T2, "template:docs:tools[1]".into(), 7)
         );
     }
 
@@ -420,10 +542,13 @@ mod tests {
             other => panic!("tier 3 must be held: {other:?}"),
         }
         let ups = upstreams();
+        let compiled = Compiled::default();
         let none = PolicyView {
             template: None,
             upstreams: &ups,
             version: 1,
+            compiled: &compiled,
+            tainted: false,
         };
         assert!(matches!(
             decide(
@@ -459,5 +584,279 @@ mod tests {
         ));
         assert!(!lists(&template(), u, "files__danger", "danger"));
         assert!(!lists(&template(), u, "files__move_file", "move_file"));
+    }
+}
+
+#[cfg(test)]
+mod argument_tests {
+    use custos_core::resource::{Resource, parse_documents};
+    use serde_json::json;
+
+    use super::*;
+
+    const BUNDLE: &str = r#"
+kind: Template
+name: payments
+ttl: 30m
+tools:
+  - bank__get_balance
+  - bank__read_inbox
+  - bank__pay_any
+  - tool: bank__send_money
+    args:
+      recipient: ["GB29*", "DE89*", "q\"uote\\*"]
+      amount: {max: 100}
+  - tool: bank__transfer
+    args: {amount: {max: 5000}}
+    tier: 3
+  - tool: bank__transfer
+    args: {amount: {max: 10}}
+---
+kind: Upstream
+name: bank
+command: [bank-server]
+tiers: {get_balance: 1, read_inbox: 1, send_money: 2, transfer: 2, pay_any: 2}
+tier_rules:
+  - {tool: send_money, args: {amount: {min: 50}}, tier: 3}
+  - {tool: "transf*", args: {amount: {min: 4000}}, tier: 4}
+  - {tool: pay_any, args: {amount: {min: 1000}}, tier: 3}
+untrusted: [read_inbox]
+tainted_tiers: {send_money: 3}
+"#;
+
+    struct Fixture {
+        template: TemplateSpec,
+        upstreams: BTreeMap<String, UpstreamSpec>,
+        compiled: Compiled,
+    }
+
+    fn fixture() -> Fixture {
+        let mut template = None;
+        let mut upstreams = BTreeMap::new();
+        for r in parse_documents(BUNDLE).expect("bundle parses") {
+            match r {
+                Resource::Template(t) => template = Some(t),
+                Resource::Upstream(u) => {
+                    upstreams.insert(u.name.clone(), u);
+                }
+                _ => {}
+            }
+        }
+        Fixture {
+            template: template.expect("template"),
+            upstreams,
+            compiled: Compiled::default(),
+        }
+    }
+
+    /// (verdict, tier, reason) of one call.
+    fn run(
+        f: &Fixture,
+        task: &str,
+        tool: &str,
+        args: Value,
+        tainted: bool,
+    ) -> (&'static str, Option<Tier>, Reason) {
+        let view = PolicyView {
+            template: Some(&f.template),
+            upstreams: &f.upstreams,
+            version: 3,
+            compiled: &f.compiled,
+            tainted,
+        };
+        match decide(view, CallRequest::new(task, tool, args)) {
+            Verdict::Permit(p) => ("permit", Some(p.tier()), Reason::Permitted),
+            Verdict::Hold(h) => ("hold", Some(h.tier()), Reason::ApprovalPending),
+            Verdict::Deny(r) => ("deny", r.tier, r.reason),
+        }
+    }
+
+    fn call(f: &Fixture, tool: &str, args: Value) -> (&'static str, Option<Tier>, Reason) {
+        run(f, "task_1", tool, args, false)
+    }
+
+    #[test]
+    fn the_same_tool_is_allowed_held_and_denied_by_its_arguments() {
+        let f = fixture();
+        let send = |recipient: &str, amount: Value| {
+            call(
+                &f,
+                "bank__send_money",
+                json!({"recipient": recipient, "amount": amount}),
+            )
+        };
+        assert_eq!(
+            send("GB29NWBK1", json!(10)),
+            ("permit", Some(Tier::T2), Reason::Permitted)
+        );
+        // The tier rule's line: 49.9999 below, 50 on it.
+        assert_eq!(send("GB29NWBK1", json!(49.9999)).0, "permit");
+        assert_eq!(
+            send("GB29NWBK1", json!(50)),
+            ("hold", Some(Tier::T3), Reason::ApprovalPending)
+        );
+        // The template's line: 100 allowed (held by the rule), 100.0001 not.
+        assert_eq!(send("DE89370400", json!(100)).0, "hold");
+        assert_eq!(
+            send("DE89370400", json!(100.0001)).2,
+            Reason::ArgumentNotAllowed
+        );
+        // A recipient no glob matches.
+        assert_eq!(
+            send("FR7630006", json!(10)),
+            ("deny", None, Reason::ArgumentNotAllowed)
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_shape_fail_closed() {
+        let f = fixture();
+        let send = |args: Value| call(&f, "bank__send_money", args).2;
+        // Missing, a string for a number, a number for a string, too many decimals, a list.
+        assert_eq!(
+            send(json!({"recipient": "GB29x"})),
+            Reason::ArgumentNotAllowed
+        );
+        assert_eq!(
+            send(json!({"recipient": "GB29x", "amount": "10"})),
+            Reason::ArgumentNotAllowed
+        );
+        assert_eq!(
+            send(json!({"recipient": 29, "amount": 10})),
+            Reason::ArgumentNotAllowed
+        );
+        assert_eq!(
+            send(json!({"recipient": "GB29x", "amount": 10.000001})),
+            Reason::ArgumentNotAllowed
+        );
+        assert_eq!(
+            send(json!({"recipient": ["GB29x"], "amount": 10})),
+            Reason::ArgumentNotAllowed
+        );
+        assert_eq!(send(json!(null)), Reason::ArgumentNotAllowed);
+        // A tier rule that cannot be evaluated holds: an amount given as text is held, not
+        // waved through at the tool's own tier.
+        assert_eq!(call(&f, "bank__pay_any", json!({"amount": 10})).0, "permit");
+        assert_eq!(call(&f, "bank__pay_any", json!({"amount": 5000})).0, "hold");
+        assert_eq!(
+            call(&f, "bank__pay_any", json!({"amount": "5000"})).0,
+            "hold"
+        );
+        assert_eq!(
+            call(&f, "bank__pay_any", json!({"amount": {"value": 5000}})).0,
+            "hold"
+        );
+        assert_eq!(
+            call(&f, "bank__pay_any", json!({"amount": 1e300})).0,
+            "hold"
+        );
+    }
+
+    #[test]
+    fn entry_tiers_never_lower_the_upstream_and_tier4_rules_refuse() {
+        let f = fixture();
+        let transfer = |amount: Value| call(&f, "bank__transfer", json!({"amount": amount}));
+        // Two entries allow 5: the lower tier (the second, no tier: the upstream's 2) wins.
+        assert_eq!(
+            transfer(json!(5)),
+            ("permit", Some(Tier::T2), Reason::Permitted)
+        );
+        // Only the tier-3 entry allows 100.
+        assert_eq!(
+            transfer(json!(100)),
+            ("hold", Some(Tier::T3), Reason::ApprovalPending)
+        );
+        // The upstream's rule makes 4000 and more Tier 4, whatever the template says.
+        assert_eq!(
+            transfer(json!(4000)),
+            ("deny", Some(Tier::T4), Reason::Tier4Denied)
+        );
+        assert_eq!(transfer(json!(6000)).2, Reason::ArgumentNotAllowed);
+    }
+
+    #[test]
+    fn a_tainted_task_is_held_where_an_untainted_one_is_not() {
+        let f = fixture();
+        let args = json!({"recipient": "GB29x", "amount": 10});
+        assert_eq!(
+            run(&f, "t", "bank__send_money", args.clone(), false).0,
+            "permit"
+        );
+        assert_eq!(
+            run(&f, "t", "bank__send_money", args, true),
+            ("hold", Some(Tier::T3), Reason::ApprovalPending)
+        );
+        // Tools without a tainted tier are unaffected.
+        assert_eq!(
+            run(&f, "t", "bank__get_balance", json!({}), true).0,
+            "permit"
+        );
+    }
+
+    #[test]
+    fn untrusted_tools_are_marked_and_the_decision_ignores_who_asks() {
+        let f = fixture();
+        let view = PolicyView {
+            template: Some(&f.template),
+            upstreams: &f.upstreams,
+            version: 3,
+            compiled: &f.compiled,
+            tainted: false,
+        };
+        let Verdict::Permit(p) = decide(view, CallRequest::new("t", "bank__read_inbox", json!({})))
+        else {
+            panic!("read_inbox is Tier 1")
+        };
+        assert!(p.taints());
+        let Verdict::Permit(p) =
+            decide(view, CallRequest::new("t", "bank__get_balance", json!({})))
+        else {
+            panic!("get_balance is Tier 1")
+        };
+        assert!(!p.taints());
+        let args = json!({"recipient": "GB29x", "amount": 60});
+        let a = run(&f, "task_a", "bank__send_money", args.clone(), false);
+        let b = run(&f, "task_b", "bank__send_money", args, false);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn globs_are_literal_except_star_and_quotes_cannot_break_out() {
+        let f = fixture();
+        let send = |r: &str| call(&f, "bank__send_money", json!({"recipient": r, "amount": 1})).0;
+        assert_eq!(send("q\"uote\\anything"), "permit");
+        assert_eq!(send("q\"uote"), "deny");
+        assert_eq!(send("GB2"), "deny");
+        // `?` is not a wildcard in argument globs.
+        assert_eq!(send("GB29?"), "permit");
+    }
+
+    #[test]
+    fn explanations_name_the_deciding_policies() {
+        let f = fixture();
+        let view = PolicyView {
+            template: Some(&f.template),
+            upstreams: &f.upstreams,
+            version: 3,
+            compiled: &f.compiled,
+            tainted: false,
+        };
+        let (_, why) = decide_explained(
+            view,
+            CallRequest::new(
+                "t",
+                "bank__send_money",
+                json!({"recipient": "GB29x", "amount": 70}),
+            ),
+        );
+        assert_eq!(why.allowed_by, ["template:payments:tools[3]"]);
+        assert_eq!(why.tiered_by, ["upstream:bank:tier_rules[0]"]);
+        assert_eq!(why.tier, Some(Tier::T3));
+        let cedar = why.cedar.expect("slice text");
+        assert!(
+            cedar.contains("@id(\"upstream:bank:tier_rules[0]\")"),
+            "{cedar}"
+        );
+        assert!(cedar.contains("decimal(\"50.0\")"), "{cedar}");
     }
 }

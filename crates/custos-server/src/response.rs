@@ -238,6 +238,12 @@ pub struct TaskBody {
     pub ended_at: Option<i64>,
     /// Who ended it.
     pub ended_by: Option<String>,
+    /// Whether an untrusted tool has returned content to it (policy may raise its tiers).
+    pub tainted: bool,
+    /// When it was first tainted (Unix ms).
+    pub tainted_at: Option<i64>,
+    /// The tool that tainted it.
+    pub tainted_by: Option<String>,
     /// The same as `id`, under the name `custos task start --json` prints.
     pub task_id: String,
     /// When it expires (RFC 3339).
@@ -265,6 +271,9 @@ impl From<Task> for TaskBody {
             },
             ended_at: t.ended_at,
             ended_by: t.ended_by,
+            tainted: t.tainted_at.is_some(),
+            tainted_at: t.tainted_at,
+            tainted_by: t.tainted_by,
         }
     }
 }
@@ -361,10 +370,12 @@ mod tests {
             state: TaskState::Active,
             ended_at: None,
             ended_by: None,
+            tainted_at: None,
+            tainted_by: None,
         };
         assert_eq!(
             wire(TaskBody::from(t)),
-            r#"{"id":"task_1","agent":"a","agent_id":"agent_1","template":"t","template_version":2,"started_by":"admin","on_behalf_of":"alice@example.com","purpose":null,"created_at":0,"expires_at":1000,"state":"active","ended_at":null,"ended_by":null,"task_id":"task_1","expires":"1970-01-01T00:00:01Z"}"#
+            r#"{"id":"task_1","agent":"a","agent_id":"agent_1","template":"t","template_version":2,"started_by":"admin","on_behalf_of":"alice@example.com","purpose":null,"created_at":0,"expires_at":1000,"state":"active","ended_at":null,"ended_by":null,"tainted":false,"tainted_at":null,"tainted_by":null,"task_id":"task_1","expires":"1970-01-01T00:00:01Z"}"#
         );
     }
 

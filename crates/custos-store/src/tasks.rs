@@ -35,6 +35,8 @@ macro_rules! row_to_task {
             state: parse_state(&r.try_get::<String, _>("state")?)?,
             ended_at: r.try_get("ended_at")?,
             ended_by: r.try_get("ended_by")?,
+            tainted_at: r.try_get("tainted_at")?,
+            tainted_by: r.try_get("tainted_by")?,
         })
     }};
 }
@@ -59,7 +61,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRow>, StoreError> {
-        const Q: &str = "SELECT id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks WHERE id = $1";
+        const Q: &str = "SELECT id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by, tainted_at, tainted_by FROM tasks WHERE id = $1";
         on_pool!(self, p => match sqlx::query(Q).bind(id.as_str()).fetch_optional(p).await? {
             Some(r) => row_to_task!(r).map(Some),
             None => Ok(None),
@@ -75,7 +77,7 @@ impl Store {
         agent: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TaskRow>, StoreError> {
-        const Q: &str = "SELECT id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by FROM tasks \
+        const Q: &str = "SELECT id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by, tainted_at, tainted_by FROM tasks \
                          WHERE ($1 IS NULL OR agent = $1) ORDER BY created_at DESC, id LIMIT $2";
         on_pool!(self, p => {
             let rows = sqlx::query(Q).bind(agent).bind(limit).fetch_all(p).await?;
@@ -110,6 +112,19 @@ impl Store {
         const Q: &str = "UPDATE tasks SET state = 'ended', ended_at = $1, ended_by = $2 WHERE id = $3 AND state = 'active'";
         on_pool!(self, p => {
             let r = sqlx::query(Q).bind(at).bind(actor).bind(id.as_str()).execute(p).await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    /// Marks a task tainted by `tool` at `at`, unless it already is (the first taint is
+    /// kept). Returns whether this call marked it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn mark_tainted(&self, id: &TaskId, tool: &str, at: i64) -> Result<bool, StoreError> {
+        const Q: &str = "UPDATE tasks SET tainted_at = $1, tainted_by = $2 WHERE id = $3 AND tainted_at IS NULL";
+        on_pool!(self, p => {
+            let r = sqlx::query(Q).bind(at).bind(tool).bind(id.as_str()).execute(p).await?;
             Ok(r.rows_affected() == 1)
         })
     }

@@ -177,6 +177,8 @@ fn forged_expired_and_misaddressed_task_tokens_are_refused_and_audited() {
         state: custos_core::TaskState::Active,
         ended_at: None,
         ended_by: None,
+        tainted_at: None,
+        tainted_by: None,
     };
     let (expired, _) = right
         .issue(&task(&st.task), t - 1000, t - 10)

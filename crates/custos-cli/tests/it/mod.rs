@@ -8,6 +8,7 @@ mod eras;
 mod hardening_inputs;
 mod leases;
 mod pipeline;
+mod policy;
 mod postgres;
 mod python_client;
 mod quickstart;

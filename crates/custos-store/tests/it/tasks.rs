@@ -26,6 +26,8 @@ fn task(id: &str, agent: &str, created_at: i64) -> TaskRow {
         state: TaskState::Active,
         ended_at: None,
         ended_by: None,
+        tainted_at: None,
+        tainted_by: None,
     }
 }
 

@@ -1,0 +1,179 @@
+//! Argument-level policy and taint on the wire: the same tool allowed, held and denied by its
+//! arguments; an untrusted tool's content taints its task and raises that task's later
+//! calls; audit records name the policies that decided.
+
+use serde_json::{Value, json};
+
+use super::support::{RawMcp, TestServer, fixture};
+
+fn bundle(public_key: &str) -> String {
+    let indented: String = public_key.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        r#"kind: Upstream
+name: fx
+command: [python3, "{script}"]
+tiers: {{ echo: 1, publish: 2, whoami: 1 }}
+tier_rules:
+  - {{ tool: echo, args: {{ rows: {{ min: 1000 }} }}, tier: 3 }}
+untrusted: [whoami]
+tainted_tiers: {{ publish: 3 }}
+---
+kind: Template
+name: fx-args
+ttl: 10m
+tools:
+  - tool: fx__publish
+    args: {{ channel: ["internal-*"] }}
+  - fx__echo
+  - fx__whoami
+---
+kind: Agent
+name: agent-p
+owner: test@example.com
+archetype: automation
+templates: [fx-args]
+public_key: |
+{indented}"#,
+        script = fixture("stdio_fixture.py").display()
+    )
+}
+
+struct Session {
+    mcp: RawMcp,
+    sid: String,
+    task: String,
+}
+
+impl Session {
+    fn start(s: &TestServer, key: &std::path::Path) -> Self {
+        let task = s.start_task("agent-p", "fx-args");
+        let token = s.task_token(&task, key);
+        let mcp = RawMcp::new(&s.mcp_url(), Some(&token));
+        let sid = mcp.initialize();
+        Self { mcp, sid, task }
+    }
+
+    /// `Ok(text)` for a result, `Err(reason)` for a refusal.
+    fn call(&self, tool: &str, args: Value) -> Result<String, String> {
+        let r = self.mcp.call(
+            &self.sid,
+            "tools/call",
+            json!({"name": tool, "arguments": args}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        match r.body["error"]["data"]["reason"].as_str() {
+            Some(reason) => Err(reason.to_owned()),
+            None => Ok(r.body["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()),
+        }
+    }
+}
+
+#[test]
+fn arguments_decide_and_untrusted_content_taints_the_task() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-p");
+    s.apply(&bundle(&public));
+    let a = Session::start(&s, &key);
+
+    // The same tool, allowed or denied by its arguments.
+    assert!(
+        a.call("fx__publish", json!({"channel": "internal-news"}))
+            .is_ok()
+    );
+    assert_eq!(
+        a.call("fx__publish", json!({"channel": "external-press"})),
+        Err("argument_not_allowed".into())
+    );
+    assert_eq!(
+        a.call("fx__publish", json!({"channel": ["internal-news"]})),
+        Err("argument_not_allowed".into())
+    );
+    // And allowed or held by the upstream's tier rule: 999 rows pass, 1000 are held.
+    assert!(a.call("fx__echo", json!({"rows": 999})).is_ok());
+    assert_eq!(
+        a.call("fx__echo", json!({"rows": 1000})),
+        Err("approval_unavailable".into())
+    );
+
+    let task = |id: &str| s.cli_json(&["task", "get", id, "--json"]);
+    assert_eq!(task(&a.task)["tainted"], false);
+    // An untrusted tool returns content: the task is tainted from then on ...
+    assert!(a.call("fx__whoami", json!({})).is_ok());
+    let t = task(&a.task);
+    assert_eq!(t["tainted"], true, "{t}");
+    assert_eq!(t["tainted_by"], "fx__whoami");
+    // ... and its external send is held, while the same call by an untainted task is not.
+    assert_eq!(
+        a.call("fx__publish", json!({"channel": "internal-news"})),
+        Err("approval_unavailable".into())
+    );
+    let b = Session::start(&s, &key);
+    assert!(
+        b.call("fx__publish", json!({"channel": "internal-news"}))
+            .is_ok()
+    );
+    assert_eq!(task(&b.task)["tainted"], false);
+
+    // The trail names the deciding policy, the policy version and the taint.
+    let trace = s.cli_json(&["audit", "trace", &a.task, "--json"]);
+    let records = trace["records"].as_array().cloned().unwrap_or_default();
+    let permit = records
+        .iter()
+        .find(|r| {
+            r["kind"] == "tool_call" && r["tool"] == "fx__publish" && r["decision"] == "allow"
+        })
+        .unwrap_or_else(|| panic!("an allowed publish on record: {trace}"));
+    assert_eq!(
+        permit["detail"]["rule"], "template:fx-args:tools[0]",
+        "{permit}"
+    );
+    assert!(permit["policy_version"].as_i64().is_some(), "{permit}");
+    let denied = records
+        .iter()
+        .find(|r| r["reason"] == "argument_not_allowed")
+        .unwrap_or_else(|| panic!("the refused publish on record: {trace}"));
+    assert!(
+        denied["detail"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`channel`") && !m.contains("external-press")),
+        "the refusal names the constrained argument, not its value: {denied}"
+    );
+    let tainted: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "task_tainted")
+        .collect();
+    assert_eq!(tainted.len(), 1, "one taint record: {trace}");
+    assert_eq!(tainted[0]["detail"]["tool"], "fx__whoami");
+}
+
+#[test]
+fn argument_constraints_that_cannot_hold_are_refused_on_apply() {
+    let s = TestServer::start();
+    let (_, public) = s.keygen("agent-p");
+    for (bad, says) in [
+        ("args: { channel: {min: 5, max: 1} }", "above"),
+        ("args: { channel: {max: 1.23456} }", "4 decimal places"),
+        ("args: { channel: {under: 1} }", "unknown field"),
+        ("args: { channel: [] }", "1 to 64 globs"),
+    ] {
+        let yaml = bundle(&public).replace(r#"args: { channel: ["internal-*"] }"#, bad);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, &yaml).expect("write");
+        let out = s.cli(&["apply", "-f", file.to_str().expect("path")]);
+        assert!(!out.status.success(), "{bad} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
+    // Nothing was applied.
+    let templates = s.cli_json(&["get", "templates", "--json"]);
+    assert!(
+        templates
+            .as_array()
+            .is_none_or(|t| t.iter().all(|t| t["name"] != "fx-args")),
+        "{templates}"
+    );
+}
