@@ -42,6 +42,10 @@ pub enum EventKind {
     LeaseRevokeFailed,
     /// A task tainted: an untrusted tool returned content to it.
     TaskTainted,
+    /// A Tier 3 call held: an approval request written, bound to the exact call.
+    ApprovalRequested,
+    /// An approval request answered by an approver (the actor): approved or denied.
+    ApprovalAnswered,
 }
 
 impl EventKind {
@@ -63,6 +67,8 @@ impl EventKind {
             EventKind::LeaseRevoked => "lease_revoked",
             EventKind::LeaseRevokeFailed => "lease_revoke_failed",
             EventKind::TaskTainted => "task_tainted",
+            EventKind::ApprovalRequested => "approval_requested",
+            EventKind::ApprovalAnswered => "approval_answered",
         }
     }
 }
@@ -119,6 +125,18 @@ pub enum Detail {
     TaskTainted {
         /// The untrusted tool whose result tainted it.
         tool: String,
+    },
+    /// An approval request, as requested or answered.
+    Approval {
+        /// Its id.
+        approval_id: String,
+        /// Its state after this event.
+        state: String,
+        /// When it expires (Unix ms).
+        expires_at: i64,
+        /// The approver's note on a denial (bounded).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// Why a call was refused, in words (the code is the record's reason).
     Refusal {

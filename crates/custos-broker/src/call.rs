@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! decide (policy: Permit | Hold | Deny)
-//!   -> Hold: [wait for approval]              (approvals; today: refused)
+//!   -> Hold: wait for an approval bound to this exact call (module `approvals`)
+//!        -> approved: the call goes on as the one permitted call the approval allows
+//!        -> pending past the hold, denied, expired: finish (record, answer)
 //!   -> Deny: finish (record, answer)
 //!   -> Permit: commit the decision record (durable, write-ahead)
 //!        -> [mint per-call credential]        (credentials)
@@ -24,10 +26,11 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::text::truncate;
 use custos_core::{Decision, ExposedTool, Outcome, Reason, Tier, UpstreamSpec};
 use custos_crypto::{TaskClaims, new_id};
-use custos_policy::{CallRequest, HeldCall, PermittedCall, PolicyView, Refusal, Verdict};
+use custos_policy::{CallRequest, PermittedCall, PolicyView, Refusal, Verdict};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::approvals::HoldOutcome;
 use crate::registry::Snapshot;
 use crate::{Broker, BrokerError};
 
@@ -300,9 +303,13 @@ impl Broker {
         let mut call = CallLog::begin(ctx, &request);
         let permitted = match decide(ctx, request) {
             Verdict::Permit(p) => p,
-            Verdict::Hold(held) => {
-                return self.finish(ctx, call, Ending::Refused(hold(held))).await;
-            }
+            Verdict::Hold(held) => match self.hold(ctx, call.event.call_id.as_deref(), held).await?
+            {
+                HoldOutcome::Run(permitted) => permitted,
+                HoldOutcome::Refuse(refusal) => {
+                    return self.finish(ctx, call, Ending::Refused(refusal)).await;
+                }
+            },
             Verdict::Deny(refusal) => {
                 return self.finish(ctx, call, Ending::Refused(refusal)).await;
             }
@@ -393,7 +400,13 @@ impl Broker {
         let tool = e.tool.clone().unwrap_or_default();
         match ending {
             Ending::Refused(refusal) => {
-                e.decision = Some(Decision::Deny);
+                // A call still waiting for its approval is held, not denied.
+                let decision = if refusal.reason == Reason::ApprovalPending {
+                    Decision::Hold
+                } else {
+                    Decision::Deny
+                };
+                e.decision = Some(decision);
                 e.tier = refusal.tier;
                 e.reason = Some(refusal.reason);
                 e.outcome = Some(Outcome::NotCalled);
@@ -402,7 +415,7 @@ impl Broker {
                     message: refusal.message.clone(),
                 });
                 self.inner.metrics.decision(
-                    Decision::Deny,
+                    decision,
                     refusal.tier,
                     refusal.reason,
                     Outcome::NotCalled,
@@ -463,10 +476,4 @@ fn decide(ctx: &TaskContext, request: CallRequest) -> Verdict<'_> {
         tainted: ctx.tainted,
     };
     custos_policy::decide(view, request)
-}
-
-/// The hold stage: a Tier 3 call waits for a human. Until approvals exist there is no one to
-/// ask, so it is refused.
-fn hold(held: HeldCall<'_>) -> Refusal {
-    held.unavailable()
 }

@@ -2,6 +2,7 @@
 //! operators and agents, start and end tasks, issue task tokens, and run one tool call through
 //! the pipeline. Edges (HTTP, MCP, CLI) call the broker; nothing here knows about HTTP or MCP.
 
+mod approvals;
 mod audit;
 mod auth_failures;
 mod call;
@@ -24,9 +25,11 @@ use custos_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use approvals::ApprovalConfig;
 pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
 pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
+pub use custos_store::Answer;
 pub use error::BrokerError;
 pub use leases::{CredentialEnv, IssuedLease, LEASE_ID_PREFIX, parse_lease_id};
 pub use metrics::BrokerMetrics;
@@ -60,6 +63,8 @@ pub struct BrokerConfig {
     /// restoring the store from a backup, which would otherwise revoke credentials issued
     /// since the backup.
     pub revoke_on_start: bool,
+    /// Held calls and approvals.
+    pub approvals: ApprovalConfig,
 }
 
 impl Default for BrokerConfig {
@@ -72,6 +77,7 @@ impl Default for BrokerConfig {
             auth_failure_limit: 200,
             credential_env: CredentialEnv::default(),
             revoke_on_start: true,
+            approvals: ApprovalConfig::default(),
         }
     }
 }
@@ -114,6 +120,8 @@ struct Inner {
     engines: leases::Engines,
     /// This installation's lease scope: the first characters of its lease ids.
     lease_scope: String,
+    /// Woken when this process answers an approval, so held calls re-read theirs at once.
+    approval_answers: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Broker {
@@ -164,6 +172,7 @@ impl Broker {
                 expiry_announced: tokio::sync::Mutex::new(now),
                 engines: leases::Engines::default(),
                 lease_scope,
+                approval_answers: tokio::sync::Notify::new(),
             }),
         };
         let flusher = broker.clone();

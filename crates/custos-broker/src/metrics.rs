@@ -35,6 +35,11 @@ struct SubjectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApprovalLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -59,6 +64,7 @@ pub struct BrokerMetrics {
     public_auth_failures: Family<SubjectLabels, Counter>,
     public_upstream_latency: Histogram,
     lease_revoke_failures: Counter,
+    approvals: Family<ApprovalLabels, Counter>,
 }
 
 impl Default for BrokerMetrics {
@@ -71,6 +77,7 @@ impl Default for BrokerMetrics {
             public_auth_failures: Family::default(),
             public_upstream_latency: latency_histogram(),
             lease_revoke_failures: Counter::default(),
+            approvals: Family::default(),
         }
     }
 }
@@ -97,6 +104,11 @@ impl BrokerMetrics {
             "custos_lease_revoke_failures",
             "Credential leases whose revocation gave up after its retries (marked failed)",
             self.lease_revoke_failures.clone(),
+        );
+        registry.register(
+            "custos_approvals",
+            "Approval requests written (pending) and answered (approved, denied)",
+            self.approvals.clone(),
         );
     }
 
@@ -146,6 +158,14 @@ impl BrokerMetrics {
                 decision: decision.as_str(),
                 tier,
                 outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn approval(&self, state: custos_core::ApprovalState) {
+        self.approvals
+            .get_or_create(&ApprovalLabels {
+                state: state.as_str(),
             })
             .inc();
     }

@@ -89,6 +89,50 @@ enum Command {
     /// List and revoke credential leases.
     #[command(subcommand)]
     Lease(LeaseCmd),
+    /// Held Tier 3 calls: list, show, approve, deny.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCmd {
+    /// List approval requests waiting for an answer (newest first): `id`, `task`, `agent`,
+    /// `initiator`, `tool`, `arguments` (secrets redacted), `tier`, `state`, `expires`.
+    List {
+        /// Every state, not only pending.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one approval request.
+    Show {
+        /// The approval id (`apr_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held call: the identical call then runs once.
+    Approve {
+        /// The approval id (`apr_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a held call.
+    Deny {
+        /// The approval id (`apr_…`).
+        id: String,
+        /// Why (kept with the approval and in the audit record).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +231,17 @@ struct ServeArgs {
     /// restoring the database from a backup. Expired leases are still revoked.
     #[arg(long)]
     no_revoke_on_start: bool,
+    /// How long a held (Tier 3) call waits for an approval before the agent is told
+    /// `approval_pending` (the identical call may be retried), e.g. `25s`.
+    #[arg(long, env = "CUSTOS_APPROVAL_HOLD", default_value = "25s", value_parser = custos_core::parse_duration)]
+    approval_hold: std::time::Duration,
+    /// How long an approval request lives, unanswered or approved and unused, e.g. `10m`.
+    #[arg(long, env = "CUSTOS_APPROVAL_TTL", default_value = "10m", value_parser = parse_duration_arg)]
+    approval_ttl: std::time::Duration,
+    /// Let a task's initiator and the operator who started it answer its approvals
+    /// (separation of duties is on by default).
+    #[arg(long)]
+    allow_self_approval: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,6 +437,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 body_timeout: a.body_timeout,
                 revoke_on_start: !a.no_revoke_on_start,
                 credential_env: custos_broker::CredentialEnv::process(),
+                approvals: custos_broker::ApprovalConfig {
+                    hold: a.approval_hold,
+                    ttl: a.approval_ttl,
+                    separation_of_duties: !a.allow_self_approval,
+                    ..custos_broker::ApprovalConfig::default()
+                },
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -588,6 +649,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("lease {id} revoked ({})", text(&out["principal"]));
             })
         }
+        Command::Approvals(cmd) => approvals(&conn, cmd).await,
         Command::Audit(AuditCmd::Verify { json }) => {
             let out = operator_client(&conn)?.get("/v1/audit/verify").await?;
             let ok = out["ok"].as_bool() == Some(true);
@@ -622,6 +684,79 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_trace(&out)
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// An approval id as a path segment: its shape checked before it is put in a URL.
+fn approval_path(id: &str, action: &str) -> anyhow::Result<String> {
+    if custos_core::ApprovalId::parse(id).is_none() {
+        bail!(
+            "`{}` is not an approval id (apr_…)",
+            custos_core::text::for_display(id, 80)
+        );
+    }
+    Ok(format!("/v1/approvals/{id}{action}"))
+}
+
+fn print_approval(a: &Value) {
+    println!(
+        "{} {:<8} tier {} {} task={} agent={} initiator={} expires={}",
+        text(&a["id"]),
+        text(&a["state"]),
+        a["tier"],
+        text(&a["tool"]),
+        text(&a["task"]),
+        text(&a["agent"]),
+        text(&a["initiator"]),
+        text(&a["expires"])
+    );
+}
+
+async fn approvals(conn: &Conn, cmd: ApprovalsCmd) -> anyhow::Result<ExitCode> {
+    let client = operator_client(conn)?;
+    match cmd {
+        ApprovalsCmd::List { all, json } => {
+            let path = if all {
+                "/v1/approvals?all=true"
+            } else {
+                "/v1/approvals"
+            };
+            let out = client.get(path).await?;
+            done(json, &out, || {
+                for a in out.as_array().into_iter().flatten() {
+                    print_approval(a);
+                }
+            })
+        }
+        ApprovalsCmd::Show { id, json } => {
+            let out = client.get(&approval_path(&id, "")?).await?;
+            done(json, &out, || {
+                print_approval(&out);
+                println!(
+                    "  policy version {}, digest {}",
+                    out["policy_version"],
+                    text(&out["digest"])
+                );
+                println!(
+                    "  arguments: {}",
+                    custos_core::text::escape_unsafe(&out["arguments"].to_string())
+                );
+            })
+        }
+        ApprovalsCmd::Approve { id, json } => {
+            let out = client
+                .post(&approval_path(&id, "/approve")?, json!({}))
+                .await?;
+            done(json, &out, || {
+                println!("approval {id} approved: the identical call may run once")
+            })
+        }
+        ApprovalsCmd::Deny { id, reason, json } => {
+            let out = client
+                .post(&approval_path(&id, "/deny")?, json!({ "reason": reason }))
+                .await?;
+            done(json, &out, || println!("approval {id} denied"))
         }
     }
 }

@@ -75,6 +75,12 @@ id_type!(
     "agent_"
 );
 
+id_type!(
+    /// An approval request's id: `apr_…`.
+    ApprovalId,
+    "apr_"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! layer (`…Error`), messages lowercase without a final period, user input in backticks.
 //! Startup and glue code (the CLI, server bootstrap) use `anyhow` with `.context(..)`.
 
+pub mod approval;
 pub mod clock;
 pub mod credential;
 pub mod decision;
@@ -23,11 +24,12 @@ pub mod text;
 pub mod tier;
 pub mod yaml_limits;
 
+pub use approval::{Approval, ApprovalState};
 pub use clock::{Clock, SystemClock, UnixMillis};
 pub use credential::{CredentialEngine, CredentialRoleSpec};
 pub use decision::{Decision, Outcome};
 pub use duration::{BoundedDuration, parse_duration};
-pub use ids::{AgentId, TaskId};
+pub use ids::{AgentId, ApprovalId, TaskId};
 pub use lease::{Lease, LeaseState};
 pub use names::{ExposedTool, NameError};
 pub use reason::Reason;

@@ -51,8 +51,11 @@ reasons! {
     UnknownTemplate => "unknown_template",
     /// Tier 4: always refused.
     Tier4Denied => "tier4_denied",
-    /// Tier 3, and no approval can be had.
+    /// Tier 3, and no approval could be had (before approvals existed; kept so older records
+    /// still read).
     ApprovalUnavailable => "approval_unavailable",
+    /// Tier 3, and the task already has as many approval requests waiting as it may.
+    ApprovalLimit => "approval_limit",
     /// Tier 3: held for a human approval that has not been given yet (the call may be
     /// retried with the same arguments; `data.approval_id` names the request).
     ApprovalPending => "approval_pending",

@@ -733,12 +733,18 @@ impl McpGateway {
                     .await
                 {
                     Ok(result) => jsonrpc::result(id, adapt_result(result, era)),
-                    Err(CallError::Refused(refusal)) => jsonrpc::error(
-                        id,
-                        refusal_code(refusal.reason),
-                        &format!("custos: {}", refusal.message),
-                        Some(json!({ "reason": refusal.reason })),
-                    ),
+                    Err(CallError::Refused(refusal)) => {
+                        let mut data = json!({ "reason": refusal.reason });
+                        if let Some(approval) = &refusal.approval {
+                            data["approval_id"] = json!(approval);
+                        }
+                        jsonrpc::error(
+                            id,
+                            refusal_code(refusal.reason),
+                            &format!("custos: {}", refusal.message),
+                            Some(data),
+                        )
+                    }
                     Err(CallError::Upstream(UpstreamError::Rpc {
                         code,
                         message,

@@ -53,8 +53,8 @@ pub(crate) struct Slice {
     args: BTreeSet<String>,
     /// Whether the tool's results taint the task.
     pub(crate) untrusted: bool,
-    /// The Cedar text of the slice, for `policy explain`.
-    pub(crate) text: String,
+    /// The Cedar text of the slice, for `policy explain` (shared, not copied, per call).
+    pub(crate) text: Arc<str>,
 }
 
 /// What evaluating one call found.
@@ -252,22 +252,10 @@ fn lit(s: &str) -> String {
     out
 }
 
-/// A Cedar `like` pattern for a glob whose only wildcard is `*`.
+/// A Cedar `like` pattern for a glob whose only wildcard is `*`: the glob as a string
+/// literal, `*` left unescaped (a glob has no literal `*`).
 fn like_pattern(glob: &str) -> String {
-    let mut out = String::from("\"");
-    for c in glob.chars() {
-        match c {
-            '*' => out.push('*'),
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    lit(glob)
 }
 
 /// The condition that the tool name matches a tool-name glob. Cedar's `like` has no `?`:
@@ -429,7 +417,7 @@ fn build_slice(
         )?;
     }
     let untrusted = upstream.untrusted.iter().any(|p| glob_match(p, tool));
-    let text = format!("{}{}", call.text, classify.text);
+    let text: Arc<str> = format!("{}{}", call.text, classify.text).into();
     Ok(Slice {
         call: call.set,
         classify: classify.set,

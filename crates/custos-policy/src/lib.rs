@@ -8,6 +8,7 @@
 mod cedar;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use custos_core::glob::glob_match;
 use custos_core::text::for_display;
@@ -63,12 +64,15 @@ pub struct Refusal {
     pub tier: Option<Tier>,
     /// The upstream the tool names, when it parsed.
     pub upstream: Option<String>,
+    /// The approval request a held call is waiting on (or was answered by).
+    pub approval: Option<custos_core::ApprovalId>,
 }
 
-/// Permission to make exactly one call: this task, this tool, these arguments, under this
-/// policy version. Only [`decide`] builds it.
+/// A call as policy decided it: task, tool, arguments, digest, tier, the policies that
+/// decided and the policy version. Reached through a [`PermittedCall`] or a [`HeldCall`];
+/// only this crate builds one.
 #[derive(Debug, Clone)]
-pub struct PermittedCall<'a> {
+pub struct DecidedCall<'a> {
     task: String,
     tool: ExposedTool,
     upstream: &'a UpstreamSpec,
@@ -80,7 +84,7 @@ pub struct PermittedCall<'a> {
     taints: bool,
 }
 
-impl PermittedCall<'_> {
+impl DecidedCall<'_> {
     /// Whether the tool is untrusted: content it returns taints the task.
     pub fn taints(&self) -> bool {
         self.taints
@@ -97,7 +101,7 @@ impl PermittedCall<'_> {
     pub fn upstream(&self) -> &UpstreamSpec {
         self.upstream
     }
-    /// The arguments permitted.
+    /// The arguments (unredacted: redact before showing or storing them).
     pub fn arguments(&self) -> &Value {
         &self.arguments
     }
@@ -109,13 +113,26 @@ impl PermittedCall<'_> {
     pub fn tier(&self) -> Tier {
         self.tier
     }
-    /// The template rule that allowed it (`template:pattern`).
+    /// The policies that allowed (or held) it (`template:NAME:tools[i]`, comma-separated), or
+    /// `approval:ID`.
     pub fn rule(&self) -> &str {
         &self.rule
     }
     /// The policy version it was decided under.
     pub fn policy_version(&self) -> i64 {
         self.policy_version
+    }
+}
+
+/// Permission to make exactly one call: this task, this tool, these arguments, under this
+/// policy version. Only [`decide`] builds it, or [`HeldCall::into_permitted`].
+#[derive(Debug, Clone)]
+pub struct PermittedCall<'a>(DecidedCall<'a>);
+
+impl<'a> std::ops::Deref for PermittedCall<'a> {
+    type Target = DecidedCall<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -124,80 +141,24 @@ impl PermittedCall<'_> {
 /// judge it. Only [`decide`] builds one; an approval turns it into the one [`PermittedCall`]
 /// it allows ([`HeldCall::into_permitted`]).
 #[derive(Debug, Clone)]
-pub struct HeldCall<'a> {
-    task: String,
-    tool: ExposedTool,
-    upstream: &'a UpstreamSpec,
-    arguments: Value,
-    digest: String,
-    tier: Tier,
-    rule: String,
-    policy_version: i64,
-    taints: bool,
+pub struct HeldCall<'a>(DecidedCall<'a>);
+
+impl<'a> std::ops::Deref for HeldCall<'a> {
+    type Target = DecidedCall<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl<'a> HeldCall<'a> {
-    /// The task the call belongs to.
-    pub fn task(&self) -> &str {
-        &self.task
-    }
-    /// The tool, parsed.
-    pub fn tool(&self) -> &ExposedTool {
-        &self.tool
-    }
-    /// The upstream that would serve it.
-    pub fn upstream(&self) -> &UpstreamSpec {
-        self.upstream
-    }
-    /// The arguments held (unredacted: redact before showing or storing them).
-    pub fn arguments(&self) -> &Value {
-        &self.arguments
-    }
-    /// The digest of its arguments.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-    /// Its tier.
-    pub fn tier(&self) -> Tier {
-        self.tier
-    }
-    /// The rule that held it.
-    pub fn rule(&self) -> &str {
-        &self.rule
-    }
-    /// The policy version it was decided under.
-    pub fn policy_version(&self) -> i64 {
-        self.policy_version
-    }
-
-    /// The refusal while no approval can be had.
-    pub fn unavailable(&self) -> Refusal {
-        Refusal {
-            reason: Reason::ApprovalUnavailable,
-            message: format!(
-                "tool `{}` is Tier 3 and needs a human approval, which this Custos does not offer yet",
-                self.tool
-            ),
-            tier: Some(self.tier),
-            upstream: Some(self.tool.upstream.clone()),
-        }
-    }
-
     /// The call an approval allows: exactly this one, under this policy version. The caller
     /// (the approvals stage) has checked that `approval_id` approved this task, tool, digest
     /// and policy version and that it has not been used; the rule becomes `approval:<id>`.
     pub fn into_permitted(self, approval_id: &str) -> PermittedCall<'a> {
-        PermittedCall {
-            task: self.task,
-            tool: self.tool,
-            upstream: self.upstream,
-            arguments: self.arguments,
-            digest: self.digest,
-            tier: self.tier,
+        PermittedCall(DecidedCall {
             rule: format!("approval:{approval_id}"),
-            policy_version: self.policy_version,
-            taints: self.taints,
-        }
+            ..self.0
+        })
     }
 }
 
@@ -250,7 +211,7 @@ pub struct Explanation {
     /// Whether the task was tainted.
     pub tainted: bool,
     /// The Cedar slice the call was evaluated against.
-    pub cedar: Option<String>,
+    pub cedar: Option<Arc<str>>,
 }
 
 /// The template pattern that allows `exposed`, if any.
@@ -295,6 +256,7 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
                 message,
                 tier: why.tier,
                 upstream,
+                approval: None,
             }),
             why,
         )
@@ -372,10 +334,10 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
         }
     };
     why.cedar = Some(slice.text.clone());
-    why.allowed_by.clone_from(&eval.allowed_by);
-    why.tiered_by.clone_from(&eval.tiered_by);
-    why.errors.clone_from(&eval.errors);
-    if eval.allowed_by.is_empty() {
+    why.allowed_by = eval.allowed_by;
+    why.tiered_by = eval.tiered_by;
+    why.errors = eval.errors;
+    if why.allowed_by.is_empty() {
         let mut constrained: Vec<&str> = template
             .tools
             .iter()
@@ -401,36 +363,28 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
     }
     let tier = eval.tier;
     why.tier = Some(tier);
-    let rule = eval.allowed_by.join(",");
+    let rule = why.allowed_by.join(",");
+    let decided = |call: CallRequest, tool: ExposedTool| DecidedCall {
+        task: call.task,
+        tool,
+        upstream,
+        arguments: call.arguments,
+        digest: call.digest,
+        tier,
+        rule,
+        policy_version: view.version,
+        taints: slice.untrusted,
+    };
     let verdict = match tier {
         Tier::T4 => Verdict::Deny(Refusal {
             reason: Reason::Tier4Denied,
             message: format!("tool `{exposed}` is Tier 4: always refused"),
             tier: Some(tier),
             upstream: Some(tool.upstream),
+            approval: None,
         }),
-        Tier::T3 => Verdict::Hold(HeldCall {
-            task: call.task,
-            tool,
-            upstream,
-            arguments: call.arguments,
-            digest: call.digest,
-            tier,
-            rule,
-            policy_version: view.version,
-            taints: slice.untrusted,
-        }),
-        Tier::T1 | Tier::T2 => Verdict::Permit(PermittedCall {
-            task: call.task,
-            tool,
-            upstream,
-            arguments: call.arguments,
-            digest: call.digest,
-            tier,
-            rule,
-            policy_version: view.version,
-            taints: slice.untrusted,
-        }),
+        Tier::T3 => Verdict::Hold(HeldCall(decided(call, tool))),
+        Tier::T1 | Tier::T2 => Verdict::Permit(PermittedCall(decided(call, tool))),
     };
     (verdict, why)
 }
@@ -482,7 +436,7 @@ mod tests {
     }
 
     /// A held call's tier, policy version and refusal while no approval can be had.
-    type Held = (Tier, i64, Refusal);
+    type Held = (Tier, i64, String);
 
     fn verdict(name: &str) -> Result<(Tier, String, i64), Result<Held, Refusal>> {
         let t = template();
@@ -504,7 +458,7 @@ mod tests {
                 assert_eq!(p.digest(), custos_crypto::argument_digest(p.arguments()));
                 Ok((p.tier(), p.rule().to_owned(), p.policy_version()))
             }
-            Verdict::Hold(h) => Err(Ok((h.tier(), h.policy_version(), h.unavailable()))),
+            Verdict::Hold(h) => Err(Ok((h.tier(), h.policy_version(), h.digest().to_owned()))),
             Verdict::Deny(r) => Err(Err(r)),
         }
     }
@@ -535,9 +489,12 @@ mod tests {
         assert_eq!(reason("ghost__x"), Reason::UnknownUpstream);
         assert_eq!(reason("files"), Reason::InvalidToolName);
         match verdict("files__write_file") {
-            Err(Ok((tier, version, unavailable))) => {
+            Err(Ok((tier, version, digest))) => {
                 assert_eq!((tier, version), (Tier::T3, 7));
-                assert_eq!(unavailable.reason, Reason::ApprovalUnavailable);
+                assert_eq!(
+                    digest,
+                    custos_crypto::argument_digest(&serde_json::json!({"p": 1}))
+                );
             }
             other => panic!("tier 3 must be held: {other:?}"),
         }

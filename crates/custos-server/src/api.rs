@@ -18,8 +18,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, body_error};
 use crate::response::{
-    ApplyBody, ChangeBody, CreatedOperatorBody, ErrorBody, HealthBody, LeaseBody, OperatorBody,
-    ResourceBody, RoleBody, SuspensionBody, TaskBody, VerifyBody,
+    ApplyBody, ApprovalBody, ChangeBody, CreatedOperatorBody, ErrorBody, HealthBody, LeaseBody,
+    OperatorBody, ResourceBody, RoleBody, SuspensionBody, TaskBody, VerifyBody,
 };
 use crate::{AppState, Peer};
 
@@ -554,6 +554,156 @@ pub async fn revoke_lease(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseBody>, ApiError> {
     Ok(Json(s.broker.revoke_lease(&op, &id).await?.into()))
+}
+
+/// Filters for `GET /v1/approvals`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ApprovalFilter {
+    /// Every state, not only those waiting for an answer.
+    #[serde(default)]
+    all: bool,
+}
+
+/// An approval id from a path: one that cannot be an approval id is an unknown approval.
+fn approval_id(s: &str) -> Result<custos_core::ApprovalId, ApiError> {
+    custos_core::ApprovalId::parse(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "approval `{}` not found",
+                custos_core::text::for_display(s, 64)
+            ),
+        )
+    })
+}
+
+/// `GET /v1/approvals`
+#[utoipa::path(
+    get,
+    path = "/v1/approvals",
+    tag = "approvals",
+    summary = "List approval requests, newest first: pending only, or all",
+    security(("operatorToken" = [])),
+    params(ApprovalFilter),
+    responses(
+        (status = 200, description = "up to 500 approvals", body = Vec<ApprovalBody>),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "only approvers, auditors and admins see approvals", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn list_approvals(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Query(f): Query<ApprovalFilter>,
+) -> Result<Json<Vec<ApprovalBody>>, ApiError> {
+    let list = s.broker.list_approvals(&op, f.all).await?;
+    Ok(Json(list.into_iter().map(ApprovalBody::from).collect()))
+}
+
+/// `GET /v1/approvals/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/approvals/{id}",
+    tag = "approvals",
+    summary = "One approval request",
+    security(("operatorToken" = [])),
+    params(("id" = String, Path, description = "approval id (`apr_…`)")),
+    responses(
+        (status = 200, description = "the approval", body = ApprovalBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "only approvers, auditors and admins see approvals", body = ErrorBody),
+        (status = 404, description = "unknown approval", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn get_approval(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalBody>, ApiError> {
+    Ok(Json(
+        s.broker.get_approval(&op, &approval_id(&id)?).await?.into(),
+    ))
+}
+
+/// `POST /v1/approvals/{id}/approve`
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/approve",
+    tag = "approvals",
+    summary = "Approve a held call: the identical call may then run once",
+    security(("operatorToken" = [])),
+    params(("id" = String, Path, description = "approval id (`apr_…`)")),
+    responses(
+        (status = 200, description = "approved", body = ApprovalBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "not an approver, or the task's initiator or starter (separation of duties)", body = ErrorBody),
+        (status = 404, description = "unknown approval", body = ErrorBody),
+        (status = 409, description = "already answered, or expired", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn approve(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalBody>, ApiError> {
+    let id = approval_id(&id)?;
+    let a = s
+        .broker
+        .answer_approval(&op, &id, custos_broker::Answer::Approve, None)
+        .await?;
+    Ok(Json(a.into()))
+}
+
+/// The body of `POST /v1/approvals/{id}/deny`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyApproval {
+    /// Why (kept with the approval and in the audit record; at most 1 KiB kept).
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/deny`
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/deny",
+    tag = "approvals",
+    summary = "Deny a held call",
+    security(("operatorToken" = [])),
+    params(("id" = String, Path, description = "approval id (`apr_…`)")),
+    request_body = DenyApproval,
+    responses(
+        (status = 200, description = "denied", body = ApprovalBody),
+        (status = 400, description = "malformed body", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "not an approver, or the task's initiator or starter (separation of duties)", body = ErrorBody),
+        (status = 404, description = "unknown approval", body = ErrorBody),
+        (status = 409, description = "already answered, or expired", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn deny(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Path(id): Path<String>,
+    body: Result<Json<DenyApproval>, JsonRejection>,
+) -> Result<Json<ApprovalBody>, ApiError> {
+    let id = approval_id(&id)?;
+    let req = json_body(body)?;
+    let a = s
+        .broker
+        .answer_approval(&op, &id, custos_broker::Answer::Deny, req.reason.as_deref())
+        .await?;
+    Ok(Json(a.into()))
 }
 
 /// `GET /v1/audit/verify`: re-reads every stored record.

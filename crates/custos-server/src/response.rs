@@ -520,3 +520,103 @@ impl From<custos_core::Lease> for LeaseBody {
         }
     }
 }
+
+/// An approval request's state.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = ApprovalState)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStateBody {
+    /// Waiting for a human.
+    Pending,
+    /// Approved: the identical call may run once.
+    Approved,
+    /// Denied.
+    Denied,
+    /// Unanswered, or approved and unused, past its expiry.
+    Expired,
+    /// The approved call ran.
+    Executed,
+}
+
+impl From<custos_core::ApprovalState> for ApprovalStateBody {
+    fn from(s: custos_core::ApprovalState) -> Self {
+        match s {
+            custos_core::ApprovalState::Pending => ApprovalStateBody::Pending,
+            custos_core::ApprovalState::Approved => ApprovalStateBody::Approved,
+            custos_core::ApprovalState::Denied => ApprovalStateBody::Denied,
+            custos_core::ApprovalState::Expired => ApprovalStateBody::Expired,
+            custos_core::ApprovalState::Executed => ApprovalStateBody::Executed,
+        }
+    }
+}
+
+/// A held Tier 3 call: bound to its task, tool, argument digest and policy version.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Approval)]
+pub struct ApprovalBody {
+    /// `apr_…`.
+    pub id: String,
+    /// The task whose call is held.
+    pub task: String,
+    /// The task's agent.
+    pub agent: String,
+    /// On whose behalf the task runs.
+    pub initiator: String,
+    /// The operator who started the task.
+    pub started_by: String,
+    /// The exposed tool name.
+    pub tool: String,
+    /// The upstream serving it.
+    pub upstream: String,
+    /// The call's arguments, secrets redacted.
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Value,
+    /// SHA-256 of the canonical arguments: what the approval binds.
+    pub digest: String,
+    /// The call's tier.
+    pub tier: u8,
+    /// The policy version the call was decided under.
+    pub policy_version: i64,
+    /// The policies that held it.
+    pub rule: String,
+    /// State as of now.
+    pub state: ApprovalStateBody,
+    /// When it was requested (RFC 3339).
+    pub created: String,
+    /// When it expires, unanswered or approved and unused (RFC 3339).
+    pub expires: String,
+    /// When it was answered (RFC 3339).
+    pub decided: Option<String>,
+    /// Who answered it.
+    pub decided_by: Option<String>,
+    /// The approver's note on a denial.
+    pub note: Option<String>,
+    /// When the approved call ran (RFC 3339).
+    pub executed: Option<String>,
+}
+
+impl From<custos_core::Approval> for ApprovalBody {
+    fn from(a: custos_core::Approval) -> Self {
+        Self {
+            id: a.id.to_string(),
+            task: a.task.to_string(),
+            agent: a.agent,
+            initiator: a.initiator,
+            started_by: a.started_by,
+            tool: a.tool,
+            upstream: a.upstream,
+            arguments: a.arguments,
+            digest: a.digest,
+            tier: a.tier.number(),
+            policy_version: a.policy_version,
+            rule: a.rule,
+            state: a.state.into(),
+            created: rfc3339(a.created_at),
+            expires: rfc3339(a.expires_at),
+            decided: a.decided_at.map(rfc3339),
+            decided_by: a.decided_by,
+            note: a.note,
+            executed: a.executed_at.map(rfc3339),
+        }
+    }
+}

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     /// Where credential roles' `connection_env` variables are read: the process environment,
     /// or (tests) anything else.
     pub credential_env: custos_broker::CredentialEnv,
+    /// Held calls and approvals: the hold, the approvals' lifetime, separation of duties.
+    pub approvals: custos_broker::ApprovalConfig,
 }
 
 impl ServeConfig {
@@ -72,6 +74,7 @@ impl ServeConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             revoke_on_start: true,
             credential_env: custos_broker::CredentialEnv::process(),
+            approvals: custos_broker::ApprovalConfig::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ pub async fn build_with_clock(
         auth_failure_limit: config.auth_failure_limit,
         credential_env: config.credential_env.clone(),
         revoke_on_start: config.revoke_on_start,
+        approvals: config.approvals.clone(),
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
     // The broker opens the store (migrating it) and the audit writer; its error names the

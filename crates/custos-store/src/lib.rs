@@ -3,6 +3,7 @@
 //! One schema, two migration sets, runtime queries written once: every query uses `$N`
 //! placeholders, which both backends read, and `on_pool!` expands a body once per backend.
 
+mod approvals;
 mod audit;
 mod identity;
 mod leases;
@@ -18,6 +19,7 @@ use sqlx::sqlite::{
 };
 use thiserror::Error;
 
+pub use approvals::Answer;
 pub use audit::{AuditAppender, AuditHead, AuditRow};
 pub use identity::{AgentStatus, OperatorRow};
 pub use resources::{AppliedChange, ChangeOp, ResourceRow, ResourceWrite};

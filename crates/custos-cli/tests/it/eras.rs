@@ -118,7 +118,14 @@ fn stateless_era_discover_list_and_call() {
         json!({"name": "fx__publish", "arguments": {}}),
         Some("fx__publish"),
     );
-    assert_eq!(r.body["error"]["data"]["reason"], "approval_unavailable");
+    assert_eq!(r.body["error"]["data"]["reason"], "approval_pending");
+    assert!(
+        r.body["error"]["data"]["approval_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("apr_")),
+        "a held call names its approval request: {}",
+        r.body
+    );
     assert!(
         r.body["error"]["message"]
             .as_str()

@@ -1,5 +1,6 @@
 mod support;
 
+mod approvals;
 mod audit_tamper;
 mod auth;
 mod badinput;

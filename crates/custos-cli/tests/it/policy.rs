@@ -95,7 +95,7 @@ fn arguments_decide_and_untrusted_content_taints_the_task() {
     assert!(a.call("fx__echo", json!({"rows": 999})).is_ok());
     assert_eq!(
         a.call("fx__echo", json!({"rows": 1000})),
-        Err("approval_unavailable".into())
+        Err("approval_pending".into())
     );
 
     let task = |id: &str| s.cli_json(&["task", "get", id, "--json"]);
@@ -108,7 +108,7 @@ fn arguments_decide_and_untrusted_content_taints_the_task() {
     // ... and its external send is held, while the same call by an untainted task is not.
     assert_eq!(
         a.call("fx__publish", json!({"channel": "internal-news"})),
-        Err("approval_unavailable".into())
+        Err("approval_pending".into())
     );
     let b = Session::start(&s, &key);
     assert!(

@@ -343,14 +343,14 @@ fn lists_and_calls_through_the_gateway(mode: &str) {
         mode,
         "web__shout",
         &json!({ "text": "hi" }),
-        "approval_unavailable",
+        "approval_pending",
     );
     call_refused(
         &w,
         mode,
         "files__write_file",
         &json!({ "path": written.to_str().expect("utf-8"), "content": "x" }),
-        "approval_unavailable",
+        "approval_pending",
     );
 
     // What reached the upstreams: the allowed call did, the refused ones did not.

@@ -137,6 +137,9 @@ impl TestServer {
             // Failed authentications are summed per window; a short one lets tests see them
             // (an environment variable, so builds without the option still start).
             .env("CUSTOS_AUTH_FAILURE_WINDOW", "1s")
+            // A held call is answered `approval_pending` at once unless a test asks for a
+            // hold (`--approval-hold`, which overrides this).
+            .env("CUSTOS_APPROVAL_HOLD", "0s")
             .args(extra)
             .env("RUST_LOG", "info,custos_gateway=debug")
             .env_remove("CUSTOS_TOKEN")

@@ -1,3 +1,4 @@
+mod approvals;
 mod audit;
 mod connect;
 mod identity;

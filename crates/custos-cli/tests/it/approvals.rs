@@ -1,0 +1,377 @@
+//! The human approval gate on the wire: a Tier 3 call is held as a request bound to the exact
+//! call, an approver answers it by CLI or API, and the identical call then runs exactly once;
+//! other arguments, another task, a second run, a denial and an expiry are all refused.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::{RawMcp, TestServer, fixture};
+
+fn bundle(public_key: &str) -> String {
+    let indented: String = public_key.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        r#"kind: Upstream
+name: fx
+command: [python3, "{script}"]
+tiers: {{ echo: 1, touch: 3 }}
+default_tier: 4
+---
+kind: Template
+name: fx-held
+ttl: 10m
+tools: [fx__echo, fx__touch]
+---
+kind: Agent
+name: agent-h
+owner: test@example.com
+archetype: internal-ops
+templates: [fx-held]
+public_key: |
+{indented}"#,
+        script = fixture("stdio_fixture.py").display()
+    )
+}
+
+struct Agent {
+    mcp: RawMcp,
+    sid: String,
+    task: String,
+}
+
+/// A call's answer: the result text, or the refusal's reason and approval id.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Ran(String),
+    Refused(String, Option<String>),
+}
+
+impl Agent {
+    fn start(s: &TestServer, key: &Path) -> Self {
+        let task = s.start_task("agent-h", "fx-held");
+        let token = s.task_token(&task, key);
+        let mcp = RawMcp::new(&s.mcp_url(), Some(&token));
+        let sid = mcp.initialize();
+        Self { mcp, sid, task }
+    }
+
+    fn touch(&self, path: &Path) -> Answer {
+        self.call("fx__touch", json!({ "path": path }))
+    }
+
+    fn call(&self, tool: &str, arguments: Value) -> Answer {
+        let r = self.mcp.call(
+            &self.sid,
+            "tools/call",
+            json!({ "name": tool, "arguments": arguments }),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        match r.body["error"]["data"]["reason"].as_str() {
+            Some(reason) => Answer::Refused(
+                reason.to_owned(),
+                r.body["error"]["data"]["approval_id"]
+                    .as_str()
+                    .map(str::to_owned),
+            ),
+            None => Answer::Ran(
+                r.body["result"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The approval id of a call held past its hold.
+fn pending(answer: Answer) -> String {
+    match answer {
+        Answer::Refused(reason, Some(id)) if reason == "approval_pending" => id,
+        other => panic!("expected approval_pending with an id, got {other:?}"),
+    }
+}
+
+/// How many times the fixture's `touch` ran on `path`.
+fn runs(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+fn operator(s: &TestServer, name: &str, role: &str) -> String {
+    let v = s.cli_json(&["operator", "create", name, "--role", role, "--json"]);
+    v["token"].as_str().expect("token").to_owned()
+}
+
+fn cli_as_json(s: &TestServer, token: &str, args: &[&str]) -> Value {
+    let out = s.cli_as(token, args);
+    assert!(
+        out.status.success(),
+        "custos {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn cli_fails(s: &TestServer, token: &str, args: &[&str], says: &str) {
+    let out = s.cli_as(token, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "custos {args:?} must fail");
+    assert!(stderr.contains(says), "custos {args:?}: {stderr}");
+}
+
+#[test]
+fn an_approval_allows_the_identical_call_once_and_nothing_else() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let a = Agent::start(&s, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, other) = (dir.path().join("p"), dir.path().join("other"));
+
+    // Held: the upstream is not reached, and the agent learns the request's id.
+    let first = pending(a.touch(&p));
+    assert_eq!(runs(&p), 0);
+    // Retried before anyone answered: the same request, not a new one.
+    assert_eq!(pending(a.touch(&p)), first);
+
+    // Approvers see it, bound to the call, with its attribution chain.
+    let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
+    let listed = list
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["id"] == first.as_str()))
+        .unwrap_or_else(|| panic!("{first} listed: {list}"));
+    assert_eq!(listed["task"], a.task.as_str());
+    assert_eq!(listed["agent"], "agent-h");
+    assert_eq!(listed["initiator"], "alice@example.com");
+    assert_eq!(listed["tool"], "fx__touch");
+    assert_eq!(listed["arguments"]["path"], p.to_str().expect("utf-8"));
+    assert_eq!(listed["tier"], 3);
+    assert_eq!(listed["state"], "pending");
+    assert!(listed["expires"].as_str().is_some(), "{listed}");
+
+    // The operator who started the task cannot approve its calls; an initiator-role
+    // operator cannot approve at all.
+    cli_fails(
+        &s,
+        &s.admin_token.clone(),
+        &["approvals", "approve", &first],
+        "separation of duties",
+    );
+    let ivan = operator(&s, "ivan", "initiator");
+    cli_fails(&s, &ivan, &["approvals", "approve", &first], "may not");
+
+    let approved = cli_as_json(&s, &carol, &["approvals", "approve", &first, "--json"]);
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["decided_by"], "carol");
+    // It answers once.
+    cli_fails(&s, &carol, &["approvals", "deny", &first], "approved");
+
+    // Other arguments are not approved by it: a request of their own.
+    let second = pending(a.touch(&other));
+    assert_ne!(second, first);
+    assert_eq!(runs(&other), 0);
+    // Nor is the same call from another task.
+    let b = Agent::start(&s, &key);
+    let third = pending(b.touch(&p));
+    assert_ne!(third, first);
+    assert_eq!(runs(&p), 0);
+
+    // The identical call runs, exactly once.
+    assert_eq!(a.touch(&p), Answer::Ran("touched".into()));
+    assert_eq!(runs(&p), 1);
+    let again = pending(a.touch(&p));
+    assert_ne!(again, first, "a second run needs an approval of its own");
+    assert_eq!(runs(&p), 1);
+    let shown = cli_as_json(&s, &carol, &["approvals", "show", &first, "--json"]);
+    assert_eq!(shown["state"], "executed", "{shown}");
+    assert!(shown["executed"].as_str().is_some(), "{shown}");
+
+    // A denial refuses the identical call from then on.
+    let denied = cli_as_json(
+        &s,
+        &carol,
+        &[
+            "approvals",
+            "deny",
+            &second,
+            "--reason",
+            "not that file",
+            "--json",
+        ],
+    );
+    assert_eq!(denied["state"], "denied");
+    assert_eq!(denied["note"], "not that file");
+    assert_eq!(
+        a.touch(&other),
+        Answer::Refused("approval_denied".into(), Some(second.clone()))
+    );
+    assert_eq!(runs(&other), 0);
+
+    // `--all` lists every state; the default only what waits.
+    let all = cli_as_json(&s, &carol, &["approvals", "list", "--all", "--json"]);
+    let state_of = |id: &str| {
+        all.as_array()
+            .and_then(|l| l.iter().find(|x| x["id"] == id))
+            .map(|x| x["state"].clone())
+    };
+    assert_eq!(state_of(&first), Some(json!("executed")));
+    assert_eq!(state_of(&second), Some(json!("denied")));
+    let waiting = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
+    let ids: Vec<&str> = waiting
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&third.as_str()) && ids.contains(&again.as_str()),
+        "{waiting}"
+    );
+    assert!(
+        !ids.contains(&first.as_str()) && !ids.contains(&second.as_str()),
+        "{waiting}"
+    );
+
+    // The trail: the request, the approver's answer, and the call decided by the approval.
+    let trace = s.cli_json(&["audit", "trace", &a.task, "--json"]);
+    let records = trace["records"].as_array().cloned().unwrap_or_default();
+    let of = |kind: &str, id: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == kind && r["detail"]["approval_id"] == id)
+            .count()
+    };
+    assert_eq!(of("approval_requested", &first), 1, "{trace}");
+    let answered = records
+        .iter()
+        .find(|r| r["kind"] == "approval_answered" && r["detail"]["approval_id"] == first.as_str())
+        .unwrap_or_else(|| panic!("the approval on record: {trace}"));
+    assert_eq!(answered["actor"], "carol");
+    assert_eq!(answered["tool"], "fx__touch");
+    let executed = records
+        .iter()
+        .filter(|r| r["kind"] == "tool_call" && r["decision"] == "allow")
+        .collect::<Vec<_>>();
+    assert_eq!(executed.len(), 1, "one allowed call: {trace}");
+    assert_eq!(executed[0]["detail"]["rule"], format!("approval:{first}"));
+    assert_eq!(executed[0]["tier"], 3);
+    let held = records
+        .iter()
+        .filter(|r| r["kind"] == "tool_call" && r["decision"] == "hold")
+        .count();
+    assert!(held >= 3, "held calls are on record as held: {trace}");
+    let verify = s.cli_json(&["audit", "verify", "--json"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+#[test]
+fn a_waiting_call_runs_when_approved_and_an_unanswered_one_expires() {
+    let s = TestServer::start_with(&["--approval-hold", "30s", "--approval-ttl", "3s"]);
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let a = Agent::start(&s, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p");
+
+    // The call waits in its hold; an approver answers; the waiting call runs.
+    let (agent, path) = (a, p.clone());
+    let waiting = std::thread::spawn(move || {
+        let answer = agent.touch(&path);
+        (agent, answer)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
+        if let Some(id) = list[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval request appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(runs(&p), 0, "nothing ran before the approval");
+    cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
+    let (a, answer) = waiting.join().expect("the waiting call");
+    assert_eq!(answer, Answer::Ran("touched".into()));
+    assert_eq!(runs(&p), 1);
+
+    // Unanswered, a request expires (3 s here) and the waiting call is refused; answering it
+    // later is too late.
+    let q = dir.path().join("q");
+    let expired = a.touch(&q);
+    let Answer::Refused(reason, Some(late)) = expired else {
+        panic!("expected a refusal, got {expired:?}")
+    };
+    assert_eq!(reason, "approval_expired");
+    cli_fails(&s, &carol, &["approvals", "approve", &late], "expired");
+    assert_eq!(runs(&q), 0);
+    let shown = cli_as_json(&s, &carol, &["approvals", "show", &late, "--json"]);
+    assert_eq!(shown["state"], "expired");
+}
+
+#[test]
+fn approval_requests_are_bounded_redacted_and_checked() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let a = Agent::start(&s, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Secrets in arguments are not shown to approvers; long values are cut.
+    let secret = "hunter2-do-not-show";
+    let id = pending(a.call(
+        "fx__touch",
+        json!({ "path": dir.path().join("s"), "password": secret, "note": "y".repeat(100_000) }),
+    ));
+    let shown = s.cli_as(&carol, &["approvals", "show", &id, "--json"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(!text.contains(secret), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+    assert!(text.len() < 10_000, "{} bytes shown", text.len());
+
+    // One task cannot flood approvers: past 16 waiting requests, held calls are refused.
+    for i in 1..16 {
+        pending(a.touch(&dir.path().join(format!("f{i}"))));
+    }
+    assert_eq!(
+        a.touch(&dir.path().join("f16")),
+        Answer::Refused("approval_limit".into(), None)
+    );
+
+    // Ids that cannot be approval ids, unknown ids, roles that may not look.
+    cli_fails(
+        &s,
+        &carol,
+        &["approvals", "show", "../../v1/operators"],
+        "not an approval id",
+    );
+    cli_fails(
+        &s,
+        &carol,
+        &["approvals", "approve", "apr_unknown"],
+        "not found",
+    );
+    let ivan = operator(&s, "ivan", "initiator");
+    cli_fails(&s, &ivan, &["approvals", "list", "--json"], "may not");
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(format!("{}/v1/approvals/{id}/deny", s.addr))
+        .bearer_auth(&carol)
+        .header("content-type", "application/json")
+        .body(r#"{"reason": 5}"#)
+        .send()
+        .expect("POST deny");
+    assert_eq!(r.status().as_u16(), 422, "a malformed body is refused");
+    let still = cli_as_json(&s, &carol, &["approvals", "show", &id, "--json"]);
+    assert_eq!(
+        still["state"], "pending",
+        "a malformed answer changes nothing"
+    );
+}
