@@ -7,6 +7,7 @@
 #   venv/  Python venv from scripts/requirements-test.txt (mcp, mcp-server-time, httpx, pinned)
 #   node/  npm prefix from scripts/test-deps-node/{package.json,package-lock.json}
 #          (@modelcontextprotocol/server-filesystem, pinned)
+# and, when missing and running as root, Debian's chromium and chromium-driver (apt).
 #
 # Idempotent: each part keeps a stamp (sha256 of its pin files + interpreter version) and
 # is skipped when the stamp matches and the expected executables exist.
@@ -106,6 +107,25 @@ FS_ENTRY="$(node -e '
 ' "$FS_PKG_DIR")"
 [[ -f "$FS_ENTRY" ]] || die "filesystem server entry not found: $FS_ENTRY"
 
+# ---------------------------------------------------------------- browser
+# Debian's Chromium and ChromeDriver for the web-page tests (driven over WebDriver). Installed
+# with apt when missing and this runs as root; otherwise they must already be there.
+CHROMIUM="$(command -v chromium || true)"
+CHROMEDRIVER="$(command -v chromedriver || true)"
+if [[ -z "$CHROMIUM" || -z "$CHROMEDRIVER" ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver with apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium chromium-driver >&2 \
+      || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends chromium chromium-driver >&2; } \
+      || die "apt-get could not install chromium and chromium-driver"
+    CHROMIUM="$(command -v chromium)"
+    CHROMEDRIVER="$(command -v chromedriver)"
+  else
+    die "chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)"
+  fi
+fi
+
 # ---------------------------------------------------------------- output
 emit() { printf '%s=%q\n' "$1" "$2"; }
 emit CUSTOS_DEPS_DIR "$DIR"
@@ -113,4 +133,6 @@ emit CUSTOS_PY "$PY"
 emit CUSTOS_TIME_SERVER "$TIME_SERVER"
 emit CUSTOS_NODE "$(command -v node)"
 emit CUSTOS_FS_SERVER "$FS_ENTRY"
+emit CUSTOS_CHROMIUM "$CHROMIUM"
+emit CUSTOS_CHROMEDRIVER "$CHROMEDRIVER"
 log "done"

@@ -11,6 +11,7 @@ mod oauth;
 pub mod openapi;
 mod response;
 pub mod serve;
+mod ui;
 mod vault;
 
 use std::sync::Arc;
@@ -159,16 +160,15 @@ fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
 /// The whole HTTP surface. Public so tests can drive it without a socket.
 pub fn router(state: AppState) -> Router {
     let (routes, _document) = routes(state.body_timeout).split_for_parts();
+    let ui = ui::router(state.clone());
     routes
+        .with_state(state.clone())
+        .merge(ui)
         .fallback(api::not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(middleware::from_fn_with_state(state, count_requests))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
 }
 
 #[cfg(test)]

@@ -67,7 +67,8 @@ fn served_paths(router: &axum::Router) -> BTreeSet<String> {
         }
         rest = &rest["RouteId(".len()..];
     }
-    paths.retain(|p| p.starts_with('/'));
+    // The web pages under /ui are HTML for people, not part of the API document.
+    paths.retain(|p| p.starts_with('/') && !p.starts_with("/ui"));
     paths
 }
 

@@ -375,3 +375,95 @@ fn approval_requests_are_bounded_redacted_and_checked() {
         "a malformed answer changes nothing"
     );
 }
+
+#[test]
+fn an_approver_answers_in_the_browser() {
+    use super::webdriver::Browser;
+
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let a = Agent::start(&s, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p");
+    let id = pending(a.touch(&p));
+    // A value crafted to run script in an approver's browser is shown as text.
+    let hostile = "<script>document.title='owned'</script><img src=x onerror=alert(1)>";
+    let q = dir.path().join("q");
+    let other = pending(a.call("fx__touch", json!({ "path": q, "comment": hostile })));
+
+    let b = Browser::start();
+    let page = format!("{}/ui/approvals", s.addr);
+    b.goto(&page);
+    // Not signed in: the sign-in form. A wrong token does not sign in.
+    b.type_into("#token", "custos_op_not-a-real-token");
+    b.click("#sign-in");
+    assert!(b.text("[role=alert]").contains("does not sign in"));
+    b.type_into("#token", &carol);
+    b.click("#sign-in");
+    assert_eq!(b.text("#operator"), "carol");
+    let row = format!("tr[id=\"{id}\"]");
+    assert_eq!(b.attribute(&row, "data-state").as_deref(), Some("pending"));
+    assert!(b.text(&row).contains("fx__touch"));
+    assert!(b.text(&row).contains(p.to_str().expect("utf-8")));
+    let hostile_row = format!("tr[id=\"{other}\"]");
+    assert!(
+        b.text(&hostile_row).contains("<script>"),
+        "the hostile value shows as text"
+    );
+    assert_eq!(b.count("script"), 0, "no script element on the page");
+    assert_eq!(b.count("img"), 0, "no image element on the page");
+
+    // The session cookie cannot answer without the page's CSRF token.
+    let cookie = b.cookie("custos_ui").expect("a session cookie");
+    let forged = reqwest::blocking::Client::new()
+        .post(format!("{}/ui/approvals/{id}/approve", s.addr))
+        .header("cookie", format!("custos_ui={cookie}"))
+        .form(&[("csrf", "guess")])
+        .send()
+        .expect("forged POST");
+    assert_eq!(forged.status().as_u16(), 403);
+    assert_eq!(
+        cli_as_json(&s, &carol, &["approvals", "show", &id, "--json"])["state"],
+        "pending"
+    );
+
+    // Approve in the browser; the identical call then runs once.
+    b.click(&format!("{row} button.approve"));
+    assert!(b.text("#flash").contains("Approved"), "{}", b.url());
+    assert_eq!(a.touch(&p), Answer::Ran("touched".into()));
+    assert_eq!(runs(&p), 1);
+
+    // Deny the other with a reason; the agent is refused.
+    b.type_into(
+        &format!("{hostile_row} input[name=reason]"),
+        "not with that comment",
+    );
+    b.click(&format!("{hostile_row} button.deny"));
+    assert!(b.text("#flash").contains("Denied"));
+    let denied = cli_as_json(&s, &carol, &["approvals", "show", &other, "--json"]);
+    assert_eq!(denied["state"], "denied");
+    assert_eq!(denied["note"], "not with that comment");
+    assert_eq!(denied["decided_by"], "carol");
+    assert_eq!(
+        a.call("fx__touch", json!({ "path": q, "comment": hostile })),
+        Answer::Refused("approval_denied".into(), Some(other))
+    );
+
+    // The operator who started the task is refused by separation of duties, on the page too.
+    let third = pending(a.touch(&dir.path().join("r")));
+    b.click("form[action=\"/ui/logout\"] button");
+    b.type_into("#token", &s.admin_token);
+    b.click("#sign-in");
+    b.click(&format!("tr[id=\"{third}\"] button.approve"));
+    assert!(
+        b.text("#error").contains("separation of duties"),
+        "{}",
+        b.text("body")
+    );
+    assert_eq!(
+        cli_as_json(&s, &carol, &["approvals", "show", &third, "--json"])["state"],
+        "pending"
+    );
+}

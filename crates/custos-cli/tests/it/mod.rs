@@ -15,3 +15,4 @@ mod python_client;
 mod quickstart;
 mod surface;
 mod upstream_scope;
+mod webdriver;

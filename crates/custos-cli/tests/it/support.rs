@@ -46,6 +46,10 @@ pub struct Deps {
     pub node: String,
     /// The filesystem server's entry script.
     pub fs_server: String,
+    /// Debian's Chromium.
+    pub chromium: String,
+    /// Its ChromeDriver.
+    pub chromedriver: String,
 }
 
 pub fn deps() -> &'static Deps {
@@ -57,12 +61,14 @@ pub fn deps() -> &'static Deps {
             "CUSTOS_TIME_SERVER",
             "CUSTOS_NODE",
             "CUSTOS_FS_SERVER",
+            "CUSTOS_CHROMIUM",
+            "CUSTOS_CHROMEDRIVER",
         ] {
             if let Ok(v) = std::env::var(k) {
                 vars.insert(k.to_owned(), v);
             }
         }
-        if vars.len() < 4 {
+        if vars.len() < 6 {
             let out = Command::new("bash")
                 .arg(repo_root().join("scripts/install-test-deps.sh"))
                 .stderr(Stdio::inherit())
@@ -88,6 +94,8 @@ pub fn deps() -> &'static Deps {
             time_server: get("CUSTOS_TIME_SERVER"),
             node: get("CUSTOS_NODE"),
             fs_server: get("CUSTOS_FS_SERVER"),
+            chromium: get("CUSTOS_CHROMIUM"),
+            chromedriver: get("CUSTOS_CHROMEDRIVER"),
         }
     })
 }
