@@ -54,6 +54,15 @@ impl Default for ApprovalConfig {
     }
 }
 
+/// An approval request written or answered, as announced on [`Broker::approval_events`].
+#[derive(Debug, Clone)]
+pub enum ApprovalEvent {
+    /// A held call's request, written and recorded: someone should answer it.
+    Requested(Approval),
+    /// A request answered (its state says how).
+    Answered(Approval),
+}
+
 /// What the hold stage made of a held call.
 pub(crate) enum HoldOutcome<'a> {
     /// An approval allows it: this call runs.
@@ -206,6 +215,10 @@ impl Broker {
         e.reason = Some(Reason::ApprovalPending);
         self.record(e).await?;
         self.inner.metrics.approval(ApprovalState::Pending);
+        let _ = self
+            .inner
+            .approval_events
+            .send(ApprovalEvent::Requested(approval.clone()));
         tracing::info!(approval = %approval.id, task = %approval.task, agent = %approval.agent, tool = %custos_core::text::escape_unsafe(&approval.tool), "tool call held for approval");
         Ok(Ok(approval))
     }
@@ -315,6 +328,10 @@ impl Broker {
         self.record(e).await?;
         self.inner.metrics.approval(after.state);
         self.inner.approval_answers.notify_waiters();
+        let _ = self
+            .inner
+            .approval_events
+            .send(ApprovalEvent::Answered(after.clone()));
         tracing::info!(approval = %id, task = %after.task, approver = %op.name, state = after.state.as_str(), "approval answered");
         Ok(after)
     }

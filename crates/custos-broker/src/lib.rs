@@ -25,7 +25,7 @@ use custos_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use approvals::ApprovalConfig;
+pub use approvals::{ApprovalConfig, ApprovalEvent};
 pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
 pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
@@ -122,6 +122,8 @@ struct Inner {
     lease_scope: String,
     /// Woken when this process answers an approval, so held calls re-read theirs at once.
     approval_answers: tokio::sync::Notify,
+    /// Approval requests written and answered here, for the edges that notify people.
+    approval_events: tokio::sync::broadcast::Sender<ApprovalEvent>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -173,6 +175,7 @@ impl Broker {
                 engines: leases::Engines::default(),
                 lease_scope,
                 approval_answers: tokio::sync::Notify::new(),
+                approval_events: tokio::sync::broadcast::channel(1024).0,
             }),
         };
         let flusher = broker.clone();
@@ -275,6 +278,13 @@ impl Broker {
     /// per-task state should also expire it on their own.
     pub fn task_ends(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.inner.task_ends.subscribe()
+    }
+
+    /// Approval requests as they are written and answered by this process (a notifier, such
+    /// as the webhook, subscribes). A receiver that falls more than 1024 events behind misses
+    /// the oldest and is told so.
+    pub fn approval_events(&self) -> tokio::sync::broadcast::Receiver<ApprovalEvent> {
+        self.inner.approval_events.subscribe()
     }
 
     /// Appends an audit record, failing closed.

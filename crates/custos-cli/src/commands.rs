@@ -242,6 +242,17 @@ struct ServeArgs {
     /// (separation of duties is on by default).
     #[arg(long)]
     allow_self_approval: bool,
+    /// POST every approval request and answer as JSON to this URL (a chat bot, a pager).
+    #[arg(long, env = "CUSTOS_APPROVAL_WEBHOOK", hide_env_values = true)]
+    approval_webhook: Option<String>,
+    /// Sign webhook POSTs with the key in this file (`X-Custos-Signature: sha256=HMAC(key,
+    /// "<X-Custos-Timestamp>.<body>")`).
+    #[arg(
+        long,
+        env = "CUSTOS_APPROVAL_WEBHOOK_SECRET_FILE",
+        requires = "approval_webhook"
+    )]
+    approval_webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +430,25 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(a) => {
             init_logging(a.log_format);
+            let approval_webhook = match &a.approval_webhook {
+                None => None,
+                Some(url) => {
+                    let secret = match &a.approval_webhook_secret_file {
+                        None => None,
+                        Some(f) => {
+                            let raw = zeroize::Zeroizing::new(
+                                std::fs::read(f)
+                                    .with_context(|| format!("cannot read {}", f.display()))?,
+                            );
+                            Some(zeroize::Zeroizing::new(raw.trim_ascii().to_vec()))
+                        }
+                    };
+                    Some(
+                        custos_server::webhook::WebhookConfig::new(url, secret)
+                            .map_err(|e| anyhow::anyhow!("--approval-webhook: {e}"))?,
+                    )
+                }
+            };
             let config = custos_server::ServeConfig {
                 data_dir: a.data_dir,
                 listen: a.listen,
@@ -443,6 +473,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     separation_of_duties: !a.allow_self_approval,
                     ..custos_broker::ApprovalConfig::default()
                 },
+                approval_webhook,
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)

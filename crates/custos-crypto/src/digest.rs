@@ -15,6 +15,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// HMAC-SHA-256 of `data` under `key`, lowercase hex: how a webhook receiver checks that a
+/// notification came from this Custos.
+pub fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    hex::encode(aws_lc_rs::hmac::sign(&key, data).as_ref())
+}
+
 /// SHA-256 (lowercase hex) of a JSON value's canonical text: object keys sorted at every
 /// level, no whitespace, strings escaped as `serde_json` does. Equal arguments digest equally
 /// whatever order their keys arrived in, so an approval or an audit record binds the call.

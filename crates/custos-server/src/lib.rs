@@ -13,6 +13,7 @@ mod response;
 pub mod serve;
 mod ui;
 mod vault;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub credential_env: custos_broker::CredentialEnv,
     /// Held calls and approvals: the hold, the approvals' lifetime, separation of duties.
     pub approvals: custos_broker::ApprovalConfig,
+    /// Where approval requests and answers are POSTed, if anywhere.
+    pub approval_webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl ServeConfig {
@@ -75,6 +77,7 @@ impl ServeConfig {
             revoke_on_start: true,
             credential_env: custos_broker::CredentialEnv::process(),
             approvals: custos_broker::ApprovalConfig::default(),
+            approval_webhook: None,
         }
     }
 }
@@ -217,6 +220,9 @@ pub async fn build_with_clock(
         }
     }
 
+    if let Some(hook) = config.approval_webhook.clone() {
+        broker.spawn_supervised(crate::webhook::run(broker.clone(), hook));
+    }
     let sessions = custos_gateway::SessionMetrics::default();
     let metrics = ServerMetrics::new(broker.metrics(), &sessions);
     let gateway = Arc::new(McpGateway::new(

@@ -467,3 +467,134 @@ fn an_approver_answers_in_the_browser() {
         "pending"
     );
 }
+
+/// A one-shot HTTP receiver on loopback: records each request (headers and body) and answers
+/// `status`.
+fn receiver(status: u16) -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
+        }
+    });
+    (url, rx)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn approval_requests_and_answers_reach_the_webhook_signed() {
+    let (url, hooks) = receiver(200);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("hook.key");
+    let secret = custos_crypto::random::new_id("whsec_");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("write secret");
+    let s = TestServer::start_with(&[
+        "--approval-webhook",
+        &url,
+        "--approval-webhook-secret-file",
+        secret_file.to_str().expect("utf-8"),
+    ]);
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let a = Agent::start(&s, &key);
+    let id = pending(a.call(
+        "fx__touch",
+        json!({ "path": dir.path().join("p"), "api_key": "sk-live-do-not-leak" }),
+    ));
+
+    let (head, body) = hooks
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the request was POSTed");
+    let v: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["type"], "approval.requested");
+    assert_eq!(v["approval"]["id"], id.as_str());
+    assert_eq!(v["approval"]["task"], a.task.as_str());
+    assert_eq!(v["approval"]["tool"], "fx__touch");
+    assert_eq!(v["page"], format!("{}/ui/approvals", s.addr));
+    assert!(!body.contains("sk-live-do-not-leak"), "{body}");
+    let timestamp = header(&head, "x-custos-timestamp").expect("a timestamp");
+    let signature = header(&head, "x-custos-signature").expect("a signature");
+    let expected = custos_crypto::digest::hmac_sha256_hex(
+        secret.as_bytes(),
+        format!("{timestamp}.{body}").as_bytes(),
+    );
+    assert_eq!(signature, format!("sha256={expected}"));
+
+    cli_as_json(&s, &carol, &["approvals", "deny", &id, "--json"]);
+    let (_, body) = hooks
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the answer was POSTed");
+    let v: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["type"], "approval.answered");
+    assert_eq!(v["approval"]["state"], "denied");
+    assert_eq!(v["approval"]["decided_by"], "carol");
+    assert!(
+        !s.log().contains(&secret),
+        "the signing key is never logged"
+    );
+}
+
+#[test]
+fn a_dead_webhook_holds_up_nothing() {
+    // Nothing listens on this port once the listener is dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let s = TestServer::start_with(&[
+        "--approval-webhook",
+        &format!("http://127.0.0.1:{port}/hook?token=hook-url-secret"),
+    ]);
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let a = Agent::start(&s, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 0..5 {
+        pending(a.touch(&dir.path().join(format!("p{i}"))));
+    }
+    assert_eq!(
+        a.call("fx__echo", json!({"x": 1})),
+        Answer::Ran("{\"x\": 1}".into())
+    );
+    // The server says the webhook is unreachable, without the URL's secret.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.log().contains("approval webhook unreachable") {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery failure logged: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!s.log().contains("hook-url-secret"), "{}", s.log());
+}
