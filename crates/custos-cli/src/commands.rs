@@ -89,9 +89,35 @@ enum Command {
     /// List and revoke credential leases.
     #[command(subcommand)]
     Lease(LeaseCmd),
+    /// Explain decisions.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Held Tier 3 calls: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// What would happen to one call of a task, and why: decision, tier, the policies that
+    /// decided, taint (nothing is called).
+    Explain {
+        /// The task id.
+        #[arg(long)]
+        task: String,
+        /// The exposed tool name (`upstream__tool`).
+        #[arg(long)]
+        tool: String,
+        /// The arguments, a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Also print the Cedar policies the call was evaluated against.
+        #[arg(long)]
+        cedar: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -681,6 +707,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Approvals(cmd) => approvals(&conn, cmd).await,
+        Command::Policy(PolicyCmd::Explain {
+            task,
+            tool,
+            args,
+            cedar,
+            json,
+        }) => {
+            let arguments: Value = serde_json::from_str(&args)
+                .context("--args must be JSON (an object of the call's arguments)")?;
+            if !arguments.is_object() {
+                bail!("--args must be a JSON object");
+            }
+            let out = operator_client(&conn)?
+                .post(
+                    "/v1/policy/explain",
+                    json!({ "task": task, "tool": tool, "arguments": arguments }),
+                )
+                .await?;
+            done(json, &out, || print_explanation(&out, cedar))
+        }
         Command::Audit(AuditCmd::Verify { json }) => {
             let out = operator_client(&conn)?.get("/v1/audit/verify").await?;
             let ok = out["ok"].as_bool() == Some(true);
@@ -715,6 +761,62 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_trace(&out)
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_explanation(e: &Value, cedar: bool) {
+    let list = |v: &Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let tier = e["tier"]
+        .as_u64()
+        .map_or_else(|| "-".to_owned(), |t| t.to_string());
+    println!(
+        "decision:       {} ({})",
+        text(&e["decision"]),
+        text(&e["reason"])
+    );
+    println!("tier:           {tier}");
+    if e["message"].is_string() {
+        println!("message:        {}", text(&e["message"]));
+    }
+    println!("allowed by:     {}", list(&e["allowed_by"]));
+    println!("tier set by:    {}", list(&e["tiered_by"]));
+    if e["errors"].as_array().is_some_and(|a| !a.is_empty()) {
+        println!(
+            "not evaluable:  {} (counted against the call)",
+            list(&e["errors"])
+        );
+    }
+    let taint = if e["tainted"] == true {
+        format!("yes (by {})", text(&e["tainted_by"]))
+    } else {
+        "no".to_owned()
+    };
+    println!("tainted:        {taint}");
+    println!("policy version: {}", e["policy_version"]);
+    println!(
+        "task:           {} (template {})",
+        text(&e["task"]),
+        text(&e["template"])
+    );
+    if e["approval"].is_object() {
+        println!(
+            "approval:       {} ({})",
+            text(&e["approval"]["id"]),
+            text(&e["approval"]["state"])
+        );
+    }
+    if let Some(policies) = e["cedar"].as_str().filter(|_| cedar) {
+        println!();
+        for line in policies.lines() {
+            println!("{}", custos_core::text::escape_unsafe(line));
         }
     }
 }

@@ -18,8 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, body_error};
 use crate::response::{
-    ApplyBody, ApprovalBody, ChangeBody, CreatedOperatorBody, ErrorBody, HealthBody, LeaseBody,
-    OperatorBody, ResourceBody, RoleBody, SuspensionBody, TaskBody, VerifyBody,
+    ApplyBody, ApprovalBody, ChangeBody, CreatedOperatorBody, ErrorBody, ExplanationBody,
+    HealthBody, LeaseBody, OperatorBody, ResourceBody, RoleBody, SuspensionBody, TaskBody,
+    VerifyBody,
 };
 use crate::{AppState, Peer};
 
@@ -704,6 +705,63 @@ pub async fn deny(
         .answer_approval(&op, &id, custos_broker::Answer::Deny, req.reason.as_deref())
         .await?;
     Ok(Json(a.into()))
+}
+
+/// The body of `POST /v1/policy/explain`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The task whose call to explain.
+    task: String,
+    /// The exposed tool name (`upstream__tool`).
+    tool: String,
+    /// The call's arguments (an object; default `{}`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    arguments: Option<Value>,
+}
+
+/// `POST /v1/policy/explain`
+#[utoipa::path(
+    post,
+    path = "/v1/policy/explain",
+    tag = "policy",
+    summary = "What would happen to one call of a task, and why (nothing is called)",
+    security(("operatorToken" = [])),
+    request_body = ExplainRequest,
+    responses(
+        (status = 200, description = "the decision, tier, deciding policies and taint", body = ExplanationBody),
+        (status = 400, description = "malformed body, or arguments that are not an object", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 404, description = "unknown task", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn explain(
+    State(s): State<AppState>,
+    Op(op): Op,
+    body: Result<Json<ExplainRequest>, JsonRejection>,
+) -> Result<Json<ExplanationBody>, ApiError> {
+    let req = json_body(body)?;
+    let arguments = match req.arguments {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`arguments` must be a JSON object".to_owned(),
+            ));
+        }
+    };
+    let task = task_id(&req.task)?;
+    Ok(Json(
+        s.broker
+            .explain(&op, &task, &req.tool, arguments)
+            .await?
+            .into(),
+    ))
 }
 
 /// `GET /v1/audit/verify`: re-reads every stored record.

@@ -118,6 +118,7 @@ fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
         .routes(routes!(api::get_approval))
         .routes(routes!(api::approve))
         .routes(routes!(api::deny))
+        .routes(routes!(api::explain))
         .routes(routes!(vault::creds))
         .routes(routes!(vault::lookup))
         .routes(routes!(vault::revoke))

@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         (name = "tasks", description = "Tasks: one run of work by one agent for one initiator"),
         (name = "credentials", description = "Just-in-time credential leases; the Vault-compatible paths \
             answer errors as Vault does, `{\"errors\": [..]}`"),
+        (name = "policy", description = "Explaining decisions"),
         (name = "approvals", description = "Held Tier 3 calls, each bound to one exact call"),
         (name = "audit", description = "The hash-chained audit trail"),
         (name = "oauth", description = "Task tokens (RFC 8693) and metadata"),

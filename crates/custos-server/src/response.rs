@@ -620,3 +620,64 @@ impl From<custos_core::Approval> for ApprovalBody {
         }
     }
 }
+
+/// What would happen to one call, and why (`custos policy explain`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Explanation)]
+pub struct ExplanationBody {
+    /// The task.
+    pub task: String,
+    /// Its template.
+    pub template: String,
+    /// The tool as asked.
+    pub tool: String,
+    /// SHA-256 of the canonical arguments.
+    pub digest: String,
+    /// `allow`, `hold` (Tier 3: an approval is needed) or `deny`.
+    pub decision: String,
+    /// The reason code the call would get (`permitted` when allowed).
+    pub reason: String,
+    /// What the agent would be told when refused or held.
+    pub message: Option<String>,
+    /// The tier, when classified.
+    pub tier: Option<u8>,
+    /// The template entries that allow the call (Cedar policy ids).
+    pub allowed_by: Vec<String>,
+    /// The policies that set its tier.
+    pub tiered_by: Vec<String>,
+    /// Policies that could not be evaluated on these arguments (counted against the call).
+    pub errors: Vec<String>,
+    /// Whether the task is tainted.
+    pub tainted: bool,
+    /// The tool that tainted it.
+    pub tainted_by: Option<String>,
+    /// The policy version this was decided under.
+    pub policy_version: i64,
+    /// For a held call: the latest approval request for exactly this call.
+    pub approval: Option<ApprovalBody>,
+    /// The Cedar policies the call was evaluated against.
+    pub cedar: Option<String>,
+}
+
+impl From<custos_broker::CallExplanation> for ExplanationBody {
+    fn from(e: custos_broker::CallExplanation) -> Self {
+        Self {
+            task: e.task.to_string(),
+            template: e.template,
+            tool: e.tool,
+            digest: e.digest,
+            decision: e.decision.as_str().to_owned(),
+            reason: e.reason.as_str().to_owned(),
+            message: e.message,
+            tier: e.tier.map(custos_core::Tier::number),
+            allowed_by: e.allowed_by,
+            tiered_by: e.tiered_by,
+            errors: e.errors,
+            tainted: e.tainted,
+            tainted_by: e.tainted_by,
+            policy_version: e.policy_version,
+            approval: e.approval.map(ApprovalBody::from),
+            cedar: e.cedar,
+        }
+    }
+}

@@ -177,3 +177,140 @@ fn argument_constraints_that_cannot_hold_are_refused_on_apply() {
         "{templates}"
     );
 }
+
+#[test]
+fn policy_explain_says_what_would_happen_and_why() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-p");
+    s.apply(&bundle(&public));
+    let a = Session::start(&s, &key);
+    let explain = |tool: &str, args: &str| {
+        s.cli_json(&[
+            "policy", "explain", "--task", &a.task, "--tool", tool, "--args", args, "--json",
+        ])
+    };
+    let tool_calls = || {
+        let trace = s.cli_json(&["audit", "trace", &a.task, "--json"]);
+        trace["records"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|r| r["kind"] == "tool_call").count())
+    };
+
+    let e = explain("fx__publish", r#"{"channel": "internal-news"}"#);
+    assert_eq!(e["decision"], "allow", "{e}");
+    assert_eq!(e["tier"], 2);
+    assert_eq!(e["allowed_by"], json!(["template:fx-args:tools[0]"]));
+    assert_eq!(e["tiered_by"], json!(["upstream:fx:tiers:publish"]));
+    assert_eq!(e["tainted"], false);
+    assert!(e["policy_version"].as_i64().is_some());
+    assert!(
+        e["cedar"]
+            .as_str()
+            .is_some_and(|c| c.contains("@id(\"template:fx-args:tools[0]\")")),
+        "{e}"
+    );
+
+    let e = explain("fx__publish", r#"{"channel": "external-press"}"#);
+    assert_eq!(
+        (e["decision"].as_str(), e["reason"].as_str()),
+        (Some("deny"), Some("argument_not_allowed"))
+    );
+    let e = explain("fx__nope", "{}");
+    assert_eq!(e["reason"], "tool_not_allowed");
+
+    // A held call: which rule raised it, and the request once the agent has asked.
+    let e = explain("fx__echo", r#"{"rows": 1000}"#);
+    assert_eq!(
+        (e["decision"].as_str(), e["tier"].as_u64()),
+        (Some("hold"), Some(3)),
+        "{e}"
+    );
+    assert!(
+        e["tiered_by"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|p| p == "upstream:fx:tier_rules[0]")),
+        "{e}"
+    );
+    assert!(e["approval"].is_null());
+    assert_eq!(
+        a.call("fx__echo", json!({"rows": 1000})),
+        Err("approval_pending".into())
+    );
+    let e = explain("fx__echo", r#"{"rows": 1000}"#);
+    assert_eq!(e["approval"]["state"], "pending", "{e}");
+    // The same digest whatever the key order or spacing.
+    assert_eq!(
+        explain("fx__echo", r#"{ "rows" : 1000 }"#)["digest"],
+        e["digest"]
+    );
+
+    // After an untrusted tool's content, the task's external send is held, and explain says why.
+    assert!(a.call("fx__whoami", json!({})).is_ok());
+    let e = explain("fx__publish", r#"{"channel": "internal-news"}"#);
+    assert_eq!(e["decision"], "hold", "{e}");
+    assert_eq!(e["tainted"], true);
+    assert_eq!(e["tainted_by"], "fx__whoami");
+    assert!(
+        e["tiered_by"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|p| p == "upstream:fx:tainted_tiers:publish")),
+        "{e}"
+    );
+
+    // Explaining calls nothing and records no decision.
+    let before = tool_calls();
+    explain("fx__echo", r#"{"rows": 1}"#);
+    assert_eq!(tool_calls(), before);
+
+    // The human form, and bad input.
+    let out = s.cli(&[
+        "policy",
+        "explain",
+        "--task",
+        &a.task,
+        "--tool",
+        "fx__echo",
+        "--args",
+        r#"{"rows": 1}"#,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("decision:       allow (permitted)"),
+        "{text}"
+    );
+    for (args, says) in [
+        (
+            vec![
+                "--task",
+                a.task.as_str(),
+                "--tool",
+                "fx__echo",
+                "--args",
+                "{not json",
+            ],
+            "must be JSON",
+        ),
+        (
+            vec![
+                "--task",
+                a.task.as_str(),
+                "--tool",
+                "fx__echo",
+                "--args",
+                "[1]",
+            ],
+            "JSON object",
+        ),
+        (
+            vec!["--task", "task_unknown", "--tool", "fx__echo"],
+            "not found",
+        ),
+    ] {
+        let mut argv = vec!["policy", "explain"];
+        argv.extend(args);
+        let out = s.cli(&argv);
+        assert!(!out.status.success(), "{argv:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{argv:?}: {stderr}");
+    }
+}
