@@ -133,6 +133,9 @@ impl Gateway {
             .arg("--data-dir")
             .arg(&data)
             .env_remove("RUST_LOG")
+            // The registry the benchmark applies, not the default tier bundle (an older
+            // baseline binary ignores the variable).
+            .env("CUSTOS_EMPTY", "true")
             .env_remove("CUSTOS_TOKEN")
             .env_remove("CUSTOS_ADDR")
             .current_dir(dir.path())

@@ -211,6 +211,10 @@ struct ServeArgs {
     /// Development mode: embedded SQLite under the data directory, generated keys, admin token.
     #[arg(long)]
     dev: bool,
+    /// With --dev: start with an empty registry instead of applying the default tier bundle
+    /// (examples/tiers.yaml) on first start.
+    #[arg(long, env = "CUSTOS_EMPTY")]
+    empty: bool,
     /// Data directory (keys, database, admin.token).
     #[arg(long, env = "CUSTOS_DATA_DIR", default_value = ".custos")]
     data_dir: PathBuf,
@@ -500,6 +504,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..custos_broker::ApprovalConfig::default()
                 },
                 approval_webhook,
+                default_bundle: !a.empty,
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)

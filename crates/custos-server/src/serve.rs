@@ -56,7 +56,14 @@ pub struct ServeConfig {
     pub approvals: custos_broker::ApprovalConfig,
     /// Where approval requests and answers are POSTed, if anywhere.
     pub approval_webhook: Option<crate::webhook::WebhookConfig>,
+    /// Apply the default tier bundle ([`DEFAULT_BUNDLE`]) on first start (`--dev` without
+    /// `--empty`): only while the registry has never been changed.
+    pub default_bundle: bool,
 }
+
+/// `examples/tiers.yaml`: the four tiers over the reference MCP servers, a template per
+/// agent archetype.
+pub const DEFAULT_BUNDLE: &str = include_str!("../../../examples/tiers.yaml");
 
 impl ServeConfig {
     /// `serve --dev` with every default, over `data_dir` (embedded SQLite there).
@@ -78,6 +85,7 @@ impl ServeConfig {
             credential_env: custos_broker::CredentialEnv::process(),
             approvals: custos_broker::ApprovalConfig::default(),
             approval_webhook: None,
+            default_bundle: true,
         }
     }
 }
@@ -220,6 +228,9 @@ pub async fn build_with_clock(
         }
     }
 
+    if config.dev && config.default_bundle {
+        apply_default_bundle(&broker, &admin_token_path).await?;
+    }
     if let Some(hook) = config.approval_webhook.clone() {
         broker.spawn_supervised(crate::webhook::run(broker.clone(), hook));
     }
@@ -239,6 +250,39 @@ pub async fn build_with_clock(
         },
         admin_token_path,
     })
+}
+
+/// Applies [`DEFAULT_BUNDLE`] as the admin when the registry has never been changed (a first
+/// start): a restart never re-applies it over what an operator changed or deleted.
+async fn apply_default_bundle(broker: &Broker, admin_token_path: &Path) -> anyhow::Result<()> {
+    // The first policy version is 1; every change to upstreams or templates raises it.
+    let snap = broker.snapshot().await?;
+    let untouched = snap.policy_version <= 1
+        && snap.upstreams.is_empty()
+        && snap.templates.is_empty()
+        && snap.agents.is_empty();
+    if !untouched {
+        return Ok(());
+    }
+    let Some(token) = std::fs::read_to_string(admin_token_path).ok() else {
+        return Ok(());
+    };
+    let admin = broker
+        .authenticate_operator(
+            &custos_crypto::PresentedToken::new(token.trim()),
+            custos_broker::Source::default(),
+        )
+        .await
+        .context("the admin token does not authenticate; the default bundle was not applied")?;
+    let outcome = broker
+        .apply(&admin, DEFAULT_BUNDLE)
+        .await
+        .context("the default tier bundle (examples/tiers.yaml) does not apply")?;
+    tracing::info!(
+        changes = outcome.changes.len(),
+        "applied the default tier bundle (examples/tiers.yaml); start with --empty to begin without it"
+    );
+    Ok(())
 }
 
 /// Runs the server until SIGINT or SIGTERM, then stops upstreams and drains the audit log.

@@ -173,7 +173,7 @@ fn argument_constraints_that_cannot_hold_are_refused_on_apply() {
     assert!(
         templates
             .as_array()
-            .is_none_or(|t| t.iter().all(|t| t["name"] != "fx-args")),
+            .is_some_and(|t| t.iter().all(|t| t["resource"]["name"] != "fx-args")),
         "{templates}"
     );
 }
@@ -313,4 +313,192 @@ fn policy_explain_says_what_would_happen_and_why() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{argv:?}: {stderr}");
     }
+}
+
+#[test]
+fn the_default_bundle_encodes_the_four_tiers_for_the_four_archetypes() {
+    let s = TestServer::start_with_env(&[], &[("CUSTOS_EMPTY", "false")]);
+    let names = |kind: &str| -> Vec<String> {
+        s.cli_json(&["get", kind, "--json"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["resource"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut templates = names("templates");
+    templates.sort();
+    assert_eq!(
+        templates,
+        ["automation", "coding", "customer-service", "internal-ops"]
+    );
+    let mut upstreams = names("upstreams");
+    upstreams.sort();
+    assert_eq!(upstreams, ["fetch", "fs", "git", "memory", "time"]);
+
+    let (_, public) = s.keygen("agent-any");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    s.apply(&format!(
+        "kind: Agent\nname: agent-any\nowner: test@example.com\narchetype: coding\n\
+         templates: [coding, automation, customer-service, internal-ops]\npublic_key: |\n{indented}"
+    ));
+    let task = |template: &str| {
+        s.cli_json(&[
+            "task",
+            "start",
+            "--agent",
+            "agent-any",
+            "--template",
+            template,
+            "--on-behalf-of",
+            "alice@example.com",
+            "--json",
+        ])["task_id"]
+            .as_str()
+            .expect("task id")
+            .to_owned()
+    };
+    let decide = |task: &str, tool: &str, args: Value| {
+        let e = s.cli_json(&[
+            "policy",
+            "explain",
+            "--task",
+            task,
+            "--tool",
+            tool,
+            "--args",
+            &args.to_string(),
+            "--json",
+        ]);
+        (
+            e["decision"].as_str().unwrap_or_default().to_owned(),
+            e["tier"].as_u64(),
+        )
+    };
+    let allow = |t: u64| ("allow".to_owned(), Some(t));
+    let hold = ("hold".to_owned(), Some(3));
+
+    let coding = task("coding");
+    // Tier 1: reading and code review.
+    assert_eq!(
+        decide(&coding, "fs__read_text_file", json!({"path": "a"})),
+        allow(1)
+    );
+    assert_eq!(
+        decide(&coding, "git__git_diff", json!({"target": "main"})),
+        allow(1)
+    );
+    // Tier 2: writes to the workspace and feature branches.
+    assert_eq!(
+        decide(
+            &coding,
+            "fs__write_file",
+            json!({"path": "a", "content": "x"})
+        ),
+        allow(2)
+    );
+    assert_eq!(
+        decide(
+            &coding,
+            "git__git_checkout",
+            json!({"branch_name": "feature/x"})
+        ),
+        allow(2)
+    );
+    assert_eq!(
+        decide(&coding, "git__git_commit", json!({"message": "m"})),
+        allow(2)
+    );
+    // Tier 3: production branches.
+    for branch in ["main", "master", "release-1.2", "production"] {
+        assert_eq!(
+            decide(&coding, "git__git_checkout", json!({"branch_name": branch})),
+            hold,
+            "{branch}"
+        );
+    }
+    assert_eq!(decide(&coding, "git__git_reset", json!({})), hold);
+    // Not the coding agent's: the web.
+    assert_eq!(
+        decide(
+            &coding,
+            "fetch__fetch",
+            json!({"url": "https://example.com"})
+        )
+        .0,
+        "deny"
+    );
+
+    let automation = task("automation");
+    assert_eq!(
+        decide(
+            &automation,
+            "memory__create_entities",
+            json!({"entities": []})
+        ),
+        allow(2)
+    );
+    assert_eq!(
+        decide(
+            &automation,
+            "fetch__fetch",
+            json!({"url": "https://example.com"})
+        ),
+        allow(2)
+    );
+    // Tier 4: deletion without an audit trail.
+    assert_eq!(
+        decide(
+            &automation,
+            "memory__delete_entities",
+            json!({"entityNames": ["x"]})
+        ),
+        ("deny".to_owned(), Some(4))
+    );
+
+    let service = task("customer-service");
+    assert_eq!(
+        decide(&service, "memory__search_nodes", json!({"query": "refund"})),
+        allow(1)
+    );
+    assert_eq!(
+        decide(&service, "memory__add_observations", json!({})).0,
+        "deny"
+    );
+
+    let ops = task("internal-ops");
+    assert_eq!(decide(&ops, "git__git_log", json!({})), allow(1));
+    assert_eq!(
+        decide(&ops, "fs__write_file", json!({"path": "a", "content": "x"})).0,
+        "deny"
+    );
+    assert_eq!(
+        decide(&ops, "git__git_commit", json!({"message": "m"})).0,
+        "deny"
+    );
+
+    // The fetched web taints the task: the bundle marks it untrusted and holds what a tainted
+    // task sends out or writes.
+    let fetch = s.cli_json(&["get", "upstream", "fetch", "-o", "json"]);
+    assert_eq!(fetch["resource"]["untrusted"], json!(["fetch"]), "{fetch}");
+    assert_eq!(fetch["resource"]["tainted_tiers"]["fetch"], 3, "{fetch}");
+
+    // A restart does not apply it again over what an operator changed.
+    s.cli_json(&["delete", "template", "automation", "--json"]);
+    let dir = s.stop();
+    let s = TestServer::start_in_with_env(dir, &[], &[("CUSTOS_EMPTY", "false")]);
+    let templates = s.cli_json(&["get", "templates", "--json"]);
+    assert!(
+        templates.as_array().is_some_and(
+            |t| !t.is_empty() && t.iter().all(|t| t["resource"]["name"] != "automation")
+        ),
+        "{templates}"
+    );
+}
+
+#[test]
+fn the_default_bundle_is_not_applied_with_empty() {
+    let s = TestServer::start_with_env(&["--empty"], &[("CUSTOS_EMPTY", "false")]);
+    let templates = s.cli_json(&["get", "templates", "--json"]);
+    assert_eq!(templates, json!([]), "{templates}");
 }

@@ -148,6 +148,8 @@ impl TestServer {
             // A held call is answered `approval_pending` at once unless a test asks for a
             // hold (`--approval-hold`, which overrides this).
             .env("CUSTOS_APPROVAL_HOLD", "0s")
+            // An empty registry, not the default tier bundle, unless a test asks for it.
+            .env("CUSTOS_EMPTY", "true")
             .args(extra)
             .env("RUST_LOG", "info,custos_gateway=debug")
             .env_remove("CUSTOS_TOKEN")
