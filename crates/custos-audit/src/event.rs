@@ -46,6 +46,12 @@ pub enum EventKind {
     ApprovalRequested,
     /// An approval request answered by an approver (the actor): approved or denied.
     ApprovalAnswered,
+    /// An approval request delivered to the approvals webhook.
+    ApprovalNotified,
+    /// A pinned upstream tool seen with another definition: hidden and refused from then on.
+    ToolChanged,
+    /// An operator approved an upstream's tools: their definitions are pinned.
+    ToolsPinned,
 }
 
 impl EventKind {
@@ -69,6 +75,9 @@ impl EventKind {
             EventKind::TaskTainted => "task_tainted",
             EventKind::ApprovalRequested => "approval_requested",
             EventKind::ApprovalAnswered => "approval_answered",
+            EventKind::ApprovalNotified => "approval_notified",
+            EventKind::ToolChanged => "tool_changed",
+            EventKind::ToolsPinned => "tools_pinned",
         }
     }
 }
@@ -137,6 +146,28 @@ pub enum Detail {
         /// The approver's note on a denial (bounded).
         #[serde(skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+    },
+    /// A pinned tool seen with another definition.
+    ToolChanged {
+        /// The upstream.
+        upstream: String,
+        /// The tool, as the upstream names it.
+        tool: String,
+        /// The approved definition's digest.
+        pinned_digest: String,
+        /// The digest of the definition now served.
+        observed_digest: String,
+    },
+    /// An upstream's tools pinned.
+    ToolsPinned {
+        /// The upstream.
+        upstream: String,
+        /// How many tools are pinned now.
+        tools: u64,
+        /// Tools whose pinned definition this changed, at most 32 named.
+        changed: Vec<String>,
+        /// Tools no longer served whose pins were dropped, at most 32 named.
+        dropped: Vec<String>,
     },
     /// Why a call was refused, in words (the code is the record's reason).
     Refusal {

@@ -63,6 +63,28 @@ pub enum ApprovalEvent {
     Answered(Approval),
 }
 
+/// What an approver needs beside the request itself to judge it.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalContext {
+    /// The task's purpose, as the operator who started it wrote it.
+    pub purpose: Option<String>,
+    /// The task's latest tool-call records before now, oldest first (at most 10).
+    pub recent_calls: Vec<RecentCall>,
+}
+
+/// One earlier tool-call record of a task.
+#[derive(Debug, Clone)]
+pub struct RecentCall {
+    /// Unix ms.
+    pub at: i64,
+    /// The exposed tool.
+    pub tool: String,
+    /// `allow`, `deny` or `hold` for a decision; the outcome for a result.
+    pub what: String,
+    /// The reason code, when refused or held.
+    pub reason: Option<String>,
+}
+
 /// What the hold stage made of a held call.
 pub(crate) enum HoldOutcome<'a> {
     /// An approval allows it: this call runs.
@@ -196,7 +218,7 @@ impl Broker {
             digest: held.digest().to_owned(),
             tier: held.tier(),
             policy_version: held.policy_version(),
-            rule: truncate(held.rule(), 1024).into_owned(),
+            rule: truncate(held.tiered_by(), 1024).into_owned(),
             state: ApprovalState::Pending,
             created_at: now,
             expires_at: now.saturating_add(ttl),
@@ -334,6 +356,64 @@ impl Broker {
             .send(ApprovalEvent::Answered(after.clone()));
         tracing::info!(approval = %id, task = %after.task, approver = %op.name, state = after.state.as_str(), "approval answered");
         Ok(after)
+    }
+
+    /// Records that an approval request was delivered to a notification channel (the
+    /// webhook), so the trail shows who could have known when.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the audit log cannot be written.
+    pub async fn record_approval_notified(
+        &self,
+        a: &Approval,
+        channel: &str,
+    ) -> Result<(), BrokerError> {
+        let mut e = AuditEvent::new(EventKind::ApprovalNotified);
+        e.initiator = Some(a.initiator.clone());
+        e.agent = Some(a.agent.clone());
+        e.task = Some(a.task.to_string());
+        e.actor = Some(channel.to_owned());
+        fill_call(&mut e, a);
+        self.record(e).await
+    }
+
+    /// The context of one approval request: its task's purpose and latest calls.
+    ///
+    /// # Errors
+    /// [`BrokerError::Forbidden`] unless the operator may approve or audit.
+    pub async fn approval_context(
+        &self,
+        op: &Operator,
+        a: &Approval,
+    ) -> Result<ApprovalContext, BrokerError> {
+        require_reviewer(op)?;
+        let purpose = self
+            .inner
+            .store
+            .get_task(&a.task)
+            .await?
+            .and_then(|t| t.purpose);
+        let records = self.inner.store.audit_for_task(a.task.as_str()).await?;
+        let mut recent: Vec<RecentCall> = records
+            .into_iter()
+            .filter(|r| r.kind == "tool_call" || r.kind == "tool_result")
+            .map(|r| RecentCall {
+                at: r.at,
+                tool: r.tool.unwrap_or_default(),
+                what: if r.kind == "tool_result" {
+                    format!("result: {}", r.outcome.unwrap_or_default())
+                } else {
+                    r.decision.unwrap_or_default()
+                },
+                reason: r.reason.filter(|r| r != "permitted"),
+            })
+            .collect();
+        let skip = recent.len().saturating_sub(10);
+        recent.drain(..skip);
+        Ok(ApprovalContext {
+            purpose,
+            recent_calls: recent,
+        })
     }
 
     pub(crate) fn now(&self) -> i64 {

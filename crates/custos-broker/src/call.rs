@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! decide (policy: Permit | Hold | Deny)
+//!   -> pinned: a permitted or held call whose tool's definition is not the approved one is
+//!        denied (module `pins`)
 //!   -> Hold: wait for an approval bound to this exact call (module `approvals`)
 //!        -> approved: the call goes on as the one permitted call the approval allows
 //!        -> pending past the hold, denied, expired: finish (record, answer)
@@ -31,6 +33,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::approvals::HoldOutcome;
+use crate::pins::PinStatus;
 use crate::registry::Snapshot;
 use crate::{Broker, BrokerError};
 
@@ -140,6 +143,23 @@ pub trait Upstreams: Send + Sync + 'static {
         task: &str,
     ) -> impl Future<Output = Result<Vec<Value>, UpstreamError>> + Send;
 
+    /// The definition the upstream serves `task` for its tool `name` (as the upstream names
+    /// it), if it lists one.
+    fn find_tool(
+        &self,
+        upstream: &UpstreamSpec,
+        task: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Value>, UpstreamError>> + Send {
+        async move {
+            Ok(self
+                .list_tools(upstream, task)
+                .await?
+                .into_iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some(name)))
+        }
+    }
+
     /// Makes one permitted call; the result is the raw MCP `CallToolResult`.
     fn call_tool(
         &self,
@@ -212,8 +232,8 @@ enum Ending {
 }
 
 impl Broker {
-    /// The tools this task may see: every tool its template allows, except Tier 4, named
-    /// `upstream__tool`. An upstream that fails to list is left out (and logged).
+    /// The tools this task may see: every tool its template allows, except Tier 4 and tools
+    /// whose definition is not the approved (pinned) one, named `upstream__tool`. An upstream that fails to list is left out (and logged).
     ///
     /// # Errors
     /// [`BrokerError`] when the task's template is gone.
@@ -256,9 +276,16 @@ impl Broker {
                     tracing::debug!(upstream = %name, tool = %custos_core::text::for_display(&tool_name, 80), "tool name cannot be exposed; skipped");
                     continue;
                 };
-                if custos_policy::lists(template, &up.spec, &exposed, &tool_name) {
-                    tool["name"] = Value::String(exposed);
-                    out.push(tool);
+                if !custos_policy::lists(template, &up.spec, &exposed, &tool_name) {
+                    continue;
+                }
+                match self.pin_status(ctx, name, &tool).await? {
+                    PinStatus::Pinned => {
+                        tool["name"] = Value::String(exposed);
+                        out.push(tool);
+                    }
+                    // Changed since approved, or never approved: hidden (and refused on call).
+                    PinStatus::Changed | PinStatus::Unapproved => {}
                 }
             }
         }
@@ -301,7 +328,8 @@ impl Broker {
     ) -> CallResult {
         let request = CallRequest::new(ctx.task_id(), name, arguments);
         let mut call = CallLog::begin(ctx, &request);
-        let permitted = match decide(ctx, request) {
+        let verdict = self.pinned(ctx, decide(ctx, request), upstreams).await?;
+        let permitted = match verdict {
             Verdict::Permit(p) => p,
             Verdict::Hold(held) => match self.hold(ctx, call.event.call_id.as_deref(), held).await?
             {

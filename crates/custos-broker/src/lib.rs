@@ -12,6 +12,7 @@ mod leases;
 mod metrics;
 mod open;
 mod operators;
+mod pins;
 mod registry;
 mod tasks;
 
@@ -26,7 +27,7 @@ use custos_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use approvals::{ApprovalConfig, ApprovalEvent};
+pub use approvals::{ApprovalConfig, ApprovalContext, ApprovalEvent, RecentCall};
 pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
 pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
@@ -37,6 +38,7 @@ pub use leases::{CredentialEnv, IssuedLease, LEASE_ID_PREFIX, parse_lease_id};
 pub use metrics::BrokerMetrics;
 pub use open::{Durability, OpenError};
 pub use operators::{CreatedOperator, Operator};
+pub use pins::{PinMode, PinnedUpstream};
 pub use registry::{ApplyOutcome, CredentialRoleEntry, Snapshot};
 pub use tasks::{
     JWT_TOKEN_TYPE, StartTask, TASK_ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, TokenRequest,
@@ -67,6 +69,8 @@ pub struct BrokerConfig {
     pub revoke_on_start: bool,
     /// Held calls and approvals.
     pub approvals: ApprovalConfig,
+    /// How upstream tool definitions are pinned.
+    pub tool_pinning: PinMode,
 }
 
 impl Default for BrokerConfig {
@@ -80,6 +84,7 @@ impl Default for BrokerConfig {
             credential_env: CredentialEnv::default(),
             revoke_on_start: true,
             approvals: ApprovalConfig::default(),
+            tool_pinning: PinMode::default(),
         }
     }
 }
@@ -124,6 +129,8 @@ struct Inner {
     lease_scope: String,
     /// Woken when this process answers an approval, so held calls re-read theirs at once.
     approval_answers: tokio::sync::Notify,
+    /// Pinned tool definitions.
+    pins: pins::PinCache,
     /// Approval requests written and answered here, for the edges that notify people.
     approval_events: tokio::sync::broadcast::Sender<ApprovalEvent>,
 }
@@ -178,6 +185,7 @@ impl Broker {
                 lease_scope,
                 approval_answers: tokio::sync::Notify::new(),
                 approval_events: tokio::sync::broadcast::channel(1024).0,
+                pins: pins::PinCache::default(),
             }),
         };
         let flusher = broker.clone();

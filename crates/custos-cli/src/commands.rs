@@ -92,9 +92,25 @@ enum Command {
     /// Explain decisions.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Approve an upstream's tools (pin their definitions).
+    #[command(subcommand)]
+    Upstream(UpstreamCmd),
     /// Held Tier 3 calls: list, show, approve, deny.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UpstreamCmd {
+    /// Pin the definitions the upstream serves now (name, description, schemas,
+    /// annotations): tools that later change are hidden and refused until approved again.
+    Approve {
+        /// The upstream.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +217,16 @@ enum DurabilityArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum PinArg {
+    /// An upstream's tools are hidden and refused until `custos upstream approve NAME`.
+    Approve,
+    /// A tool is pinned the first time it is seen (the `--dev` default).
+    FirstUse,
+    /// No pinning.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -283,6 +309,10 @@ struct ServeArgs {
         requires = "approval_webhook"
     )]
     approval_webhook_secret_file: Option<PathBuf>,
+    /// How upstream tool definitions are pinned: a tool whose definition differs from the
+    /// pinned one is hidden and refused. Default: first-use with --dev, approve otherwise.
+    #[arg(long, env = "CUSTOS_TOOL_PINNING", value_enum)]
+    tool_pinning: Option<PinArg>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -505,6 +535,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 approval_webhook,
                 default_bundle: !a.empty,
+                tool_pinning: a.tool_pinning.map(|p| match p {
+                    PinArg::Approve => custos_broker::PinMode::Approve,
+                    PinArg::FirstUse => custos_broker::PinMode::FirstUse,
+                    PinArg::Off => custos_broker::PinMode::Off,
+                }),
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -712,6 +747,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Approvals(cmd) => approvals(&conn, cmd).await,
+        Command::Upstream(UpstreamCmd::Approve { name, json }) => {
+            custos_core::names::check_resource_name(&name)
+                .map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
+            let out = operator_client(&conn)?
+                .post(&format!("/v1/upstreams/{name}/approve"), json!({}))
+                .await?;
+            done(json, &out, || {
+                println!(
+                    "upstream {name}: {} tools pinned{}",
+                    out["tools"].as_array().map_or(0, Vec::len),
+                    match out["changed"].as_array().map_or(0, Vec::len) {
+                        0 => String::new(),
+                        n => format!(", {n} changed since the last approval"),
+                    }
+                );
+            })
+        }
         Command::Policy(PolicyCmd::Explain {
             task,
             tool,

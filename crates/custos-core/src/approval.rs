@@ -75,7 +75,7 @@ pub struct Approval {
     pub tier: Tier,
     /// The policy version the call was decided under.
     pub policy_version: i64,
-    /// The policies that held it.
+    /// The policies that made it Tier 3 (Cedar policy ids, comma-separated).
     pub rule: String,
     /// Stored state; see [`Approval::state_at`] for the state at a given time.
     pub state: ApprovalState,

@@ -67,6 +67,8 @@ reasons! {
     ApprovalExpired => "approval_expired",
     /// The upstream tool's definition changed since an operator approved (pinned) it.
     ToolChanged => "tool_changed",
+    /// The upstream's tools have not been approved (pinned) by an operator yet.
+    ToolNotApproved => "tool_not_approved",
     /// Allowed, but the upstream failed or did not answer in time.
     UpstreamFailed => "upstream_failed",
     /// The store or the audit log is down: refused (fail closed).

@@ -15,6 +15,21 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The digest that pins an upstream tool's definition: [`argument_digest`] of its `name`,
+/// `title`, `description`, `inputSchema`, `outputSchema` and `annotations` (absent members
+/// count as null), so a change to anything a model reads about the tool changes it.
+pub fn tool_definition_digest(tool: &serde_json::Value) -> String {
+    let pick = |k: &str| tool.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    argument_digest(&serde_json::json!({
+        "name": pick("name"),
+        "title": pick("title"),
+        "description": pick("description"),
+        "inputSchema": pick("inputSchema"),
+        "outputSchema": pick("outputSchema"),
+        "annotations": pick("annotations"),
+    }))
+}
+
 /// HMAC-SHA-256 of `data` under `key`, lowercase hex: how a webhook receiver checks that a
 /// notification came from this Custos.
 pub fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {

@@ -11,7 +11,7 @@ pub mod operator_token;
 pub mod presented;
 pub mod random;
 
-pub use digest::{argument_digest, sha256_hex};
+pub use digest::{argument_digest, sha256_hex, tool_definition_digest};
 pub use envelope::{EnvelopeError, Kek};
 pub use jwt::{ActClaim, AssertionClaims, TaskClaims, TokenError, TokenIssuer};
 pub use keys::{AgentKey, KeyError, ServerKey, jwk_thumbprint, parse_public_key_pem};

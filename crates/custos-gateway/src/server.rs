@@ -157,6 +157,9 @@ fn refusal_code(reason: Reason) -> i64 {
         Reason::ToolNotAllowed | Reason::InvalidToolName | Reason::UnknownUpstream => {
             jsonrpc::INVALID_PARAMS
         }
+        // The upstream could not even list its tools to check the called one: the same error
+        // as an upstream that fails the call.
+        Reason::UpstreamFailed => jsonrpc::UPSTREAM_FAILED,
         _ => jsonrpc::DENIED,
     }
 }

@@ -80,6 +80,7 @@ pub struct DecidedCall<'a> {
     digest: String,
     tier: Tier,
     rule: String,
+    tiered_by: String,
     policy_version: i64,
     taints: bool,
 }
@@ -117,6 +118,10 @@ impl DecidedCall<'_> {
     /// `approval:ID`.
     pub fn rule(&self) -> &str {
         &self.rule
+    }
+    /// The policies that set its tier (comma-separated): what made a held call Tier 3.
+    pub fn tiered_by(&self) -> &str {
+        &self.tiered_by
     }
     /// The policy version it was decided under.
     pub fn policy_version(&self) -> i64 {
@@ -364,6 +369,7 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
     let tier = eval.tier;
     why.tier = Some(tier);
     let rule = why.allowed_by.join(",");
+    let tiered_by = why.tiered_by.join(",");
     let decided = |call: CallRequest, tool: ExposedTool| DecidedCall {
         task: call.task,
         tool,
@@ -372,6 +378,7 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
         digest: call.digest,
         tier,
         rule,
+        tiered_by,
         policy_version: view.version,
         taints: slice.untrusted,
     };

@@ -19,8 +19,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::{ApiError, body_error};
 use crate::response::{
     ApplyBody, ApprovalBody, ChangeBody, CreatedOperatorBody, ErrorBody, ExplanationBody,
-    HealthBody, LeaseBody, OperatorBody, ResourceBody, RoleBody, SuspensionBody, TaskBody,
-    VerifyBody,
+    HealthBody, LeaseBody, OperatorBody, PinnedUpstreamBody, ResourceBody, RoleBody,
+    SuspensionBody, TaskBody, VerifyBody,
 };
 use crate::{AppState, Peer};
 
@@ -762,6 +762,35 @@ pub async fn explain(
             .await?
             .into(),
     ))
+}
+
+/// `POST /v1/upstreams/{name}/approve`
+#[utoipa::path(
+    post,
+    path = "/v1/upstreams/{name}/approve",
+    tag = "registry",
+    summary = "Approve an upstream's tools: pin the definitions it serves now",
+    security(("operatorToken" = [])),
+    params(("name" = String, Path, description = "the upstream")),
+    responses(
+        (status = 200, description = "pinned", body = PinnedUpstreamBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 404, description = "unknown upstream", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "the upstream cannot list its tools, or the store is down", body = ErrorBody),
+    )
+)]
+pub async fn approve_upstream(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Path(name): Path<String>,
+) -> Result<Json<PinnedUpstreamBody>, ApiError> {
+    let pinned = s
+        .broker
+        .approve_upstream(&op, &name, s.gateway.upstreams().as_ref())
+        .await?;
+    Ok(Json(pinned.into()))
 }
 
 /// `GET /v1/audit/verify`: re-reads every stored record.

@@ -119,6 +119,7 @@ fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
         .routes(routes!(api::approve))
         .routes(routes!(api::deny))
         .routes(routes!(api::explain))
+        .routes(routes!(api::approve_upstream))
         .routes(routes!(vault::creds))
         .routes(routes!(vault::lookup))
         .routes(routes!(vault::revoke))

@@ -681,3 +681,42 @@ impl From<custos_broker::CallExplanation> for ExplanationBody {
         }
     }
 }
+
+/// One pinned tool.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = PinnedTool)]
+pub struct PinnedToolBody {
+    /// The tool, as the upstream names it.
+    pub tool: String,
+    /// SHA-256 of its definition's canonical text.
+    pub digest: String,
+}
+
+/// An upstream's tools, approved and pinned.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = PinnedUpstream)]
+pub struct PinnedUpstreamBody {
+    /// The upstream.
+    pub upstream: String,
+    /// Every tool now pinned.
+    pub tools: Vec<PinnedToolBody>,
+    /// Tools whose pinned definition this approval changed.
+    pub changed: Vec<String>,
+    /// Tools no longer served whose pins were dropped.
+    pub dropped: Vec<String>,
+}
+
+impl From<custos_broker::PinnedUpstream> for PinnedUpstreamBody {
+    fn from(p: custos_broker::PinnedUpstream) -> Self {
+        Self {
+            upstream: p.upstream,
+            tools: p
+                .tools
+                .into_iter()
+                .map(|(tool, digest)| PinnedToolBody { tool, digest })
+                .collect(),
+            changed: p.changed,
+            dropped: p.dropped,
+        }
+    }
+}

@@ -59,6 +59,9 @@ pub struct ServeConfig {
     /// Apply the default tier bundle ([`DEFAULT_BUNDLE`]) on first start (`--dev` without
     /// `--empty`): only while the registry has never been changed.
     pub default_bundle: bool,
+    /// How upstream tool definitions are pinned; `None`: first use with `--dev`, operator
+    /// approval otherwise.
+    pub tool_pinning: Option<custos_broker::PinMode>,
 }
 
 /// `examples/tiers.yaml`: the four tiers over the reference MCP servers, a template per
@@ -86,6 +89,7 @@ impl ServeConfig {
             approvals: custos_broker::ApprovalConfig::default(),
             approval_webhook: None,
             default_bundle: true,
+            tool_pinning: None,
         }
     }
 }
@@ -185,6 +189,11 @@ pub async fn build_with_clock(
         credential_env: config.credential_env.clone(),
         revoke_on_start: config.revoke_on_start,
         approvals: config.approvals.clone(),
+        tool_pinning: config.tool_pinning.unwrap_or(if config.dev {
+            custos_broker::PinMode::FirstUse
+        } else {
+            custos_broker::PinMode::Approve
+        }),
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
     // The broker opens the store (migrating it) and the audit writer; its error names the

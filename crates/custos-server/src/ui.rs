@@ -369,7 +369,13 @@ struct Row {
     expires: String,
     decided_by: Option<String>,
     note: Option<String>,
+    rule: String,
+    purpose: Option<String>,
+    recent: Vec<(String, String, String)>,
 }
+
+/// How many rows get their task's context (purpose, earlier calls) on one page.
+const MAX_CONTEXT_ROWS: usize = 20;
 
 impl From<custos_core::Approval> for Row {
     fn from(a: custos_core::Approval) -> Self {
@@ -388,6 +394,9 @@ impl From<custos_core::Approval> for Row {
             expires: custos_core::clock::rfc3339(a.expires_at),
             decided_by: a.decided_by,
             note: a.note,
+            rule: a.rule,
+            purpose: None,
+            recent: Vec::new(),
         }
     }
 }
@@ -437,7 +446,34 @@ async fn show(
 ) -> Response {
     let op = &signed_in.operator;
     let (rows, error, status) = match state.app.broker.list_approvals(op, all).await {
-        Ok(list) => (list.into_iter().map(Row::from).collect(), error, status),
+        Ok(list) => {
+            let mut rows = Vec::with_capacity(list.len());
+            for (i, a) in list.into_iter().enumerate() {
+                let context = if i < MAX_CONTEXT_ROWS {
+                    state.app.broker.approval_context(op, &a).await.ok()
+                } else {
+                    None
+                };
+                let mut row = Row::from(a);
+                if let Some(c) = context {
+                    row.purpose = c.purpose;
+                    row.recent = c
+                        .recent_calls
+                        .into_iter()
+                        .map(|r| {
+                            let why = r.reason.map(|x| format!(" ({x})")).unwrap_or_default();
+                            (
+                                custos_core::clock::rfc3339(r.at),
+                                r.tool,
+                                format!("{}{why}", r.what),
+                            )
+                        })
+                        .collect();
+                }
+                rows.push(row);
+            }
+            (rows, error, status)
+        }
         Err(e) => (Vec::new(), Some(e.to_string()), status_of(&e)),
     };
     render(

@@ -92,24 +92,62 @@ pub(crate) async fn run(broker: Broker, config: WebhookConfig) {
             ApprovalEvent::Answered(a) => ("approval.answered", a),
         };
         let id = approval.id.to_string();
+        let text = summary(kind, &approval, &page);
         let body = json!({
             "type": kind,
-            "approval": ApprovalBody::from(approval),
+            "text": text,
+            "approval": ApprovalBody::from(approval.clone()),
             "page": page,
         })
         .to_string();
         // One event at a time, in order; each delivery bounded by its attempts.
-        deliver(&client, &config, kind, &id, body).await;
+        if deliver(&client, &config, kind, &id, body).await
+            && kind == "approval.requested"
+            && let Err(e) = broker.record_approval_notified(&approval, "webhook").await
+        {
+            tracing::warn!(approval = %id, error = %e, "the webhook delivery could not be recorded");
+        }
     }
 }
 
+/// A one-line summary for chat (Slack's and compatible webhooks show `text`), values from
+/// outside bounded and escaped as Slack asks.
+fn summary(kind: &str, a: &custos_core::Approval, page: &str) -> String {
+    // Slack's escaping: `&`, `<` and `>` (which would otherwise make links and mentions).
+    let clean = |s: &str| -> String {
+        custos_core::text::for_display(s, 120)
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    match kind {
+        "approval.requested" => format!(
+            "Approval needed: agent {} wants to call {} (tier {}) for {}, task {}. Approve or deny: {page}",
+            clean(&a.agent),
+            clean(&a.tool),
+            a.tier,
+            clean(&a.initiator),
+            a.task
+        ),
+        _ => format!(
+            "Approval {} for {} (task {}) was {} by {}.",
+            a.id,
+            clean(&a.tool),
+            a.task,
+            a.state.as_str(),
+            clean(a.decided_by.as_deref().unwrap_or("nobody"))
+        ),
+    }
+}
+
+/// Delivers one event; `true` once the receiver accepted it.
 async fn deliver(
     client: &reqwest::Client,
     config: &WebhookConfig,
     kind: &str,
     id: &str,
     body: String,
-) {
+) -> bool {
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
@@ -128,7 +166,7 @@ async fn deliver(
         match req.body(body.clone()).send().await {
             Ok(r) if r.status().is_success() => {
                 tracing::debug!(approval = %id, kind, "approval webhook delivered");
-                return;
+                return true;
             }
             Ok(r) => {
                 tracing::warn!(approval = %id, kind, status = r.status().as_u16(), attempt, "approval webhook refused");
@@ -139,4 +177,5 @@ async fn deliver(
         }
     }
     tracing::error!(approval = %id, kind, "approval webhook gave up after {ATTEMPTS} attempts");
+    false
 }

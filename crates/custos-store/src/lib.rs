@@ -7,6 +7,7 @@ mod approvals;
 mod audit;
 mod identity;
 mod leases;
+mod pins;
 mod resources;
 mod tasks;
 
@@ -22,6 +23,7 @@ use thiserror::Error;
 pub use approvals::Answer;
 pub use audit::{AuditAppender, AuditHead, AuditRow};
 pub use identity::{AgentStatus, OperatorRow};
+pub use pins::ToolPin;
 pub use resources::{AppliedChange, ChangeOp, ResourceRow, ResourceWrite};
 pub use tasks::{TaskRow, TaskState};
 

@@ -21,7 +21,7 @@ default_tier: 4
 kind: Template
 name: fx-held
 ttl: 10m
-tools: [fx__echo, fx__touch]
+tools: [fx__echo, fx__touch, fx__wipe]
 ---
 kind: Agent
 name: agent-h
@@ -128,6 +128,14 @@ fn an_approval_allows_the_identical_call_once_and_nothing_else() {
     let a = Agent::start(&s, &key);
     let dir = tempfile::tempdir().expect("tempdir");
     let (p, other) = (dir.path().join("p"), dir.path().join("other"));
+
+    // Tier 4 is refused outright: no request is made, so no approval can ever allow it.
+    assert_eq!(
+        a.call("fx__wipe", json!({})),
+        Answer::Refused("tier4_denied".into(), None)
+    );
+    let none = cli_as_json(&s, &carol, &["approvals", "list", "--all", "--json"]);
+    assert_eq!(none, json!([]), "{none}");
 
     // Held: the upstream is not reached, and the agent learns the request's id.
     let first = pending(a.touch(&p));
@@ -406,6 +414,15 @@ fn an_approver_answers_in_the_browser() {
     let row = format!("tr[id=\"{id}\"]");
     assert_eq!(b.attribute(&row, "data-state").as_deref(), Some("pending"));
     assert!(b.text(&row).contains("fx__touch"));
+    assert!(
+        b.text(&row).contains("held by upstream:fx:tiers:touch"),
+        "{}",
+        b.text(&row)
+    );
+    assert!(
+        b.count(&format!("{row} details.recent li")) >= 2,
+        "the task's earlier calls are on the page"
+    );
     assert!(b.text(&row).contains(p.to_str().expect("utf-8")));
     let hostile_row = format!("tr[id=\"{other}\"]");
     assert!(
@@ -541,6 +558,12 @@ fn approval_requests_and_answers_reach_the_webhook_signed() {
     assert_eq!(v["approval"]["task"], a.task.as_str());
     assert_eq!(v["approval"]["tool"], "fx__touch");
     assert_eq!(v["page"], format!("{}/ui/approvals", s.addr));
+    assert!(
+        v["text"].as_str().is_some_and(|t| t.contains("agent-h")
+            && t.contains("fx__touch")
+            && t.contains("/ui/approvals")),
+        "a Slack-compatible text: {v}"
+    );
     assert!(!body.contains("sk-live-do-not-leak"), "{body}");
     let timestamp = header(&head, "x-custos-timestamp").expect("a timestamp");
     let signature = header(&head, "x-custos-signature").expect("a signature");

@@ -8,6 +8,7 @@ mod connections;
 mod eras;
 mod hardening_inputs;
 mod leases;
+mod pinning;
 mod pipeline;
 mod policy;
 mod postgres;

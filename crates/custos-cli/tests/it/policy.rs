@@ -418,6 +418,30 @@ fn the_default_bundle_encodes_the_four_tiers_for_the_four_archetypes() {
         );
     }
     assert_eq!(decide(&coding, "git__git_reset", json!({})), hold);
+    assert_eq!(
+        decide(
+            &coding,
+            "git__git_create_branch",
+            json!({"branch_name": "release-2"})
+        ),
+        hold
+    );
+    assert_eq!(
+        decide(
+            &coding,
+            "git__git_create_branch",
+            json!({"branch_name": "feature/y", "base_branch": "main"})
+        ),
+        allow(2)
+    );
+    assert_eq!(
+        decide(
+            &coding,
+            "fs__move_file",
+            json!({"source": "a", "destination": "b"})
+        ),
+        hold
+    );
     // Not the coding agent's: the web.
     assert_eq!(
         decide(

@@ -364,6 +364,29 @@ impl Upstreams for UpstreamPool {
         Ok(tools)
     }
 
+    async fn find_tool(
+        &self,
+        upstream: &UpstreamSpec,
+        task: &str,
+        name: &str,
+    ) -> Result<Option<Value>, UpstreamError> {
+        let named = |t: &&Value| t.get("name").and_then(Value::as_str) == Some(name);
+        {
+            // The connection's cached list, searched in place: one definition cloned, not all.
+            let entry = self.entry(upstream, task).await?;
+            let cached = entry.tools.lock().await;
+            if let Some(tools) = cached.as_ref() {
+                return Ok(tools.iter().find(named).cloned());
+            }
+        }
+        Ok(self
+            .list_tools(upstream, task)
+            .await?
+            .iter()
+            .find(named)
+            .cloned())
+    }
+
     async fn call_tool(&self, call: &PermittedCall<'_>) -> Result<Value, UpstreamError> {
         let entry = self.entry(call.upstream(), call.task()).await?;
         entry

@@ -3,6 +3,7 @@ mod audit;
 mod connect;
 mod identity;
 mod leases;
+mod pins;
 mod resources;
 mod tamper;
 mod tasks;
