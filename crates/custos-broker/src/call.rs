@@ -133,30 +133,53 @@ impl UpstreamError {
     }
 }
 
+/// One tool as an upstream serves it: the raw MCP tool object and the digest that pins its
+/// definition, computed once when the tool is listed.
+#[derive(Debug, Clone)]
+pub struct ListedTool {
+    /// The MCP tool object, its name as the upstream gives it.
+    pub definition: Value,
+    /// [`custos_crypto::tool_definition_digest`] of it.
+    pub digest: String,
+}
+
+impl ListedTool {
+    /// A listed tool, its digest computed.
+    pub fn new(definition: Value) -> Self {
+        let digest = custos_crypto::tool_definition_digest(&definition);
+        Self { definition, digest }
+    }
+
+    /// Its name as the upstream gives it.
+    pub fn name(&self) -> Option<&str> {
+        self.definition.get("name").and_then(Value::as_str)
+    }
+}
+
 /// The MCP client side, implemented by the gateway: lists and calls tools on upstreams.
 pub trait Upstreams: Send + Sync + 'static {
-    /// The upstream's tools (raw MCP tool objects, names as the upstream gives them), asked
-    /// for `task` (a `scope: task` upstream answers on that task's own connection).
+    /// The upstream's tools, asked for `task` (a `scope: task` upstream answers on that task's
+    /// own connection).
     fn list_tools(
         &self,
         upstream: &UpstreamSpec,
         task: &str,
-    ) -> impl Future<Output = Result<Vec<Value>, UpstreamError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ListedTool>, UpstreamError>> + Send;
 
-    /// The definition the upstream serves `task` for its tool `name` (as the upstream names
-    /// it), if it lists one.
+    /// The tool `name` (as the upstream names it) as the upstream serves it to `task`, if it
+    /// lists one.
     fn find_tool(
         &self,
         upstream: &UpstreamSpec,
         task: &str,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Value>, UpstreamError>> + Send {
+    ) -> impl Future<Output = Result<Option<ListedTool>, UpstreamError>> + Send {
         async move {
             Ok(self
                 .list_tools(upstream, task)
                 .await?
                 .into_iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some(name)))
+                .find(|t| t.name() == Some(name)))
         }
     }
 
@@ -267,9 +290,8 @@ impl Broker {
                     continue;
                 }
             };
-            for mut tool in tools {
-                let Some(tool_name) = tool.get("name").and_then(Value::as_str).map(str::to_owned)
-                else {
+            for listed in tools {
+                let Some(tool_name) = listed.name().map(str::to_owned) else {
                     continue;
                 };
                 let Some(exposed) = ExposedTool::expose(name, &tool_name) else {
@@ -279,8 +301,12 @@ impl Broker {
                 if !custos_policy::lists(template, &up.spec, &exposed, &tool_name) {
                     continue;
                 }
-                match self.pin_status(ctx, name, &tool).await? {
+                match self
+                    .pin_status(ctx, name, &tool_name, &listed.digest)
+                    .await?
+                {
                     PinStatus::Pinned => {
+                        let mut tool = listed.definition;
                         tool["name"] = Value::String(exposed);
                         out.push(tool);
                     }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use approvals::{ApprovalConfig, ApprovalContext, ApprovalEvent, RecentCall};
-pub use call::{CallError, CallResult, TaskContext, UpstreamError, Upstreams};
+pub use call::{CallError, CallResult, ListedTool, TaskContext, UpstreamError, Upstreams};
 pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
 pub use custos_store::Answer;

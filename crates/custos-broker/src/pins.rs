@@ -15,7 +15,6 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::{Reason, UpstreamSpec};
 use custos_policy::{Refusal, Verdict};
-use serde_json::Value;
 
 use crate::call::{TaskContext, Upstreams};
 use crate::{Broker, BrokerError, Operator};
@@ -105,16 +104,13 @@ impl Broker {
         &self,
         ctx: &TaskContext,
         upstream: &str,
-        definition: &Value,
+        tool: &str,
+        digest: &str,
     ) -> Result<PinStatus, BrokerError> {
         let mode = self.inner.config.tool_pinning;
         if mode == PinMode::Off {
             return Ok(PinStatus::Pinned);
         }
-        let Some(tool) = definition.get("name").and_then(Value::as_str) else {
-            return Ok(PinStatus::Unapproved);
-        };
-        let digest = custos_crypto::tool_definition_digest(definition);
         let key = (upstream.to_owned(), tool.to_owned());
         let pinned = self.pins().await?.get(&key).cloned();
         match pinned {
@@ -124,7 +120,7 @@ impl Broker {
                 if self
                     .inner
                     .store
-                    .note_tool_change(upstream, tool, &digest, now)
+                    .note_tool_change(upstream, tool, digest, now)
                     .await?
                 {
                     let mut e = ctx.event(EventKind::ToolChanged);
@@ -135,7 +131,7 @@ impl Broker {
                         upstream: upstream.to_owned(),
                         tool: tool.to_owned(),
                         pinned_digest: p,
-                        observed_digest: digest,
+                        observed_digest: digest.to_owned(),
                     });
                     self.record(e).await?;
                     tracing::warn!(upstream = %upstream, tool = %custos_core::text::escape_unsafe(tool), "an upstream tool's definition changed since it was approved: hidden and refused until `custos upstream approve`");
@@ -146,7 +142,7 @@ impl Broker {
                 if self
                     .inner
                     .store
-                    .pin_tool_first_use(upstream, tool, &digest, self.now())
+                    .pin_tool_first_use(upstream, tool, digest, self.now())
                     .await?
                 {
                     self.forget_pins();
@@ -188,7 +184,7 @@ impl Broker {
                 approval: None,
             })
         };
-        let definition = match upstreams
+        let listed = match upstreams
             .find_tool(upstream, ctx.task_id(), &tool.tool)
             .await
         {
@@ -207,7 +203,10 @@ impl Broker {
             }
         };
         Ok(
-            match self.pin_status(ctx, &upstream.name, &definition).await? {
+            match self
+                .pin_status(ctx, &upstream.name, &tool.tool, &listed.digest)
+                .await?
+            {
                 PinStatus::Pinned => verdict,
                 PinStatus::Changed => refuse(
                     Reason::ToolChanged,
@@ -255,10 +254,7 @@ impl Broker {
         })?;
         let mut tools: Vec<(String, String)> = listed
             .iter()
-            .filter_map(|t| {
-                let n = t.get("name").and_then(Value::as_str)?;
-                Some((n.to_owned(), custos_crypto::tool_definition_digest(t)))
-            })
+            .filter_map(|t| Some((t.name()?.to_owned(), t.digest.clone())))
             .collect();
         tools.sort();
         tools.dedup_by(|a, b| a.0 == b.0);

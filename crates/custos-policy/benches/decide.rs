@@ -185,4 +185,32 @@ fn main() {
         percentile(&times, 0.50) as f64 / 1000.0,
         percentile(&times, 0.99) as f64 / 1000.0,
     );
+    // Pinning digests each listed definition: 100 definitions shaped like the reference
+    // servers' (a description, a schema of three properties, annotations).
+    let definitions: Vec<Value> = (0..100)
+        .map(|i| {
+            json!({
+                "name": format!("tool_{i}"),
+                "description": "Read the complete contents of a file from the file system. Handles various text encodings and provides detailed error messages if the file cannot be read.",
+                "inputSchema": {"type": "object", "properties": {
+                    "path": {"type": "string"}, "head": {"type": "number", "description": "first N lines"},
+                    "tail": {"type": "number", "description": "last N lines"}}, "required": ["path"]},
+                "annotations": {"readOnlyHint": true, "destructiveHint": false},
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(2_000);
+    for _ in 0..2_000 {
+        let started = Instant::now();
+        for d in &definitions {
+            black_box(custos_crypto::tool_definition_digest(d));
+        }
+        times.push(started.elapsed().as_nanos());
+    }
+    times.sort_unstable();
+    println!(
+        "pin-digest/100-tools   p50 {:>6.1} µs  p99 {:>6.1} µs",
+        percentile(&times, 0.50) as f64 / 1000.0,
+        percentile(&times, 0.99) as f64 / 1000.0,
+    );
 }

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custos_broker::{PermittedCall, UpstreamError, Upstreams};
+use custos_broker::{ListedTool, PermittedCall, UpstreamError, Upstreams};
 use custos_core::{Transport, UpstreamScope, UpstreamSpec};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -174,7 +174,7 @@ const ENDED_REMEMBERED: usize = 4096;
 struct Entry {
     spec: UpstreamSpec,
     client: Arc<Client>,
-    tools: Mutex<Option<Vec<Value>>>,
+    tools: Mutex<Option<Vec<ListedTool>>>,
     last_used: std::sync::Mutex<Instant>,
 }
 
@@ -340,7 +340,7 @@ impl Upstreams for UpstreamPool {
         &self,
         upstream: &UpstreamSpec,
         task: &str,
-    ) -> Result<Vec<Value>, UpstreamError> {
+    ) -> Result<Vec<ListedTool>, UpstreamError> {
         let entry = self.entry(upstream, task).await?;
         let mut cached = entry.tools.lock().await;
         if let Some(t) = cached.as_ref() {
@@ -353,7 +353,8 @@ impl Upstreams for UpstreamPool {
             let params = cursor.take().map(|c| json!({ "cursor": c }));
             let result = entry.client.request("tools/list", params).await?;
             if let Some(list) = result.get("tools").and_then(Value::as_array) {
-                tools.extend(list.iter().cloned());
+                // Each definition's pinning digest is computed here, once per listing.
+                tools.extend(list.iter().cloned().map(ListedTool::new));
             }
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
@@ -369,8 +370,8 @@ impl Upstreams for UpstreamPool {
         upstream: &UpstreamSpec,
         task: &str,
         name: &str,
-    ) -> Result<Option<Value>, UpstreamError> {
-        let named = |t: &&Value| t.get("name").and_then(Value::as_str) == Some(name);
+    ) -> Result<Option<ListedTool>, UpstreamError> {
+        let named = |t: &&ListedTool| t.name() == Some(name);
         {
             // The connection's cached list, searched in place: one definition cloned, not all.
             let entry = self.entry(upstream, task).await?;
