@@ -52,12 +52,14 @@ pub struct McpRequest<'a> {
     pub host: Option<&'a str>,
     /// The client's address, when the edge knows it.
     pub peer: Option<std::net::IpAddr>,
+    /// `Accept`.
+    pub accept: Option<&'a str>,
     /// The body.
     pub body: &'a [u8],
 }
 
 /// What to send back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct GatewayReply {
     /// HTTP status.
     pub status: u16,
@@ -65,7 +67,14 @@ pub struct GatewayReply {
     pub headers: Vec<(&'static str, String)>,
     /// A JSON body, or none.
     pub body: Option<Value>,
+    /// Instead of `body`: JSON-RPC messages to send as a `text/event-stream`, ending with the
+    /// response (a call that reports progress).
+    pub events: Option<tokio::sync::mpsc::Receiver<Value>>,
 }
+
+/// How often a call whose client asked for progress (`_meta.progressToken`) is reported on
+/// while it runs or waits for an approval.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl GatewayReply {
     fn json(status: u16, body: Value) -> Self {
@@ -73,6 +82,7 @@ impl GatewayReply {
             status,
             headers: Vec::new(),
             body: Some(body),
+            events: None,
         }
     }
 
@@ -81,6 +91,16 @@ impl GatewayReply {
             status,
             headers: Vec::new(),
             body: None,
+            events: None,
+        }
+    }
+
+    fn stream(events: tokio::sync::mpsc::Receiver<Value>) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: None,
+            events: Some(events),
         }
     }
 
@@ -300,6 +320,7 @@ impl McpGateway {
             body: Some(
                 json!({ "error": { "code": "unauthenticated", "message": "authentication required" } }),
             ),
+            events: None,
         }
     }
 
@@ -353,6 +374,7 @@ impl McpGateway {
                 status: 405,
                 headers: vec![("allow", "POST, DELETE".into())],
                 body: None,
+                events: None,
             },
             McpVerb::Delete => {
                 let ctx = match self.authenticate(&req).await {
@@ -573,6 +595,11 @@ impl McpGateway {
         if let Err(reply) = self.session_of(ctx, req) {
             return reply;
         }
+        if method == "tools/call"
+            && let Some(token) = progress_token(req, params)
+        {
+            return self.streamed_call(ctx, id, params, Era::Session, token);
+        }
         let body = match method {
             "ping" => jsonrpc::result(id, json!({})),
             _ => self.dispatch(ctx, id, method, params, Era::Session).await,
@@ -647,6 +674,11 @@ impl McpGateway {
                 None,
             );
         }
+        if method == "tools/call"
+            && let Some(token) = progress_token(req, params)
+        {
+            return self.streamed_call(ctx, id, params, Era::Modern, token);
+        }
         let body = match method {
             "server/discover" => jsonrpc::result(
                 id,
@@ -671,6 +703,72 @@ impl McpGateway {
             None => 200,
         };
         GatewayReply::json(status, body)
+    }
+
+    /// A `tools/call` whose client asked for progress: answered as an event stream that
+    /// carries a `notifications/progress` every [`PROGRESS_EVERY`] while the call runs or
+    /// waits for a human approval, then the response. The call runs to its end whether or
+    /// not the client keeps listening.
+    fn streamed_call(
+        &self,
+        ctx: &TaskContext,
+        id: &Value,
+        params: Option<&Value>,
+        era: Era,
+        token: Value,
+    ) -> GatewayReply {
+        let (name, arguments) = match call_params(id, params) {
+            Ok(p) => p,
+            Err(error) => return GatewayReply::json(200, error),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let broker = self.broker.clone();
+        let upstreams = self.upstreams.clone();
+        let ctx = ctx.clone();
+        let id = id.clone();
+        let mut approvals = broker.approval_events();
+        tokio::spawn(async move {
+            let task = ctx.task_id().to_owned();
+            let tool = name.clone();
+            let call = broker.call_tool(ctx, name, arguments, upstreams);
+            tokio::pin!(call);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut waiting_on: Option<String> = None;
+            let mut sent = 0u64;
+            loop {
+                tokio::select! {
+                    result = &mut call => {
+                        let _ = tx.send(call_answer(&id, result, era)).await;
+                        return;
+                    }
+                    event = approvals.recv() => {
+                        if let Ok(custos_broker::ApprovalEvent::Requested(a)) = event
+                            && a.task.as_str() == task
+                            && a.tool == tool
+                        {
+                            waiting_on = Some(a.id.to_string());
+                        }
+                    }
+                    _ = tick.tick() => {
+                        sent += 1;
+                        let message = match &waiting_on {
+                            Some(a) => format!("custos: waiting for a human to answer approval {a}"),
+                            None => "custos: the call is still running".to_owned(),
+                        };
+                        let progress = json!({
+                            "jsonrpc": "2.0",
+                            "method": "notifications/progress",
+                            "params": { "progressToken": token, "progress": sent, "message": message },
+                        });
+                        // A client that stopped listening: the call still runs to its end.
+                        let _ = tx.try_send(progress);
+                    }
+                }
+            }
+        });
+        GatewayReply::stream(rx)
     }
 
     async fn dispatch(
@@ -705,63 +803,15 @@ impl McpGateway {
                 Err(e) => broker_error(id, &e),
             },
             "tools/call" => {
-                let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
-                    return jsonrpc::error(
-                        id,
-                        jsonrpc::INVALID_PARAMS,
-                        "tools/call needs params.name",
-                        None,
-                    );
+                let (name, arguments) = match call_params(id, params) {
+                    Ok(p) => p,
+                    Err(error) => return error,
                 };
-                let arguments = match params.and_then(|p| p.get("arguments")) {
-                    None | Some(Value::Null) => json!({}),
-                    Some(v @ Value::Object(_)) => v.clone(),
-                    Some(_) => {
-                        return jsonrpc::error(
-                            id,
-                            jsonrpc::INVALID_PARAMS,
-                            "params.arguments must be an object",
-                            None,
-                        );
-                    }
-                };
-                match self
+                let result = self
                     .broker
-                    .call_tool(
-                        ctx.clone(),
-                        name.to_owned(),
-                        arguments,
-                        self.upstreams.clone(),
-                    )
-                    .await
-                {
-                    Ok(result) => jsonrpc::result(id, adapt_result(result, era)),
-                    Err(CallError::Refused(refusal)) => {
-                        let mut data = json!({ "reason": refusal.reason });
-                        if let Some(approval) = &refusal.approval {
-                            data["approval_id"] = json!(approval);
-                        }
-                        jsonrpc::error(
-                            id,
-                            refusal_code(refusal.reason),
-                            &format!("custos: {}", refusal.message),
-                            Some(data),
-                        )
-                    }
-                    Err(CallError::Upstream(UpstreamError::Rpc {
-                        code,
-                        message,
-                        data,
-                        ..
-                    })) => jsonrpc::error(id, code, &message, data.map(|d| *d)),
-                    Err(CallError::Upstream(e)) => jsonrpc::error(
-                        id,
-                        jsonrpc::UPSTREAM_FAILED,
-                        &format!("custos: {e}"),
-                        Some(json!({ "reason": Reason::UpstreamFailed })),
-                    ),
-                    Err(CallError::Broker(e)) => broker_error(id, &e),
-                }
+                    .call_tool(ctx.clone(), name, arguments, self.upstreams.clone())
+                    .await;
+                call_answer(id, result, era)
             }
             _ => jsonrpc::error(
                 id,
@@ -771,6 +821,78 @@ impl McpGateway {
             ),
         }
     }
+}
+
+/// The name and arguments of a `tools/call`, or the JSON-RPC error for malformed ones.
+fn call_params(id: &Value, params: Option<&Value>) -> Result<(String, Value), Value> {
+    let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+        return Err(jsonrpc::error(
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "tools/call needs params.name",
+            None,
+        ));
+    };
+    let arguments = match params.and_then(|p| p.get("arguments")) {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Err(jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                "params.arguments must be an object",
+                None,
+            ));
+        }
+    };
+    Ok((name.to_owned(), arguments))
+}
+
+/// The JSON-RPC answer to one `tools/call`.
+fn call_answer(id: &Value, result: custos_broker::CallResult, era: Era) -> Value {
+    match result {
+        Ok(result) => jsonrpc::result(id, adapt_result(result, era)),
+        Err(CallError::Refused(refusal)) => {
+            let mut data = json!({ "reason": refusal.reason });
+            if let Some(approval) = &refusal.approval {
+                data["approval_id"] = json!(approval);
+            }
+            jsonrpc::error(
+                id,
+                refusal_code(refusal.reason),
+                &format!("custos: {}", refusal.message),
+                Some(data),
+            )
+        }
+        Err(CallError::Upstream(UpstreamError::Rpc {
+            code,
+            message,
+            data,
+            ..
+        })) => jsonrpc::error(id, code, &message, data.map(|d| *d)),
+        Err(CallError::Upstream(e)) => jsonrpc::error(
+            id,
+            jsonrpc::UPSTREAM_FAILED,
+            &format!("custos: {e}"),
+            Some(json!({ "reason": Reason::UpstreamFailed })),
+        ),
+        Err(CallError::Broker(e)) => broker_error(id, &e),
+    }
+}
+
+/// The progress token of a request that asked for progress and accepts an event stream.
+fn progress_token(req: &McpRequest<'_>, params: Option<&Value>) -> Option<Value> {
+    let accepts_stream = req
+        .accept
+        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"));
+    let token = params?.get("_meta")?.get("progressToken")?;
+    // The specification allows a string or an integer; anything else is not a token.
+    let valid = match token {
+        Value::String(t) => !t.is_empty() && t.len() <= 256,
+        Value::Number(n) => n.is_i64() || n.is_u64(),
+        _ => false,
+    };
+    (accepts_stream && valid).then(|| token.clone())
 }
 
 fn broker_error(id: &Value, e: &BrokerError) -> Value {

@@ -16,15 +16,37 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn render(reply: GatewayReply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = match reply.body {
-        Some(body) => (status, axum::Json(body)).into_response(),
-        None => status.into_response(),
+    let mut resp = match (reply.events, reply.body) {
+        (Some(events), _) => event_stream(events),
+        (None, Some(body)) => (status, axum::Json(body)).into_response(),
+        (None, None) => status.into_response(),
     };
     for (name, value) in reply.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert(HeaderName::from_static(name), v);
         }
     }
+    resp
+}
+
+/// JSON-RPC messages as a `text/event-stream` (one `message` event each); it ends after the
+/// last message.
+fn event_stream(events: tokio::sync::mpsc::Receiver<serde_json::Value>) -> Response {
+    let stream = futures_util::stream::unfold(events, |mut rx| async move {
+        let msg = rx.recv().await?;
+        let frame = Bytes::from(format!("event: message\ndata: {msg}\n\n"));
+        Some((Ok::<_, std::convert::Infallible>(frame), rx))
+    });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     resp
 }
 
@@ -47,6 +69,7 @@ async fn handle(
         mcp_name: header(headers, "mcp-name"),
         content_type: header(headers, "content-type"),
         origin: header(headers, "origin"),
+        accept: header(headers, "accept"),
         peer,
         body,
     };

@@ -621,3 +621,90 @@ fn a_dead_webhook_holds_up_nothing() {
     }
     assert!(!s.log().contains("hook-url-secret"), "{}", s.log());
 }
+
+#[test]
+fn a_held_call_reports_progress_until_it_is_answered() {
+    use std::io::BufRead as _;
+
+    let s = TestServer::start_with(&["--approval-hold", "60s"]);
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let a = Agent::start(&s, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p");
+
+    // A client that sent a progress token and accepts an event stream gets progress while
+    // the call waits for its approval, then the answer, on one stream.
+    let token = s.task_token(&a.task, &key);
+    let (url, sid, path) = (s.mcp_url(), a.sid.clone(), p.clone());
+    let reader = std::thread::spawn(move || {
+        let body = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": {
+            "name": "fx__touch", "arguments": {"path": path}, "_meta": {"progressToken": "pt-1"}}});
+        let resp = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .expect("client")
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string())
+            .send()
+            .expect("POST tools/call");
+        assert_eq!(
+            resp.headers()["content-type"].to_str().ok(),
+            Some("text/event-stream")
+        );
+        let mut messages = Vec::new();
+        for line in std::io::BufReader::new(resp).lines() {
+            let line = line.expect("stream line");
+            if let Some(data) = line.strip_prefix("data: ") {
+                messages.push(serde_json::from_str::<Value>(data).expect("JSON data"));
+            }
+        }
+        messages
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
+        if let Some(id) = list[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval request appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Long enough for two progress notifications (one every 2 s).
+    std::thread::sleep(Duration::from_millis(4500));
+    cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
+    let messages = reader.join().expect("the reader");
+    let (last, progress) = messages.split_last().expect("messages");
+    assert_eq!(last["id"], 41, "{messages:?}");
+    assert_eq!(last["result"]["content"][0]["text"], "touched", "{last}");
+    assert!(progress.len() >= 2, "{messages:?}");
+    for (i, m) in progress.iter().enumerate() {
+        assert_eq!(m["method"], "notifications/progress", "{m}");
+        assert_eq!(m["params"]["progressToken"], "pt-1");
+        assert_eq!(m["params"]["progress"], i + 1, "progress grows: {m}");
+        assert!(
+            m["params"]["message"]
+                .as_str()
+                .is_some_and(|t| t.contains(&id)),
+            "the waiting is explained: {m}"
+        );
+    }
+    assert_eq!(runs(&p), 1);
+    // Without a token, or without accepting a stream, the answer is plain JSON as before.
+    let r = a.mcp.call(
+        &a.sid,
+        "tools/call",
+        json!({"name": "fx__echo", "arguments": {"x": 1}, "_meta": {"progressToken": {"bad": 1}}}),
+    );
+    assert_eq!(
+        r.body["result"]["content"][0]["text"], "{\"x\": 1}",
+        "{}",
+        r.body
+    );
+}
