@@ -33,6 +33,8 @@ pub struct CallExplanation {
     pub tiered_by: Vec<String>,
     /// Policies that could not be evaluated on these arguments (counted against the call).
     pub errors: Vec<String>,
+    /// Raw `forbid` policies that refuse the call.
+    pub forbidden_by: Vec<String>,
     /// Whether the task is tainted, and by which tool.
     pub tainted: bool,
     /// The tool that tainted it.
@@ -115,6 +117,7 @@ impl Broker {
             allowed_by: why.allowed_by,
             tiered_by: why.tiered_by,
             errors: why.errors,
+            forbidden_by: why.forbidden_by,
             tainted: why.tainted,
             tainted_by: task.tainted_by,
             policy_version: snap.policy_version,

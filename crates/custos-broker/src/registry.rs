@@ -94,6 +94,8 @@ pub struct Snapshot {
     pub loaded_at: i64,
     /// The Cedar policies of this version, compiled per template and tool on first use.
     pub compiled: Arc<custos_policy::Compiled>,
+    /// The raw Cedar policies (`kind: Policy`) of this version.
+    pub policies: Vec<custos_core::PolicySpec>,
 }
 
 pub(crate) struct RegistryCache {
@@ -171,6 +173,22 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
             }
         }
     }
+    let mut policies = Vec::new();
+    for row in store.list_resources(Kind::Policy.as_str()).await? {
+        match Resource::from_spec_json(Kind::Policy, row.spec) {
+            Ok(Resource::Policy(spec)) => policies.push(spec),
+            // A stored policy that no longer reads must not silently stop forbidding.
+            _ => policies.push(custos_core::PolicySpec {
+                name: row.name,
+                description: None,
+                cedar: "this stored policy no longer reads".into(),
+            }),
+        }
+    }
+    snap.compiled = Arc::new(custos_policy::Compiled::new(
+        policies.iter().map(|p| (p.name.as_str(), p.cedar.as_str())),
+    ));
+    snap.policies = policies;
     snap.policy_version = store.policy_version().await?;
     // One query for every suspension, not one per agent (the snapshot is re-read each second).
     snap.suspended = store.suspended_agents().await?.into_iter().collect();
@@ -329,6 +347,17 @@ impl Broker {
                         )));
                     }
                 }
+            }
+            if let Resource::Policy(p) = r {
+                custos_policy::check_raw_policy(&p.name, &p.cedar).map_err(|errors| {
+                    let all: Vec<String> = errors.iter().take(5).map(ToString::to_string).collect();
+                    BrokerError::Invalid(format!(
+                        "document {} (Policy `{}`): field `cedar`: {}",
+                        i + 1,
+                        p.name,
+                        all.join("; ")
+                    ))
+                })?;
             }
             if let Resource::Agent(a) = r {
                 parse_public_key_pem(&a.public_key).map_err(|e| {

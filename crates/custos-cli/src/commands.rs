@@ -53,7 +53,7 @@ enum Command {
     },
     /// Show resources: `custos get agents`, `custos get template docs-review -o yaml`.
     Get {
-        /// upstream, credentialrole, template or agent (plural accepted).
+        /// upstream, credentialrole, template, policy or agent (plural accepted).
         kind: String,
         /// One resource by name.
         name: Option<String>,
@@ -66,7 +66,7 @@ enum Command {
     },
     /// Delete one resource.
     Delete {
-        /// upstream, credentialrole, template or agent.
+        /// upstream, credentialrole, template, policy or agent.
         kind: String,
         /// Its name.
         name: String,
@@ -844,6 +844,9 @@ fn print_explanation(e: &Value, cedar: bool) {
         println!("message:        {}", text(&e["message"]));
     }
     println!("allowed by:     {}", list(&e["allowed_by"]));
+    if e["forbidden_by"].as_array().is_some_and(|a| !a.is_empty()) {
+        println!("forbidden by:   {}", list(&e["forbidden_by"]));
+    }
     println!("tier set by:    {}", list(&e["tiered_by"]));
     if e["errors"].as_array().is_some_and(|a| !a.is_empty()) {
         println!(

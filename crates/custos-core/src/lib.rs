@@ -35,8 +35,8 @@ pub use names::{ExposedTool, NameError};
 pub use reason::Reason;
 pub use registry::{AgentStatus, Change, ChangeOp, StoredResource};
 pub use resource::{
-    AgentSpec, Archetype, CallTimeout, HttpUrl, Kind, Resource, ResourceError, StdioCommand,
-    TemplateSpec, TemplateTtl, Transport, UpstreamScope, UpstreamSpec,
+    AgentSpec, Archetype, CallTimeout, HttpUrl, Kind, PolicySpec, Resource, ResourceError,
+    StdioCommand, TemplateSpec, TemplateTtl, Transport, UpstreamScope, UpstreamSpec,
 };
 pub use rules::{ArgConstraint, ArgConstraints, TierRule, ToolEntry};
 pub use task::{Task, TaskState};

@@ -45,6 +45,8 @@ reasons! {
     InvalidToolName => "invalid_tool_name",
     /// The template names the tool, but no entry allows these arguments.
     ArgumentNotAllowed => "argument_not_allowed",
+    /// A raw Cedar policy (`kind: Policy`) forbids the call.
+    PolicyForbidden => "policy_forbidden",
     /// The tool names no registered upstream.
     UnknownUpstream => "unknown_upstream",
     /// The task's template no longer exists.

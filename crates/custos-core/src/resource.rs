@@ -41,15 +41,18 @@ pub enum Kind {
     Template,
     /// A registered agent identity.
     Agent,
+    /// Raw Cedar policies that forbid calls or raise tiers.
+    Policy,
 }
 
 impl Kind {
     /// All kinds, in the order they are applied (upstreams and credential roles before the
     /// templates that name them, templates before agents).
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Upstream,
         Kind::CredentialRole,
         Kind::Template,
+        Kind::Policy,
         Kind::Agent,
     ];
 
@@ -60,6 +63,7 @@ impl Kind {
             Kind::CredentialRole => "CredentialRole",
             Kind::Template => "Template",
             Kind::Agent => "Agent",
+            Kind::Policy => "Policy",
         }
     }
 
@@ -70,6 +74,7 @@ impl Kind {
             Kind::CredentialRole => "credrole_",
             Kind::Template => "template_",
             Kind::Agent => "agent_",
+            Kind::Policy => "policy_",
         }
     }
 
@@ -77,10 +82,13 @@ impl Kind {
     /// `credentialroles`, `credential-role`.
     pub fn parse(s: &str) -> Option<Kind> {
         let lower = s.to_ascii_lowercase().replace(['-', '_'], "");
-        let singular = lower.strip_suffix('s').unwrap_or(&lower);
+        let singular = match lower.strip_suffix("ies") {
+            Some(stem) => format!("{stem}y"),
+            None => lower.strip_suffix('s').unwrap_or(&lower).to_owned(),
+        };
         Kind::ALL
             .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(singular))
+            .find(|k| k.as_str().eq_ignore_ascii_case(&singular))
     }
 }
 
@@ -467,6 +475,41 @@ pub enum Archetype {
     InternalOps,
 }
 
+/// The most Cedar text one `Policy` resource holds.
+pub const MAX_POLICY_TEXT: usize = 64 * 1024;
+
+/// Raw Cedar policies (`kind: Policy`): `forbid` statements on `Custos::Action::"call"` refuse
+/// calls a template would allow; `permit` statements on `Custos::Action::"classify"` with a
+/// `@tier("N")` annotation raise a call's tier. The text is checked against Custos's schema
+/// when applied (by the policy crate; this crate only bounds it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Its name; its statements get the ids `policy:<name>[i]`.
+    pub name: String,
+    /// Free text for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The Cedar text.
+    pub cedar: String,
+}
+
+impl PolicySpec {
+    fn validate(&self) -> Result<(), String> {
+        check_resource_name(&self.name).map_err(|e| format!("field `name`: {e}"))?;
+        if self.cedar.trim().is_empty() {
+            return Err("field `cedar`: empty".into());
+        }
+        if self.cedar.len() > MAX_POLICY_TEXT {
+            return Err(format!(
+                "field `cedar`: {} bytes, more than the {MAX_POLICY_TEXT} allowed",
+                self.cedar.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A registered agent: one identity, one owner, its allowed templates and its public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -516,6 +559,8 @@ pub enum Resource {
     Template(TemplateSpec),
     /// An agent identity.
     Agent(AgentSpec),
+    /// Raw Cedar policies.
+    Policy(PolicySpec),
 }
 
 impl Resource {
@@ -526,6 +571,7 @@ impl Resource {
             Resource::CredentialRole(_) => Kind::CredentialRole,
             Resource::Template(_) => Kind::Template,
             Resource::Agent(_) => Kind::Agent,
+            Resource::Policy(_) => Kind::Policy,
         }
     }
 
@@ -536,6 +582,7 @@ impl Resource {
             Resource::CredentialRole(s) => &s.name,
             Resource::Template(s) => &s.name,
             Resource::Agent(s) => &s.name,
+            Resource::Policy(s) => &s.name,
         }
     }
 
@@ -546,6 +593,7 @@ impl Resource {
             Resource::CredentialRole(s) => serde_json::to_value(s),
             Resource::Template(s) => serde_json::to_value(s),
             Resource::Agent(s) => serde_json::to_value(s),
+            Resource::Policy(s) => serde_json::to_value(s),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -570,6 +618,7 @@ impl Resource {
             Kind::CredentialRole => serde_json::from_value(spec).map(Resource::CredentialRole),
             Kind::Template => serde_json::from_value(spec).map(Resource::Template),
             Kind::Agent => serde_json::from_value(spec).map(Resource::Agent),
+            Kind::Policy => serde_json::from_value(spec).map(Resource::Policy),
         };
         r.map_err(|e| e.to_string())
     }
@@ -580,6 +629,7 @@ impl Resource {
             Resource::CredentialRole(s) => s.validate(),
             Resource::Template(s) => s.validate(),
             Resource::Agent(s) => s.validate(),
+            Resource::Policy(s) => s.validate(),
         }
     }
 }
@@ -632,11 +682,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
             "CredentialRole" => serde_yaml::from_value(rest).map(Resource::CredentialRole),
             "Template" => serde_yaml::from_value(rest).map(Resource::Template),
             "Agent" => serde_yaml::from_value(rest).map(Resource::Agent),
+            "Policy" => serde_yaml::from_value(rest).map(Resource::Policy),
             other => {
                 return Err(err(
                     String::new(),
                     format!(
-                        "field `kind`: unknown kind `{other}`, expected `Upstream`, `CredentialRole`, `Template` or `Agent`"
+                        "field `kind`: unknown kind `{other}`, expected `Upstream`, `CredentialRole`, `Template`, `Policy` or `Agent`"
                     ),
                 ));
             }

@@ -36,6 +36,34 @@ const MAX_CACHED_SLICES: usize = 10_000;
 pub struct Compiled {
     slices: Mutex<HashMap<(String, String), Arc<Slice>>>,
     authorizer: Authorizer,
+    /// The raw policies (`kind: Policy`) of this version: in every slice.
+    raw: Vec<crate::raw::RawStatement>,
+    /// Why the raw policies of this version do not compile: then nothing is allowed.
+    raw_error: Option<String>,
+}
+
+impl Compiled {
+    /// The compiled policy of a registry version whose raw policies are `policies` (`(name,
+    /// Cedar text)`). Raw policies were checked when applied; one that no longer compiles
+    /// (say, after an upgrade) makes every call of this version refused, not unchecked.
+    pub fn new<'a>(policies: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut raw = Vec::new();
+        let mut raw_error = None;
+        for (name, text) in policies {
+            match crate::raw::compile(name, text) {
+                Ok(statements) => raw.extend(statements),
+                Err(errors) => {
+                    let first = errors.first().map(ToString::to_string).unwrap_or_default();
+                    raw_error = Some(format!("policy `{name}` does not compile: {first}"));
+                }
+            }
+        }
+        Self {
+            raw,
+            raw_error,
+            ..Self::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for Compiled {
@@ -67,6 +95,8 @@ pub(crate) struct Evaluation {
     pub(crate) tiered_by: Vec<String>,
     /// Policies that could not be evaluated (a value of the wrong type).
     pub(crate) errors: Vec<String>,
+    /// Raw `forbid` policies that refused the call (or could not be evaluated: fail closed).
+    pub(crate) forbidden_by: Vec<String>,
 }
 
 /// What one call is evaluated with.
@@ -89,11 +119,14 @@ impl Compiled {
         tool: &str,
         exposed: &str,
     ) -> Result<Arc<Slice>, String> {
+        if let Some(e) = &self.raw_error {
+            return Err(e.clone());
+        }
         let key = (template.name.clone(), exposed.to_owned());
         if let Some(s) = self.slices.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(s);
         }
-        let slice = Arc::new(build_slice(template, upstream, tool, exposed)?);
+        let slice = Arc::new(build_slice(template, upstream, tool, exposed, &self.raw)?);
         if let Ok(mut m) = self.slices.lock()
             && m.len() < MAX_CACHED_SLICES
         {
@@ -124,14 +157,27 @@ impl Compiled {
             &entities,
         );
         let mut errors: Vec<String> = call.diagnostics().errors().map(error_policy).collect();
-        let allowed_by: Vec<String> = if call.decision() == Decision::Allow {
+        let is_forbid = |id: &str| self.raw.iter().any(|r| r.forbids && r.id == id);
+        // A forbid that holds decides; one that cannot be evaluated counts as holding.
+        let mut forbidden_by: Vec<String> = if call.decision() == Decision::Deny {
             call.diagnostics()
                 .reason()
                 .map(ToString::to_string)
+                .filter(|id| is_forbid(id))
                 .collect()
         } else {
             Vec::new()
         };
+        forbidden_by.extend(errors.iter().filter(|id| is_forbid(id)).cloned());
+        let allowed_by: Vec<String> =
+            if call.decision() == Decision::Allow && forbidden_by.is_empty() {
+                call.diagnostics()
+                    .reason()
+                    .map(ToString::to_string)
+                    .collect()
+            } else {
+                Vec::new()
+            };
         // The lowest tier among the entries that allowed it (an entry without a tier says 1).
         let entry_tier = allowed_by
             .iter()
@@ -168,6 +214,7 @@ impl Compiled {
             tier,
             tiered_by,
             errors,
+            forbidden_by,
         })
     }
 }
@@ -348,6 +395,7 @@ fn build_slice(
     upstream: &UpstreamSpec,
     tool: &str,
     exposed: &str,
+    raw: &[crate::raw::RawStatement],
 ) -> Result<Slice, String> {
     let mut args = BTreeSet::new();
     let mut call = Builder::new();
@@ -415,6 +463,15 @@ fn build_slice(
             "classify",
             &condition,
         )?;
+    }
+    for r in raw {
+        let target = if r.forbids { &mut call } else { &mut classify };
+        target
+            .set
+            .add(r.policy.clone())
+            .map_err(|e| format!("adding policy `{}`: {e}", r.id))?;
+        target.text.push_str(&r.text);
+        target.text.push('\n');
     }
     let untrusted = upstream.untrusted.iter().any(|p| glob_match(p, tool));
     let text: Arc<str> = format!("{}{}", call.text, classify.text).into();

@@ -6,6 +6,7 @@
 //! policies (module `cedar`) and each call is evaluated against its template's slice.
 
 mod cedar;
+mod raw;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use custos_core::{ExposedTool, Reason, TemplateSpec, Tier, UpstreamSpec};
 use serde_json::Value;
 
 pub use cedar::Compiled;
+pub use raw::{RawPolicyError, SCHEMA, check as check_raw_policy};
 
 /// How much of a name from outside a message echoes.
 const ECHO: usize = 80;
@@ -211,6 +213,8 @@ pub struct Explanation {
     pub tiered_by: Vec<String>,
     /// Policies that could not be evaluated on these arguments (counted against the call).
     pub errors: Vec<String>,
+    /// Raw `forbid` policies that refused the call.
+    pub forbidden_by: Vec<String>,
     /// The tier, when classified.
     pub tier: Option<Tier>,
     /// Whether the task was tainted.
@@ -342,6 +346,16 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
     why.allowed_by = eval.allowed_by;
     why.tiered_by = eval.tiered_by;
     why.errors = eval.errors;
+    if !eval.forbidden_by.is_empty() {
+        let names = eval.forbidden_by.join(", ");
+        why.forbidden_by = eval.forbidden_by;
+        return refuse(
+            Reason::PolicyForbidden,
+            format!("tool `{exposed}` is forbidden here by policy {names}"),
+            Some(tool.upstream),
+            why,
+        );
+    }
     if why.allowed_by.is_empty() {
         let mut constrained: Vec<&str> = template
             .tools

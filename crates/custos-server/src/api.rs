@@ -58,7 +58,7 @@ fn kind(s: &str) -> Result<Kind, ApiError> {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("unknown kind `{s}`: use upstream, credentialrole, template or agent"),
+            format!("unknown kind `{s}`: use upstream, credentialrole, template, policy or agent"),
         )
     })
 }
@@ -127,7 +127,7 @@ pub async fn apply(
     tag = "registry",
     summary = "List resources of a kind",
     security(("operatorToken" = [])),
-    params(("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)")),
+    params(("kind" = String, Path, description = "upstream, credentialrole, template, policy or agent (plural accepted)")),
     responses(
         (status = 200, description = "every resource of the kind", body = Vec<ResourceBody>),
         (status = 401, description = "authentication required (no detail)", body = ErrorBody),
@@ -156,7 +156,7 @@ pub async fn list_resources(
     summary = "Get one resource",
     security(("operatorToken" = [])),
     params(
-        ("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)"),
+        ("kind" = String, Path, description = "upstream, credentialrole, template, policy or agent (plural accepted)"),
         ("name" = String, Path, description = "resource name"),
     ),
     responses(
@@ -191,7 +191,7 @@ pub async fn get_resource(
     summary = "Delete one resource",
     security(("operatorToken" = [])),
     params(
-        ("kind" = String, Path, description = "upstream, credentialrole, template or agent (plural accepted)"),
+        ("kind" = String, Path, description = "upstream, credentialrole, template, policy or agent (plural accepted)"),
         ("name" = String, Path, description = "resource name"),
     ),
     responses(

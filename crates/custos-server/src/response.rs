@@ -647,6 +647,8 @@ pub struct ExplanationBody {
     pub tiered_by: Vec<String>,
     /// Policies that could not be evaluated on these arguments (counted against the call).
     pub errors: Vec<String>,
+    /// Raw `forbid` policies (`kind: Policy`) that refuse the call.
+    pub forbidden_by: Vec<String>,
     /// Whether the task is tainted.
     pub tainted: bool,
     /// The tool that tainted it.
@@ -673,6 +675,7 @@ impl From<custos_broker::CallExplanation> for ExplanationBody {
             allowed_by: e.allowed_by,
             tiered_by: e.tiered_by,
             errors: e.errors,
+            forbidden_by: e.forbidden_by,
             tainted: e.tainted,
             tainted_by: e.tainted_by,
             policy_version: e.policy_version,

@@ -91,7 +91,7 @@ const BUMP_POLICY: &str =
 
 /// Whether a change to a resource of this kind can change a call's decision.
 fn decides_calls(kind: &str) -> bool {
-    matches!(kind, "Upstream" | "Template")
+    matches!(kind, "Upstream" | "Template" | "Policy")
 }
 
 fn parse_spec(text: &str) -> Result<serde_json::Value, StoreError> {

@@ -708,3 +708,54 @@ fn a_held_call_reports_progress_until_it_is_answered() {
         r.body
     );
 }
+
+#[test]
+fn the_python_sdk_receives_progress_while_its_call_waits_for_approval() {
+    let s = TestServer::start_with(&["--approval-hold", "60s"]);
+    let (key, public) = s.keygen("agent-h");
+    s.apply(&bundle(&public));
+    let carol = operator(&s, "carol", "approver");
+    let task = s.start_task("agent-h", "fx-held");
+    let token = s.task_token(&task, &key);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p");
+    let args = json!({ "path": p }).to_string();
+    let (url, python) = (s.mcp_url(), super::support::deps().python.clone());
+    let client = std::thread::spawn(move || {
+        std::process::Command::new(python)
+            .arg(fixture("mcp_client.py"))
+            .args([&url, &token, "legacy", "call-progress", "fx__touch", &args])
+            .output()
+            .expect("run mcp_client.py")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
+        if let Some(id) = list[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval request appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(4500));
+    cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
+    let out = client.join().expect("the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}"));
+    assert_eq!(v["ok"]["content"][0]["text"], "touched", "{v}");
+    let progress = v["progress"].as_array().cloned().unwrap_or_default();
+    assert!(progress.len() >= 2, "the SDK saw progress: {v}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["message"].as_str().is_some_and(|m| m.contains(&id))),
+        "{v}"
+    );
+    assert_eq!(runs(&p), 1);
+}

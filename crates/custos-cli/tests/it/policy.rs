@@ -526,3 +526,86 @@ fn the_default_bundle_is_not_applied_with_empty() {
     let templates = s.cli_json(&["get", "templates", "--json"]);
     assert_eq!(templates, json!([]), "{templates}");
 }
+
+#[test]
+fn raw_cedar_policies_forbid_calls_and_raise_tiers_and_bad_ones_are_refused_where_they_are_wrong() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-p");
+    s.apply(&bundle(&public));
+    let write = |name: &str, yaml: &str| {
+        let path = s.dir.path().join(name);
+        std::fs::write(&path, yaml).expect("write");
+        path.to_str().expect("utf-8").to_owned()
+    };
+
+    // Refused on apply, with the line and column of the problem, and nothing applied.
+    for (yaml, says) in [
+        (
+            "kind: Policy\nname: broken\ncedar: |\n  forbid (principal, action == Custos::Action::\"call\", resource)\n  when { context.tool == };\n",
+            "line 2, column",
+        ),
+        (
+            "kind: Policy\nname: typo\ncedar: |\n  forbid (principal, action == Custos::Action::\"call\", resource)\n  when { context.tol == \"x\" };\n",
+            "line 2, column",
+        ),
+        (
+            "kind: Policy\nname: grant\ncedar: |\n  permit (principal, action == Custos::Action::\"call\", resource);\n",
+            "may not grant calls",
+        ),
+    ] {
+        let file = write("bad-policy.yaml", yaml);
+        let out = s.cli(&["apply", "-f", &file]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml}");
+        assert!(stderr.contains(says), "{yaml}: {stderr}");
+    }
+    assert_eq!(s.cli_json(&["get", "policies", "--json"]), json!([]));
+
+    let a = Session::start(&s, &key);
+    assert!(a.call("fx__echo", json!({"rows": 1})).is_ok());
+    let file = write(
+        "policy.yaml",
+        r#"kind: Policy
+name: guard
+description: no echo for fx-args; whoami needs a human
+cedar: |
+  forbid (principal, action == Custos::Action::"call", resource)
+  when { context.template == "fx-args" && context.tool == "fx__echo" };
+
+  @tier("3")
+  permit (principal, action == Custos::Action::"classify", resource)
+  when { context.tool == "fx__whoami" };
+"#,
+    );
+    s.cli_json(&["apply", "-f", &file, "--json"]);
+    assert_eq!(
+        s.cli_json(&["get", "policies", "--json"])[0]["resource"]["name"],
+        "guard"
+    );
+    // The same task, the same call: now forbidden, and the whoami call held.
+    assert_eq!(
+        a.call("fx__echo", json!({"rows": 1})),
+        Err("policy_forbidden".into())
+    );
+    assert_eq!(
+        a.call("fx__whoami", json!({})),
+        Err("approval_pending".into())
+    );
+    let e = s.cli_json(&[
+        "policy", "explain", "--task", &a.task, "--tool", "fx__echo", "--json",
+    ]);
+    assert_eq!(e["forbidden_by"], json!(["policy:guard[0]"]), "{e}");
+    let e = s.cli_json(&[
+        "policy",
+        "explain",
+        "--task",
+        &a.task,
+        "--tool",
+        "fx__whoami",
+        "--json",
+    ]);
+    assert_eq!(e["tiered_by"], json!(["policy:guard[1]"]), "{e}");
+    // Deleting it lifts both.
+    s.cli_json(&["delete", "policy", "guard", "--json"]);
+    assert!(a.call("fx__echo", json!({"rows": 1})).is_ok());
+}
