@@ -352,7 +352,8 @@ impl Broker {
         arguments: Value,
         upstreams: &U,
     ) -> CallResult {
-        let request = CallRequest::new(ctx.task_id(), name, arguments);
+        let proposed = self.proposed_tier(ctx, name, upstreams).await;
+        let request = CallRequest::new(ctx.task_id(), name, arguments).with_proposed_tier(proposed);
         let mut call = CallLog::begin(ctx, &request);
         let verdict = self.pinned(ctx, decide(ctx, request), upstreams).await?;
         let permitted = match verdict {
@@ -379,6 +380,27 @@ impl Broker {
             result,
         };
         self.finish(ctx, call, ending).await
+    }
+
+    /// The tier a trusted upstream's annotations propose for the called tool (none for an
+    /// upstream that is not trusted, a tool it does not list, or one it cannot list now: the
+    /// upstream's `default_tier` then holds).
+    pub(crate) async fn proposed_tier<U: Upstreams>(
+        &self,
+        ctx: &TaskContext,
+        name: &str,
+        upstreams: &U,
+    ) -> Option<Tier> {
+        let tool = ExposedTool::parse(name).ok()?;
+        let up = ctx.snapshot.upstreams.get(&tool.upstream)?;
+        if !up.spec.trusted || up.spec.tiers.contains_key(&tool.tool) {
+            return None;
+        }
+        let listed = upstreams
+            .find_tool(&up.spec, ctx.task_id(), &tool.tool)
+            .await
+            .ok()??;
+        custos_core::annotation_tier(listed.definition.get("annotations"))
     }
 
     /// Write-ahead: the decision to allow is durable before the upstream is called. If it

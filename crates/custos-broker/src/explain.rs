@@ -53,12 +53,13 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::NotFound`] for an unknown task; [`BrokerError::Unavailable`] when the
     /// store cannot be read.
-    pub async fn explain(
+    pub async fn explain<U: crate::Upstreams>(
         &self,
         op: &Operator,
         id: &TaskId,
         tool: &str,
         arguments: Value,
+        upstreams: &U,
     ) -> Result<CallExplanation, BrokerError> {
         op.require(Permission::Read)?;
         let task = self
@@ -75,7 +76,20 @@ impl Broker {
             compiled: &snap.compiled,
             tainted: task.tainted_at.is_some(),
         };
-        let request = CallRequest::new(id.as_str(), tool, arguments);
+        // A trusted upstream's annotations, as the task's own connection serves them.
+        let proposed = match custos_core::ExposedTool::parse(tool) {
+            Ok(t) => match snap.upstreams.get(&t.upstream) {
+                Some(up) if up.spec.trusted && !up.spec.tiers.contains_key(&t.tool) => upstreams
+                    .find_tool(&up.spec, id.as_str(), &t.tool)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|l| custos_core::annotation_tier(l.definition.get("annotations"))),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let request = CallRequest::new(id.as_str(), tool, arguments).with_proposed_tier(proposed);
         let digest = request.digest().to_owned();
         let (verdict, why) = custos_policy::decide_explained(view, request);
         let (decision, reason, message, held) = match &verdict {

@@ -37,6 +37,7 @@ pub use registry::{AgentStatus, Change, ChangeOp, StoredResource};
 pub use resource::{
     AgentSpec, Archetype, CallTimeout, HttpUrl, Kind, PolicySpec, Resource, ResourceError,
     StdioCommand, TemplateSpec, TemplateTtl, Transport, UpstreamScope, UpstreamSpec,
+    annotation_tier,
 };
 pub use rules::{ArgConstraint, ArgConstraints, TierRule, ToolEntry};
 pub use task::{Task, TaskState};

@@ -290,6 +290,10 @@ pub struct UpstreamSpec {
     pub untrusted: Vec<String>,
     /// A tool's tier once the task is tainted (`tainted_tiers`; never lowers it).
     pub tainted_tiers: BTreeMap<String, Tier>,
+    /// Whether the upstream's own tool annotations (`readOnlyHint`, `destructiveHint`,
+    /// `openWorldHint`) may propose a lower tier than `default_tier` for tools `tiers` does
+    /// not name (`trusted`; default false: annotations are ignored).
+    pub trusted: bool,
 }
 
 /// [`UpstreamSpec`] as written: the YAML and JSON keys, checked into the typed spec.
@@ -318,6 +322,8 @@ struct RawUpstreamSpec {
     untrusted: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     tainted_tiers: BTreeMap<String, Tier>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    trusted: bool,
 }
 
 impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
@@ -347,6 +353,7 @@ impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
             tier_rules: raw.tier_rules,
             untrusted: raw.untrusted,
             tainted_tiers: raw.tainted_tiers,
+            trusted: raw.trusted,
         })
     }
 }
@@ -369,7 +376,29 @@ impl From<UpstreamSpec> for RawUpstreamSpec {
             tier_rules: spec.tier_rules,
             untrusted: spec.untrusted,
             tainted_tiers: spec.tainted_tiers,
+            trusted: spec.trusted,
         }
+    }
+}
+
+/// The tier an MCP tool's annotations propose, read as the specification defines them (a
+/// missing hint takes its default: not read-only, destructive, open-world): read-only and
+/// closed-world → Tier 1; read-only but open-world, or a closed-world write that is not
+/// destructive → Tier 2; anything else proposes nothing (the upstream's `default_tier`).
+pub fn annotation_tier(annotations: Option<&serde_json::Value>) -> Option<Tier> {
+    let hint = |k: &str, default: bool| {
+        annotations
+            .and_then(|a| a.get(k))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(default)
+    };
+    let read_only = hint("readOnlyHint", false);
+    let destructive = hint("destructiveHint", true);
+    let open_world = hint("openWorldHint", true);
+    match (read_only, destructive, open_world) {
+        (true, _, false) => Some(crate::Tier::T1),
+        (true, _, true) | (false, false, false) => Some(crate::Tier::T2),
+        _ => None,
     }
 }
 
@@ -1069,5 +1098,44 @@ mod props {
                 prop_assert_eq!(t.tool, tool);
             }
         }
+    }
+
+    #[test]
+    fn annotations_propose_tiers_only_when_they_say_safe() {
+        use serde_json::json;
+        let t = |a: serde_json::Value| super::annotation_tier(Some(&a));
+        assert_eq!(
+            t(json!({"readOnlyHint": true, "openWorldHint": false})),
+            Some(crate::Tier::T1)
+        );
+        assert_eq!(
+            t(json!({"readOnlyHint": true})),
+            Some(crate::Tier::T2),
+            "open-world by default"
+        );
+        assert_eq!(
+            t(json!({"destructiveHint": false, "openWorldHint": false})),
+            Some(crate::Tier::T2)
+        );
+        assert_eq!(
+            t(json!({"destructiveHint": false})),
+            None,
+            "open-world write"
+        );
+        assert_eq!(
+            t(json!({"openWorldHint": false})),
+            None,
+            "destructive by default"
+        );
+        assert_eq!(
+            super::annotation_tier(None),
+            None,
+            "no annotations: destructive, open-world"
+        );
+        assert_eq!(
+            t(json!({"readOnlyHint": "yes"})),
+            None,
+            "not a boolean: the default"
+        );
     }
 }

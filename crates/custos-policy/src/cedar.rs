@@ -30,11 +30,15 @@ const TIER: &str = "tier";
 /// Slices cached per registry version; past this, slices are built for each call.
 const MAX_CACHED_SLICES: usize = 10_000;
 
+/// A slice's key: template, exposed tool, and the tier a trusted upstream's annotations
+/// propose for it.
+type SliceKey = (String, String, Option<Tier>);
+
 /// The compiled policy of one registry version: slices built on first use, shared by every
 /// request decided under that version.
 #[derive(Default)]
 pub struct Compiled {
-    slices: Mutex<HashMap<(String, String), Arc<Slice>>>,
+    slices: Mutex<HashMap<SliceKey, Arc<Slice>>>,
     authorizer: Authorizer,
     /// The raw policies (`kind: Policy`) of this version: in every slice.
     raw: Vec<crate::raw::RawStatement>,
@@ -118,15 +122,18 @@ impl Compiled {
         upstream: &UpstreamSpec,
         tool: &str,
         exposed: &str,
+        proposed: Option<Tier>,
     ) -> Result<Arc<Slice>, String> {
         if let Some(e) = &self.raw_error {
             return Err(e.clone());
         }
-        let key = (template.name.clone(), exposed.to_owned());
+        let key = (template.name.clone(), exposed.to_owned(), proposed);
         if let Some(s) = self.slices.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(s);
         }
-        let slice = Arc::new(build_slice(template, upstream, tool, exposed, &self.raw)?);
+        let slice = Arc::new(build_slice(
+            template, upstream, tool, exposed, proposed, &self.raw,
+        )?);
         if let Ok(mut m) = self.slices.lock()
             && m.len() < MAX_CACHED_SLICES
         {
@@ -395,6 +402,7 @@ fn build_slice(
     upstream: &UpstreamSpec,
     tool: &str,
     exposed: &str,
+    proposed: Option<Tier>,
     raw: &[crate::raw::RawStatement],
 ) -> Result<Slice, String> {
     let mut args = BTreeSet::new();
@@ -426,12 +434,21 @@ fn build_slice(
             "classify",
             &this_tool,
         )?,
-        None => classify.add(
-            &format!("upstream:{up}:default_tier"),
-            Some(upstream.default_tier),
-            "classify",
-            &this_tool,
-        )?,
+        // A trusted upstream's own annotations may propose a lower default for this tool.
+        None => match proposed.filter(|p| *p < upstream.default_tier) {
+            Some(p) => classify.add(
+                &format!("upstream:{up}:annotations:{tool}"),
+                Some(p),
+                "classify",
+                &this_tool,
+            )?,
+            None => classify.add(
+                &format!("upstream:{up}:default_tier"),
+                Some(upstream.default_tier),
+                "classify",
+                &this_tool,
+            )?,
+        },
     }
     for (j, rule) in upstream.tier_rules.iter().enumerate() {
         if !glob_match(&rule.tool, tool) {

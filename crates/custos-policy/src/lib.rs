@@ -30,6 +30,7 @@ pub struct CallRequest {
     name: String,
     arguments: Value,
     digest: String,
+    proposed_tier: Option<Tier>,
 }
 
 impl CallRequest {
@@ -41,7 +42,16 @@ impl CallRequest {
             name: name.to_owned(),
             arguments,
             digest,
+            proposed_tier: None,
         }
+    }
+
+    /// The tier the tool's own annotations propose ([`custos_core::annotation_tier`]); used
+    /// only when its upstream is `trusted` and its `tiers` do not name the tool.
+    #[must_use]
+    pub fn with_proposed_tier(mut self, tier: Option<Tier>) -> Self {
+        self.proposed_tier = tier;
+        self
     }
 
     /// The tool name as the agent sent it (unbounded: bound it before storing or echoing).
@@ -314,7 +324,13 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
     };
     let evaluated = view
         .compiled
-        .slice(template, upstream, &tool.tool, &exposed)
+        .slice(
+            template,
+            upstream,
+            &tool.tool,
+            &exposed,
+            call.proposed_tier.filter(|_| upstream.trusted),
+        )
         .and_then(|slice| {
             let facts = cedar::Facts {
                 template: &template.name,
@@ -452,6 +468,7 @@ mod tests {
                 tier_rules: Vec::new(),
                 untrusted: Vec::new(),
                 tainted_tiers: BTreeMap::new(),
+                trusted: false,
             },
         )])
     }

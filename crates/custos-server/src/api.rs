@@ -758,7 +758,13 @@ pub async fn explain(
     let task = task_id(&req.task)?;
     Ok(Json(
         s.broker
-            .explain(&op, &task, &req.tool, arguments)
+            .explain(
+                &op,
+                &task,
+                &req.tool,
+                arguments,
+                s.gateway.upstreams().as_ref(),
+            )
             .await?
             .into(),
     ))

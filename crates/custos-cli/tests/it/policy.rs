@@ -609,3 +609,79 @@ cedar: |
     s.cli_json(&["delete", "policy", "guard", "--json"]);
     assert!(a.call("fx__echo", json!({"rows": 1})).is_ok());
 }
+
+#[test]
+fn a_trusted_upstreams_annotations_propose_default_tiers_and_nothing_else_does() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-p");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    let script = fixture("stdio_fixture.py");
+    let yaml = |trusted: bool| {
+        format!(
+            "kind: Upstream\nname: fx\ncommand: [python3, \"{}\"]\ntrusted: {trusted}\ntiers: {{ touch: 2 }}\ndefault_tier: 3\n---\n\
+             kind: Template\nname: fx-ann\nttl: 10m\ntools: [\"fx__*\"]\n---\n\
+             kind: Agent\nname: agent-p\nowner: test@example.com\narchetype: automation\ntemplates: [fx-ann]\npublic_key: |\n{indented}",
+            script.display()
+        )
+    };
+    s.apply(&yaml(true));
+    let task = s.start_task("agent-p", "fx-ann");
+    let explain = |tool: &str| {
+        let e = s.cli_json(&[
+            "policy", "explain", "--task", &task, "--tool", tool, "--json",
+        ]);
+        (
+            e["tier"].as_u64(),
+            e["tiered_by"][0].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    // Read-only and closed-world: Tier 1; read-only but open-world: Tier 2; an open-world
+    // write, or a tool without annotations: the upstream's default; `tiers` always wins.
+    assert_eq!(
+        explain("fx__echo"),
+        (Some(1), "upstream:fx:annotations:echo".into())
+    );
+    assert_eq!(
+        explain("fx__whoami"),
+        (Some(2), "upstream:fx:annotations:whoami".into())
+    );
+    assert_eq!(
+        explain("fx__publish"),
+        (Some(3), "upstream:fx:default_tier".into())
+    );
+    assert_eq!(
+        explain("fx__sleep"),
+        (Some(3), "upstream:fx:default_tier".into())
+    );
+    assert_eq!(
+        explain("fx__touch"),
+        (Some(2), "upstream:fx:tiers:touch".into())
+    );
+    // The call is decided the same way.
+    let token = s.task_token(&task, &key);
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__echo", "arguments": {"a": 1}}),
+    );
+    assert!(r.body["result"].is_object(), "{}", r.body);
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__sleep", "arguments": {"secs": 0}}),
+    );
+    assert_eq!(
+        r.body["error"]["data"]["reason"], "approval_pending",
+        "{}",
+        r.body
+    );
+
+    // Not trusted: the same annotations propose nothing.
+    s.apply(&yaml(false));
+    assert_eq!(
+        explain("fx__echo"),
+        (Some(3), "upstream:fx:default_tier".into())
+    );
+}
