@@ -195,6 +195,32 @@ impl FromRequestParts<UiState> for SignedIn {
     }
 }
 
+/// Whether a form post comes from this site's own pages: a browser that says where a request
+/// comes from (`Sec-Fetch-Site`, else `Origin`) must say this site. A cross-site post is
+/// refused before anything else, login included (no login CSRF); the per-session CSRF token
+/// still guards every answer.
+fn same_site(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+fn cross_site() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "cross-site form posts are refused; use the page itself",
+    )
+        .into_response()
+}
+
 fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(COOKIE)
@@ -280,8 +306,12 @@ struct LoginForm {
 async fn login(
     State(state): State<UiState>,
     peer: Peer,
+    headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if !same_site(&headers) {
+        return cross_site();
+    }
     let Ok(Form(form)) = form else {
         return render(
             StatusCode::BAD_REQUEST,
@@ -338,9 +368,13 @@ fn csrf_ok(signed_in: &SignedIn, presented: &str) -> bool {
 
 async fn logout(
     State(state): State<UiState>,
+    headers: HeaderMap,
     signed_in: SignedIn,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if !same_site(&headers) {
+        return cross_site();
+    }
     if !form.is_ok_and(|Form(f)| csrf_ok(&signed_in, &f.csrf)) {
         return (StatusCode::FORBIDDEN, "the form is stale; reload the page").into_response();
     }
@@ -505,10 +539,14 @@ fn status_of(e: &BrokerError) -> StatusCode {
 
 async fn answer(
     State(state): State<UiState>,
+    headers: HeaderMap,
     signed_in: SignedIn,
     Path((id, action)): Path<(String, String)>,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    if !same_site(&headers) {
+        return cross_site();
+    }
     let form = match form {
         Ok(Form(f)) if csrf_ok(&signed_in, &f.csrf) => f,
         _ => {

@@ -441,6 +441,31 @@ fn an_approver_answers_in_the_browser() {
         .send()
         .expect("forged POST");
     assert_eq!(forged.status().as_u16(), 403);
+    // A cross-site post is refused even with the page's own CSRF token, and a cross-site
+    // sign-in (login CSRF) sets no session.
+    let csrf = b
+        .attribute(&format!("{row} input[name=csrf]"), "value")
+        .expect("the form's CSRF token");
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let cross = http
+        .post(format!("{}/ui/approvals/{id}/approve", s.addr))
+        .header("cookie", format!("custos_ui={cookie}"))
+        .header("origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .expect("cross-site POST");
+    assert_eq!(cross.status().as_u16(), 403);
+    let cross_login = http
+        .post(format!("{}/ui/login", s.addr))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("token", carol.as_str())])
+        .send()
+        .expect("cross-site login");
+    assert_eq!(cross_login.status().as_u16(), 403);
+    assert!(cross_login.headers().get("set-cookie").is_none());
     assert_eq!(
         cli_as_json(&s, &carol, &["approvals", "show", &id, "--json"])["state"],
         "pending"
