@@ -21,7 +21,8 @@
 //! `BENCH_ROUNDS` rounds (default 5), `BENCH_SECS` seconds per throughput run (default 2),
 //! `BENCH_TP_ROUNDS` throughput runs per target and concurrency (default 3), `BENCH_CONC`
 //! concurrencies (default `16,32,64`), `BENCH_DURABILITY` `process`, `power` or
-//! `process,power` (default `process`), `BENCH_BASELINE_BIN` another `custos` binary to run
+//! `process,power` (default `process`), `BENCH_LIST` (N > 1: the upstream lists N tools and
+//! `tools/list` latency is measured first), `BENCH_BASELINE_BIN` another `custos` binary to run
 //! side by side as `baseline/…` targets (to compare two builds under the same conditions),
 //! `BENCH_GATEWAY_ENV` and `BENCH_BASELINE_ENV` extra environment for either gateway process
 //! (`K=V,K2=V2`, e.g. `TOKIO_WORKER_THREADS=1`).
@@ -75,14 +76,7 @@ async fn upstream_mcp(headers: HeaderMap, body: Bytes) -> Response {
             "resultType": "complete",
             "_meta": { "io.modelcontextprotocol/serverInfo": { "name": "bench-echo", "version": "1" } },
         }),
-        "tools/list" => json!({
-            "tools": [{
-                "name": "echo",
-                "description": "Returns its text.",
-                "inputSchema": { "type": "object", "properties": { "text": { "type": "string" } } },
-            }],
-            "resultType": "complete",
-        }),
+        "tools/list" => json!({ "tools": listed_tools(), "resultType": "complete" }),
         "tools/call" => {
             let text = msg
                 .pointer("/params/arguments/text")
@@ -99,6 +93,28 @@ async fn upstream_mcp(headers: HeaderMap, body: Bytes) -> Response {
         }
     };
     axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
+}
+
+/// The upstream's tools: `echo`, plus `BENCH_LIST - 1` more (`tool_1`, …) when `BENCH_LIST`
+/// asks for a long list (the `tools/list` measurement).
+fn listed_tools() -> Value {
+    static TOOLS: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let n: usize = env_or("BENCH_LIST", 1).max(1);
+            let schema = json!({ "type": "object", "properties": { "text": { "type": "string" } } });
+            let mut tools = vec![json!({ "name": "echo", "description": "Returns its text.", "inputSchema": schema })];
+            for i in 1..n {
+                tools.push(json!({
+                    "name": format!("tool_{i}"),
+                    "description": "A tool of the long list: read the file at the given path and return its contents.",
+                    "inputSchema": { "type": "object", "properties": { "path": { "type": "string" } } },
+                    "annotations": { "readOnlyHint": true },
+                }));
+            }
+            Value::Array(tools)
+        })
+        .clone()
 }
 
 async fn start_upstream() -> (String, tokio::task::JoinHandle<()>) {
@@ -198,8 +214,8 @@ impl Gateway {
         let public_key = k["public_key"].as_str().unwrap();
         std::fs::write(self.dir.path().join("agent.pub"), public_key).unwrap();
         let yaml = format!(
-            "kind: Upstream\nname: bench\nurl: {upstream_url}\ntimeout: 10s\ntiers:\n  echo: 1\n\
-             ---\nkind: Template\nname: bench\nttl: 30m\ntools: [bench__echo]\n\
+            "kind: Upstream\nname: bench\nurl: {upstream_url}\ntimeout: 10s\ntiers:\n  echo: 1\ndefault_tier: 1\n\
+             ---\nkind: Template\nname: bench\nttl: 30m\ntools: [\"bench__*\"]\n\
              ---\nkind: Agent\nname: bench-agent\nowner: bench@example.com\narchetype: internal-ops\n\
              templates: [bench]\npublic_key_file: agent.pub\n"
         );
@@ -311,6 +327,48 @@ impl Client {
             });
         }
         json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params }).to_string()
+    }
+
+    /// One `tools/list`; `Ok(elapsed)` when it lists at least `min` tools.
+    async fn list(&self, target: &Target, id: u64, min: usize) -> Result<Duration, String> {
+        let mut params = json!({});
+        if target.session.is_none() {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": { "name": "bench", "version": "1" },
+            });
+        }
+        let body = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params })
+            .to_string();
+        let started = Instant::now();
+        let mut req = self
+            .http
+            .post(&target.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(&*target.token)
+            .body(body);
+        req = match &target.session {
+            Some(sid) => req
+                .header("mcp-session-id", sid.as_str())
+                .header("mcp-protocol-version", SESSION_VERSION),
+            None => req
+                .header("mcp-protocol-version", MODERN)
+                .header("mcp-method", "tools/list"),
+        };
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let elapsed = started.elapsed();
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let listed = v
+            .pointer("/result/tools")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if listed < min {
+            return Err(format!("listed {listed} tools, expected {min}: {v}"));
+        }
+        Ok(elapsed)
     }
 
     /// One `tools/call`; `Ok(elapsed)` when the answer is a successful result.
@@ -428,6 +486,49 @@ fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
 struct SeqRound {
     p50: Vec<f64>,
     p99: Vec<f64>,
+}
+
+/// `tools/list` of `tools` tools, one at a time, targets alternating: p50 and p99 per target
+/// and what the gateway adds (medians over 5 rounds of 500).
+async fn list_latency(client: &Client, targets: &[Target], tools: usize) {
+    // A page is 100 tools; the gateway lists at most that many per answer.
+    let min = tools.min(100);
+    let mut id = 5_000_000u64;
+    for _ in 0..100 {
+        for t in targets {
+            id += 1;
+            client.list(t, id, min).await.unwrap();
+        }
+    }
+    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut p99s: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for _ in 0..5 {
+        let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(500); targets.len()];
+        for i in 0..500 {
+            for k in 0..targets.len() {
+                let t = (i + k) % targets.len();
+                id += 1;
+                let d = client.list(&targets[t], id, min).await.unwrap();
+                samples[t].push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            }
+        }
+        for (t, s) in samples.iter_mut().enumerate() {
+            s.sort_unstable();
+            p50s[t].push(ms(percentile(s, 50.0)));
+            p99s[t].push(ms(percentile(s, 99.0)));
+        }
+    }
+    println!("tools/list of {tools} upstream tools (ms, median over 5 rounds of 500):");
+    let direct = median_f(&mut p50s[0].clone());
+    for (t, tg) in targets.iter().enumerate() {
+        let p50 = median_f(&mut p50s[t]);
+        let p99 = median_f(&mut p99s[t]);
+        println!(
+            "  {:<20} p50 {p50:.3}  p99 {p99:.3}  added p50 {:.3}",
+            tg.label,
+            p50 - direct
+        );
+    }
 }
 
 /// Sequential: one call at a time, targets alternating call by call.
@@ -699,6 +800,10 @@ async fn bench_one(durability: &str, upstream_url: &str) {
         .iter()
         .map(|(_, ok)| ok.load(Ordering::Relaxed))
         .collect();
+    let list_n: usize = env_or("BENCH_LIST", 1);
+    if list_n > 1 {
+        list_latency(&client, &targets, list_n).await;
+    }
     let seq = sequential(&client, &targets, n, rounds).await;
     let seq_cost: Vec<String> = gw_pids
         .iter()
