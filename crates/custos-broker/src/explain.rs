@@ -41,7 +41,8 @@ pub struct CallExplanation {
     pub tainted_by: Option<String>,
     /// The policy version this was decided under.
     pub policy_version: i64,
-    /// For a held call: the latest approval request for exactly this call, if any.
+    /// For a held call: the latest approval request for exactly this call, if any (shown to
+    /// operators who may see approvals: approvers, auditors, admins).
     pub approval: Option<Approval>,
     /// The Cedar policies the call was evaluated against.
     pub cedar: Option<String>,
@@ -105,7 +106,10 @@ impl Broker {
             ),
             Verdict::Deny(r) => (Decision::Deny, r.reason, Some(r.message.clone()), None),
         };
-        let approval = match held {
+        // Approval requests are for approvers and auditors to see, as in `approvals list`.
+        let may_review =
+            op.role().allows(Permission::Approve) || op.role().allows(Permission::Audit);
+        let approval = match held.filter(|_| may_review) {
             Some((exposed, version)) => {
                 let mut a = self
                     .inner

@@ -238,6 +238,32 @@ fn policy_explain_says_what_would_happen_and_why() {
     );
     let e = explain("fx__echo", r#"{"rows": 1000}"#);
     assert_eq!(e["approval"]["state"], "pending", "{e}");
+    // An initiator may explain, but approval requests are for approvers and auditors.
+    let ivan = s.cli_json(&[
+        "operator",
+        "create",
+        "ivan",
+        "--role",
+        "initiator",
+        "--json",
+    ]);
+    let out = s.cli_as(
+        ivan["token"].as_str().expect("token"),
+        &[
+            "policy",
+            "explain",
+            "--task",
+            &a.task,
+            "--tool",
+            "fx__echo",
+            "--args",
+            r#"{"rows": 1000}"#,
+            "--json",
+        ],
+    );
+    let as_initiator: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(as_initiator["decision"], "hold");
+    assert!(as_initiator["approval"].is_null(), "{as_initiator}");
     // The same digest whatever the key order or spacing.
     assert_eq!(
         explain("fx__echo", r#"{ "rows" : 1000 }"#)["digest"],
