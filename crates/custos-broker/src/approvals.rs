@@ -393,10 +393,14 @@ impl Broker {
             .get_task(&a.task)
             .await?
             .and_then(|t| t.purpose);
-        let records = self.inner.store.audit_for_task(a.task.as_str()).await?;
-        let mut recent: Vec<RecentCall> = records
+        let mut records = self
+            .inner
+            .store
+            .recent_tool_records(a.task.as_str(), 10)
+            .await?;
+        records.reverse();
+        let recent: Vec<RecentCall> = records
             .into_iter()
-            .filter(|r| r.kind == "tool_call" || r.kind == "tool_result")
             .map(|r| RecentCall {
                 at: r.at,
                 tool: r.tool.unwrap_or_default(),
@@ -408,8 +412,6 @@ impl Broker {
                 reason: r.reason.filter(|r| r != "permitted"),
             })
             .collect();
-        let skip = recent.len().saturating_sub(10);
-        recent.drain(..skip);
         Ok(ApprovalContext {
             purpose,
             recent_calls: recent,

@@ -457,6 +457,26 @@ impl Store {
         })
     }
 
+    /// The latest `limit` tool-call records (decisions and results) of one task, newest first:
+    /// what an approver sees of the task's history, without reading all of it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn recent_tool_records(
+        &self,
+        task: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        static Q: OnceLock<String> = OnceLock::new();
+        let q = Q.get_or_init(|| {
+            select_sql("WHERE task = $1 AND kind IN ('tool_call', 'tool_result') ORDER BY seq DESC LIMIT $2")
+        });
+        on_pool!(self, p => {
+            let rows = sqlx::query(AssertSqlSafe(q.as_str())).bind(task).bind(limit).fetch_all(p).await?;
+            rows.into_iter().map(|r| row_to_audit!(r)).collect()
+        })
+    }
+
     /// Every record of one task, in order.
     ///
     /// # Errors
