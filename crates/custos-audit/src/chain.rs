@@ -179,6 +179,7 @@ mod tests {
         e.outcome = Some(Outcome::NotCalled);
         e.detail = Some(Detail::Refusal {
             message: "y".repeat(1 << 20),
+            approval_id: None,
         });
         let row = e.into_row(1, 5, GENESIS_HASH.into());
         assert_eq!(row.format, CURRENT_FORMAT);

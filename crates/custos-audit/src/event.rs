@@ -173,6 +173,9 @@ pub enum Detail {
     Refusal {
         /// What the agent was told.
         message: String,
+        /// The approval request a held call waits on (or that answered it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        approval_id: Option<String>,
     },
     /// How an upstream failed.
     UpstreamError {

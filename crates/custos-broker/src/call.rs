@@ -489,6 +489,7 @@ impl Broker {
                 e.upstream = refusal.upstream.clone();
                 e.detail = Some(Detail::Refusal {
                     message: refusal.message.clone(),
+                    approval_id: refusal.approval.as_ref().map(ToString::to_string),
                 });
                 self.inner.metrics.decision(
                     decision,

@@ -299,6 +299,7 @@ impl Broker {
         e.reason = Some(reason);
         e.detail = Some(Detail::Refusal {
             message: format!("credential role `{role}`: {message}"),
+            approval_id: None,
         });
         if let Err(err) = self.record(e).await {
             tracing::error!(error = %err, "a refused credential request could not be recorded");

@@ -33,6 +33,7 @@ pub fn event(i: usize) -> AuditEvent {
     e.policy_version = Some(i64::try_from(i % 5).unwrap_or(0));
     e.detail = Some(Detail::Refusal {
         message: format!("reason \"{i}\" ✓"),
+        approval_id: None,
     });
     e
 }

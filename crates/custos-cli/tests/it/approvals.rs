@@ -269,6 +269,12 @@ fn an_approval_allows_the_identical_call_once_and_nothing_else() {
         .filter(|r| r["kind"] == "tool_call" && r["decision"] == "hold")
         .count();
     assert!(held >= 3, "held calls are on record as held: {trace}");
+    assert!(
+        records.iter().any(|r| r["kind"] == "tool_call"
+            && r["decision"] == "hold"
+            && r["detail"]["approval_id"] == first.as_str()),
+        "a held call's record names the request it waits on: {trace}"
+    );
     let verify = s.cli_json(&["audit", "verify", "--json"]);
     assert_eq!(verify["ok"], true, "{verify}");
 }
