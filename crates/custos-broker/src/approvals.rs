@@ -245,7 +245,8 @@ impl Broker {
         Ok(Ok(approval))
     }
 
-    /// Approvals: those waiting for an answer, or (with `all`) the most recent of every state.
+    /// Approvals: those waiting for an answer, or (with `all`) the most recent of every state;
+    /// with `task`, only that task's.
     /// States are as of now (an unanswered request past its expiry is `expired`).
     ///
     /// # Errors
@@ -254,13 +255,14 @@ impl Broker {
         &self,
         op: &Operator,
         all: bool,
+        task: Option<&TaskId>,
     ) -> Result<Vec<Approval>, BrokerError> {
         require_reviewer(op)?;
         let now = self.now();
         let mut list = self
             .inner
             .store
-            .list_approvals(all, now, LIST_LIMIT)
+            .list_approvals(all, task, now, LIST_LIMIT)
             .await?;
         for a in &mut list {
             a.state = a.state_at(now);

@@ -144,6 +144,9 @@ enum ApprovalsCmd {
         /// Every state, not only pending.
         #[arg(long)]
         all: bool,
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -909,13 +912,26 @@ fn print_approval(a: &Value) {
 async fn approvals(conn: &Conn, cmd: ApprovalsCmd) -> anyhow::Result<ExitCode> {
     let client = operator_client(conn)?;
     match cmd {
-        ApprovalsCmd::List { all, json } => {
-            let path = if all {
-                "/v1/approvals?all=true"
+        ApprovalsCmd::List { all, task, json } => {
+            let mut query = Vec::new();
+            if all {
+                query.push("all=true".to_owned());
+            }
+            if let Some(t) = &task {
+                if custos_core::TaskId::parse(t).is_none() {
+                    bail!(
+                        "`{}` is not a task id",
+                        custos_core::text::for_display(t, 80)
+                    );
+                }
+                query.push(format!("task={t}"));
+            }
+            let path = if query.is_empty() {
+                "/v1/approvals".to_owned()
             } else {
-                "/v1/approvals"
+                format!("/v1/approvals?{}", query.join("&"))
             };
-            let out = client.get(path).await?;
+            let out = client.get(&path).await?;
             done(json, &out, || {
                 for a in out.as_array().into_iter().flatten() {
                     print_approval(a);

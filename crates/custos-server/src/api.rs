@@ -564,6 +564,8 @@ pub struct ApprovalFilter {
     /// Every state, not only those waiting for an answer.
     #[serde(default)]
     all: bool,
+    /// Only this task's.
+    task: Option<String>,
 }
 
 /// An approval id from a path: one that cannot be an approval id is an unknown approval.
@@ -592,6 +594,7 @@ fn approval_id(s: &str) -> Result<custos_core::ApprovalId, ApiError> {
         (status = 200, description = "up to 500 approvals", body = Vec<ApprovalBody>),
         (status = 401, description = "authentication required (no detail)", body = ErrorBody),
         (status = 403, description = "only approvers, auditors and admins see approvals", body = ErrorBody),
+        (status = 404, description = "`task` cannot be a task id", body = ErrorBody),
         (status = 429, description = "too many failed authentications", body = ErrorBody),
         (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
     )
@@ -601,7 +604,8 @@ pub async fn list_approvals(
     Op(op): Op,
     Query(f): Query<ApprovalFilter>,
 ) -> Result<Json<Vec<ApprovalBody>>, ApiError> {
-    let list = s.broker.list_approvals(&op, f.all).await?;
+    let task = f.task.as_deref().map(task_id).transpose()?;
+    let list = s.broker.list_approvals(&op, f.all, task.as_ref()).await?;
     Ok(Json(list.into_iter().map(ApprovalBody::from).collect()))
 }
 

@@ -479,7 +479,7 @@ async fn show(
     status: StatusCode,
 ) -> Response {
     let op = &signed_in.operator;
-    let (rows, error, status) = match state.app.broker.list_approvals(op, all).await {
+    let (rows, error, status) = match state.app.broker.list_approvals(op, all, None).await {
         Ok(list) => {
             let mut rows = Vec::with_capacity(list.len());
             for (i, a) in list.into_iter().enumerate() {

@@ -137,23 +137,25 @@ impl Store {
         on_pool!(self, p => Ok(sqlx::query(Q).bind(task.as_str()).bind(now).fetch_one(p).await?.try_get::<i64, _>("n")?))
     }
 
-    /// Approvals, newest first, at most `limit`: only those still waiting at `now`, or all.
+    /// Approvals, newest first, at most `limit`: only those still waiting at `now`, or all;
+    /// only one task's when `task` is given.
     ///
     /// # Errors
     /// [`StoreError`] when the database fails.
     pub async fn list_approvals(
         &self,
         all: bool,
+        task: Option<&TaskId>,
         now: i64,
         limit: i64,
     ) -> Result<Vec<Approval>, StoreError> {
         const Q: &str = concat!(
             "SELECT ",
             columns!(),
-            " FROM approvals WHERE $1 OR (state = 'pending' AND expires_at > $2) \
-             ORDER BY created_at DESC, id DESC LIMIT $3"
+            " FROM approvals WHERE ($1 OR (state = 'pending' AND expires_at > $2)) \
+             AND ($4 IS NULL OR task = $4) ORDER BY created_at DESC, id DESC LIMIT $3"
         );
-        fetch_approvals!(self, Q, all, now, limit)
+        fetch_approvals!(self, Q, all, now, limit, task.map(TaskId::as_str))
     }
 
     /// Answers a pending, unexpired approval. `false` when it was not pending at `now` (already

@@ -240,6 +240,19 @@ fn an_approval_allows_the_identical_call_once_and_nothing_else() {
         !ids.contains(&first.as_str()) && !ids.contains(&second.as_str()),
         "{waiting}"
     );
+    // One task's requests only.
+    let of_b = cli_as_json(
+        &s,
+        &carol,
+        &["approvals", "list", "--all", "--task", &b.task, "--json"],
+    );
+    let ids_b: Vec<&str> = of_b
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["id"].as_str())
+        .collect();
+    assert_eq!(ids_b, [third.as_str()], "{of_b}");
 
     // The trail: the request, the approver's answer, and the call decided by the approval.
     let trace = s.cli_json(&["audit", "trace", &a.task, "--json"]);

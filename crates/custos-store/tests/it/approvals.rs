@@ -95,6 +95,20 @@ async fn an_approval_binds_the_exact_call(store: Store) {
             .expect("count"),
         2
     );
+    let listed = |t: Option<&TaskId>| {
+        let store = store.clone();
+        let t = t.cloned();
+        async move {
+            store
+                .list_approvals(true, t.as_ref(), 1_500, 10)
+                .await
+                .expect("list")
+                .len()
+        }
+    };
+    assert_eq!(listed(Some(&task)).await, 2);
+    assert_eq!(listed(Some(&other_task)).await, 0);
+    assert_eq!(listed(None).await, 2);
 }
 
 async fn an_approval_answers_once_and_runs_once(store: Store) {
@@ -170,14 +184,14 @@ async fn expiry_is_a_time_not_a_write(store: Store) {
     );
     assert!(
         store
-            .list_approvals(false, expires, 10)
+            .list_approvals(false, None, expires, 10)
             .await
             .expect("list")
             .is_empty()
     );
     assert_eq!(
         store
-            .list_approvals(true, expires, 10)
+            .list_approvals(true, None, expires, 10)
             .await
             .expect("list")
             .len(),
