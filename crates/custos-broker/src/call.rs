@@ -31,6 +31,7 @@ use custos_crypto::{TaskClaims, new_id};
 use custos_policy::{CallRequest, PermittedCall, PolicyView, Refusal, Verdict};
 use serde_json::Value;
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::approvals::HoldOutcome;
 use crate::pins::PinStatus;
@@ -108,6 +109,9 @@ pub enum UpstreamError {
     /// The upstream could not be started, reached, or it died.
     #[error("upstream `{0}` failed: {1}")]
     Failed(String, String),
+    /// The agent cancelled the call; the upstream was sent `notifications/cancelled`.
+    #[error("the call to upstream `{0}` was cancelled by the agent")]
+    Cancelled(String),
     /// The upstream answered with a JSON-RPC error.
     #[error("upstream `{upstream}` returned error {code}: {message}")]
     Rpc {
@@ -128,6 +132,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Timeout(..) => Outcome::Timeout,
             UpstreamError::Failed(..) => Outcome::UpstreamFailed,
+            UpstreamError::Cancelled(..) => Outcome::Cancelled,
             UpstreamError::Rpc { .. } => Outcome::ToolError,
         }
     }
@@ -183,10 +188,13 @@ pub trait Upstreams: Send + Sync + 'static {
         }
     }
 
-    /// Makes one permitted call; the result is the raw MCP `CallToolResult`.
+    /// Makes one permitted call; the result is the raw MCP `CallToolResult`. When `cancel`
+    /// fires first, the upstream is sent `notifications/cancelled` for it and the answer is
+    /// [`UpstreamError::Cancelled`].
     fn call_tool(
         &self,
         call: &PermittedCall<'_>,
+        cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Value, UpstreamError>> + Send;
 }
 
@@ -333,11 +341,12 @@ impl Broker {
         name: String,
         arguments: Value,
         upstreams: Arc<U>,
+        cancel: CancellationToken,
     ) -> CallResult {
         let broker = self.clone();
         self.to_completion("call pipeline", async move {
             broker
-                .run_call(&ctx, &name, arguments, upstreams.as_ref())
+                .run_call(&ctx, &name, arguments, upstreams.as_ref(), &cancel)
                 .await
         })
         .await
@@ -351,6 +360,7 @@ impl Broker {
         name: &str,
         arguments: Value,
         upstreams: &U,
+        cancel: &CancellationToken,
     ) -> CallResult {
         let proposed = self.proposed_tier(ctx, name, upstreams).await;
         let request = CallRequest::new(ctx.task_id(), name, arguments).with_proposed_tier(proposed);
@@ -371,7 +381,7 @@ impl Broker {
         };
         self.commit_decision(&mut call, &permitted).await?;
         // [Credential minting: a later stage, before the call.]
-        let result = self.invoke(&permitted, upstreams).await;
+        let result = self.invoke(&permitted, upstreams, cancel).await;
         // [Result scanning and per-call credential revocation: later stages, after the call.]
         let result = self.taint(ctx, &permitted, result).await;
         let ending = Ending::Called {
@@ -458,9 +468,10 @@ impl Broker {
         &self,
         permitted: &PermittedCall<'_>,
         upstreams: &U,
+        cancel: &CancellationToken,
     ) -> Result<Value, UpstreamError> {
         let started = Instant::now();
-        let result = upstreams.call_tool(permitted).await;
+        let result = upstreams.call_tool(permitted, cancel).await;
         self.inner
             .metrics
             .upstream_latency(&permitted.upstream().name, started.elapsed().as_secs_f64());

@@ -37,6 +37,9 @@ pub enum Outcome {
     Timeout,
     /// The upstream could not be reached or died.
     UpstreamFailed,
+    /// The agent cancelled the call while it ran (`notifications/cancelled`); the upstream
+    /// was told.
+    Cancelled,
     /// The call never reached an upstream.
     NotCalled,
 }
@@ -49,6 +52,7 @@ impl Outcome {
             Outcome::ToolError => "tool_error",
             Outcome::Timeout => "timeout",
             Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Cancelled => "cancelled",
             Outcome::NotCalled => "not_called",
         }
     }

@@ -5,6 +5,7 @@
 //! session era (`initialize`, `Mcp-Session-Id`); `2026-07-28` is the stateless era
 //! (`server/discover`, `_meta` on every request, `Mcp-Method`/`Mcp-Name` headers).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use custos_broker::{Broker, BrokerError, CallError, Source, TaskContext, Upstrea
 use custos_core::Reason;
 use custos_crypto::new_id;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::jsonrpc::{self, META_CAPABILITIES, META_SERVER_INFO, META_VERSION, Message};
 use crate::sessions::{SessionMetrics, Sessions};
@@ -131,6 +133,31 @@ pub struct McpGateway {
     own_origin: String,
     /// `host[:port]` of the public URL: the `Host` a client must name, besides loopback names.
     own_authority: String,
+    /// Tool calls in flight, by (task, session, request id): what `notifications/cancelled`
+    /// cancels.
+    inflight: Arc<Mutex<HashMap<String, CancellationToken>>>,
+}
+
+/// The most tool calls in flight that can be cancelled at once; beyond, calls run uncancellable.
+const MAX_INFLIGHT: usize = 10_000;
+
+/// Removes a call from the in-flight table when it ends.
+struct InflightGuard {
+    table: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    key: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+fn inflight_key(task: &str, scope: &str, id: &Value) -> String {
+    format!("{task}\u{0}{scope}\u{0}{id}")
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -302,6 +329,51 @@ impl McpGateway {
             broker,
             upstreams,
             sessions,
+            inflight: Arc::default(),
+        }
+    }
+
+    /// Registers a tool call as in flight: its cancellation token, and the guard that takes it
+    /// off the table when the call ends.
+    fn track_call(
+        &self,
+        ctx: &TaskContext,
+        scope: &str,
+        id: &Value,
+    ) -> (CancellationToken, Option<InflightGuard>) {
+        let token = CancellationToken::new();
+        let key = inflight_key(ctx.task_id(), scope, id);
+        let mut table = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if table.len() >= MAX_INFLIGHT || table.contains_key(&key) {
+            return (token, None);
+        }
+        table.insert(key.clone(), token.clone());
+        let guard = InflightGuard {
+            table: self.inflight.clone(),
+            key,
+        };
+        (token, Some(guard))
+    }
+
+    /// `notifications/cancelled`: cancels the named call of this task and session, if it is
+    /// still in flight (a call already answered, or another task's, is not found).
+    fn cancel_call(&self, ctx: &TaskContext, scope: &str, params: Option<&Value>) {
+        let Some(request_id) = params.and_then(|p| p.get("requestId")) else {
+            return;
+        };
+        let key = inflight_key(ctx.task_id(), scope, request_id);
+        let token = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(t) = token {
+            tracing::info!(task = %ctx.task_id(), "tool call cancelled by the agent");
+            t.cancel();
         }
     }
 
@@ -456,6 +528,12 @@ impl McpGateway {
                 {
                     return reply;
                 }
+                if let Message::Notification {
+                    method: "notifications/cancelled",
+                } = parsed
+                {
+                    self.cancel_call(ctx, req.session_id.unwrap_or(""), msg.get("params"));
+                }
                 return GatewayReply::empty(202);
             }
             Message::Request { id, method, params } => (id, method, params),
@@ -598,11 +676,28 @@ impl McpGateway {
         if method == "tools/call"
             && let Some(token) = progress_token(req, params)
         {
-            return self.streamed_call(ctx, id, params, Era::Session, token);
+            return self.streamed_call(
+                ctx,
+                req.session_id.unwrap_or(""),
+                id,
+                params,
+                Era::Session,
+                token,
+            );
         }
         let body = match method {
             "ping" => jsonrpc::result(id, json!({})),
-            _ => self.dispatch(ctx, id, method, params, Era::Session).await,
+            _ => {
+                self.dispatch(
+                    ctx,
+                    req.session_id.unwrap_or(""),
+                    id,
+                    method,
+                    params,
+                    Era::Session,
+                )
+                .await
+            }
         };
         let status = if body
             .get("error")
@@ -677,7 +772,7 @@ impl McpGateway {
         if method == "tools/call"
             && let Some(token) = progress_token(req, params)
         {
-            return self.streamed_call(ctx, id, params, Era::Modern, token);
+            return self.streamed_call(ctx, "", id, params, Era::Modern, token);
         }
         let body = match method {
             "server/discover" => jsonrpc::result(
@@ -691,7 +786,10 @@ impl McpGateway {
                     "_meta": { META_SERVER_INFO: server_info() },
                 }),
             ),
-            _ => self.dispatch(ctx, id, method, params, Era::Modern).await,
+            _ => {
+                self.dispatch(ctx, "", id, method, params, Era::Modern)
+                    .await
+            }
         };
         let code = body
             .get("error")
@@ -712,6 +810,7 @@ impl McpGateway {
     fn streamed_call(
         &self,
         ctx: &TaskContext,
+        scope: &str,
         id: &Value,
         params: Option<&Value>,
         era: Era,
@@ -722,6 +821,7 @@ impl McpGateway {
             Err(error) => return GatewayReply::json(200, error),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (cancel, guard) = self.track_call(ctx, scope, id);
         let broker = self.broker.clone();
         let upstreams = self.upstreams.clone();
         let ctx = ctx.clone();
@@ -730,7 +830,8 @@ impl McpGateway {
         tokio::spawn(async move {
             let task = ctx.task_id().to_owned();
             let tool = name.clone();
-            let call = broker.call_tool(ctx, name, arguments, upstreams);
+            let _guard = guard;
+            let call = broker.call_tool(ctx, name, arguments, upstreams, cancel);
             tokio::pin!(call);
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -774,6 +875,7 @@ impl McpGateway {
     async fn dispatch(
         &self,
         ctx: &TaskContext,
+        scope: &str,
         id: &Value,
         method: &str,
         params: Option<&Value>,
@@ -807,9 +909,10 @@ impl McpGateway {
                     Ok(p) => p,
                     Err(error) => return error,
                 };
+                let (cancel, _guard) = self.track_call(ctx, scope, id);
                 let result = self
                     .broker
-                    .call_tool(ctx.clone(), name, arguments, self.upstreams.clone())
+                    .call_tool(ctx.clone(), name, arguments, self.upstreams.clone(), cancel)
                     .await;
                 call_answer(id, result, era)
             }

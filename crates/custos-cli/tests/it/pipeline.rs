@@ -234,3 +234,96 @@ fn the_upstream_is_never_reached_without_a_committed_decision() {
     assert!(ran);
     assert!(s.cli(&["audit", "verify"]).status.success());
 }
+
+#[test]
+fn a_cancelled_call_is_cancelled_upstream_and_recorded() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-c");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("notifications.jsonl");
+    s.apply(&format!(
+        "kind: Upstream\nname: fx\ncommand: [python3, \"{}\", --log-notifications, \"{}\"]\ntiers: {{ sleep: 1 }}\n---\n\
+         kind: Template\nname: fx-sleep\nttl: 10m\ntools: [fx__sleep]\n---\n\
+         kind: Agent\nname: agent-c\nowner: test@example.com\narchetype: automation\ntemplates: [fx-sleep]\npublic_key: |\n{indented}",
+        super::support::fixture("stdio_fixture.py").display(),
+        log.display()
+    ));
+    let task = s.start_task("agent-c", "fx-sleep");
+    let token = s.task_token(&task, &key);
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+
+    // A long call, then the agent cancels it by its request id.
+    let (url, t, session) = (s.mcp_url(), token.clone(), sid.clone());
+    let call = std::thread::spawn(move || {
+        let m = super::support::RawMcp::new(&url, Some(&t));
+        m.post(
+            &json!({"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call",
+                    "params": {"name": "fx__sleep", "arguments": {"secs": 4}}}),
+            &[
+                ("mcp-session-id", session.as_str()),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let r = mcp.post(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": "slow-1", "reason": "the user pressed stop"}}),
+        &[
+            ("mcp-session-id", sid.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+    );
+    assert_eq!(r.status, 202);
+    let answer = call.join().expect("the call");
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cancelled")),
+        "the cancelled call is not answered with its result: {}",
+        answer.body
+    );
+    // The upstream was told, with its own id for the request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let forwarded = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("notifications/cancelled")) {
+            break serde_json::from_str::<Value>(line).expect("JSON");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never heard of the cancel"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(forwarded["params"]["requestId"].is_i64(), "{forwarded}");
+    // The trail says so.
+    let trace = s.cli_json(&["audit", "trace", &task, "--json"]);
+    assert!(
+        trace["records"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["kind"] == "tool_result" && r["outcome"] == "cancelled")),
+        "{trace}"
+    );
+    // Cancelling what is not in flight (or another session's request) changes nothing.
+    let r = mcp.post(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "nope"}}),
+        &[
+            ("mcp-session-id", sid.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+    );
+    assert_eq!(r.status, 202);
+    let ok = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__sleep", "arguments": {"secs": 0}}),
+    );
+    assert_eq!(
+        ok.body["result"]["content"][0]["text"], "slept",
+        "{}",
+        ok.body
+    );
+}

@@ -64,10 +64,26 @@ impl HttpUpstream {
         method: &str,
         params: Option<Value>,
     ) -> Result<Value, UpstreamError> {
+        self.request_cancellable(method, params, None).await
+    }
+
+    /// [`HttpUpstream::request`], abandoned when `cancel` fires first: the upstream is then
+    /// sent `notifications/cancelled` for the request in flight.
+    ///
+    /// # Errors
+    /// As [`HttpUpstream::request`], and [`UpstreamError::Cancelled`].
+    pub async fn request_cancellable(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<Value, UpstreamError> {
+        let in_flight = std::sync::atomic::AtomicI64::new(-1);
         let work = async {
             for attempt in 0..2 {
                 let session = self.session().await?;
                 let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+                in_flight.store(id, Ordering::SeqCst);
                 let msg = jsonrpc::request(id, method, session.era.wrap_params(params.clone()));
                 match self.post(&session, &msg, method, params.as_ref()).await? {
                     Reply::Message(m) => return into_result(&self.name, m),
@@ -84,7 +100,31 @@ impl HttpUpstream {
             }
             Err(self.fail("session could not be re-established"))
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        let bounded = tokio::time::timeout(self.timeout, work);
+        let outcome = match cancel {
+            None => bounded.await,
+            Some(c) => tokio::select! {
+                r = bounded => r,
+                () = c.cancelled() => {
+                    let id = in_flight.load(Ordering::SeqCst);
+                    if id >= 0
+                        && let Ok(session) = self.session().await
+                    {
+                        let note = jsonrpc::notification(
+                            "notifications/cancelled",
+                            Some(serde_json::json!({ "requestId": id, "reason": "cancelled by the agent" })),
+                        );
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            self.post(&session, &note, "notifications/cancelled", None),
+                        )
+                        .await;
+                    }
+                    return Err(UpstreamError::Cancelled(self.name.clone()));
+                }
+            },
+        };
+        match outcome {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout(self.name.clone(), self.timeout)),
         }

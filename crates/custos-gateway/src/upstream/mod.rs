@@ -134,9 +134,18 @@ enum Client {
 
 impl Client {
     async fn request(&self, method: &str, params: Option<Value>) -> Result<Value, UpstreamError> {
+        self.request_cancellable(method, params, None).await
+    }
+
+    async fn request_cancellable(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<Value, UpstreamError> {
         match self {
-            Client::Stdio(c) => c.request(method, params).await,
-            Client::Http(c) => c.request(method, params).await,
+            Client::Stdio(c) => c.request_cancellable(method, params, cancel).await,
+            Client::Http(c) => c.request_cancellable(method, params, cancel).await,
         }
     }
 
@@ -388,13 +397,18 @@ impl Upstreams for UpstreamPool {
             .cloned())
     }
 
-    async fn call_tool(&self, call: &PermittedCall<'_>) -> Result<Value, UpstreamError> {
+    async fn call_tool(
+        &self,
+        call: &PermittedCall<'_>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Value, UpstreamError> {
         let entry = self.entry(call.upstream(), call.task()).await?;
         entry
             .client
-            .request(
+            .request_cancellable(
                 "tools/call",
                 Some(json!({ "name": call.tool().tool, "arguments": call.arguments() })),
+                Some(cancel),
             )
             .await
     }

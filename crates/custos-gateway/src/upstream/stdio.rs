@@ -2,10 +2,12 @@
 //! use, restarted on the next call after it dies or hangs, stopped on shutdown.
 
 use std::collections::HashMap;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use custos_broker::UpstreamError;
 use custos_core::StdioCommand;
@@ -86,6 +88,7 @@ impl Conn {
         method: &str,
         params: Option<Value>,
         timeout: Duration,
+        cancel: Option<&CancellationToken>,
     ) -> Result<Value, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
@@ -101,7 +104,24 @@ impl Conn {
                 format!("write failed: {e}"),
             ));
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, rx);
+        let answer = match cancel {
+            None => answer.await,
+            Some(c) => tokio::select! {
+                a = answer => a,
+                () = c.cancelled() => {
+                    // The upstream is told; its late answer, if any, finds no one waiting.
+                    self.forget(id);
+                    let note = jsonrpc::notification(
+                        "notifications/cancelled",
+                        Some(serde_json::json!({ "requestId": id, "reason": "cancelled by the agent" })),
+                    );
+                    let _ = self.send(&note).await;
+                    return Err(UpstreamError::Cancelled(name.to_owned()));
+                }
+            },
+        };
+        match answer {
             Ok(Ok(response)) => into_result(name, response),
             Ok(Err(_)) => Err(UpstreamError::Failed(
                 name.to_owned(),
@@ -157,6 +177,19 @@ impl StdioUpstream {
         method: &str,
         params: Option<Value>,
     ) -> Result<Value, UpstreamError> {
+        self.request_cancellable(method, params, None).await
+    }
+
+    /// [`StdioUpstream::request`], cancelled (the upstream told) when `cancel` fires first.
+    ///
+    /// # Errors
+    /// As [`StdioUpstream::request`], and [`UpstreamError::Cancelled`].
+    pub async fn request_cancellable(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Value, UpstreamError> {
         let conn = self.connection().await?;
         let era = conn
             .era
@@ -164,7 +197,13 @@ impl StdioUpstream {
             .map(|e| e.clone())
             .unwrap_or(Era::Session(String::new()));
         let result = conn
-            .call(&self.name, method, era.wrap_params(params), self.timeout)
+            .call(
+                &self.name,
+                method,
+                era.wrap_params(params),
+                self.timeout,
+                cancel,
+            )
             .await;
         if let Err(UpstreamError::Timeout(..)) = &result {
             tracing::warn!(upstream = %self.name, method, "upstream timed out; restarting it");
@@ -250,6 +289,7 @@ impl StdioUpstream {
                 "server/discover",
                 Some(discover_params()),
                 self.timeout,
+                None,
             )
             .await
         {
@@ -261,6 +301,7 @@ impl StdioUpstream {
                         "initialize",
                         Some(initialize_params()),
                         self.timeout,
+                        None,
                     )
                     .await;
                 let version = match init {
