@@ -590,7 +590,12 @@ impl McpGateway {
                     ));
                 }
                 Ok(Message::Request { id, method, params }) => {
-                    let reply = self.session_request(ctx, req, id, method, params).await;
+                    // Each answer goes into the batch's array: none is streamed.
+                    let single = McpRequest {
+                        accept: None,
+                        ..*req
+                    };
+                    let reply = self.session_request(ctx, &single, id, method, params).await;
                     if let Some(body) = reply.body {
                         answers.push(body);
                     }

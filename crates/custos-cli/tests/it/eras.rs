@@ -371,17 +371,21 @@ fn batches_work_only_in_a_session_that_negotiated_2025_03_26() {
         {"jsonrpc":"2.0","method":"notifications/initialized"},
         {"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"fx__echo","arguments":{"n":1}}},
         {"jsonrpc":"2.0","id":"c","method":"initialize","params":{}},
-        {"not":"json-rpc"}
+        {"not":"json-rpc"},
+        {"jsonrpc":"2.0","id":"d","method":"tools/call","params":{"name":"fx__echo","arguments":{"n":2},"_meta":{"progressToken":"p"}}}
     ]);
     let r = mcp.post(&batch, &[("mcp-session-id", &old)]);
     assert_eq!(r.status, 200, "{}", r.body);
     let answers = r.body.as_array().expect("an array of answers");
     assert_eq!(
         answers.len(),
-        4,
+        5,
         "one per request and one for the bad message: {}",
         r.body
     );
+    // A call asking for progress is answered in the batch too, not streamed.
+    assert_eq!(answers[4]["id"], "d");
+    assert!(answers[4]["result"]["content"].is_array(), "{}", answers[4]);
     assert_eq!(answers[0], json!({"jsonrpc":"2.0","id":"a","result":{}}));
     assert_eq!(answers[1]["id"], "b");
     assert!(answers[1]["result"]["content"].is_array(), "{}", answers[1]);
