@@ -720,8 +720,8 @@ fn a_held_call_reports_progress_until_it_is_answered() {
         assert!(Instant::now() < deadline, "no approval request appeared");
         std::thread::sleep(Duration::from_millis(100));
     };
-    // Long enough for two progress notifications (one every 2 s).
-    std::thread::sleep(Duration::from_millis(4500));
+    // Long enough for two progress notifications (one every 2 s), with room for a slow machine.
+    std::thread::sleep(Duration::from_millis(5500));
     cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
     let messages = reader.join().expect("the reader");
     let (last, progress) = messages.split_last().expect("messages");
@@ -781,7 +781,7 @@ fn the_python_sdk_receives_progress_while_its_call_waits_for_approval() {
         assert!(Instant::now() < deadline, "no approval request appeared");
         std::thread::sleep(Duration::from_millis(100));
     };
-    std::thread::sleep(Duration::from_millis(4500));
+    std::thread::sleep(Duration::from_millis(5500));
     cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
     let out = client.join().expect("the client");
     let stdout = String::from_utf8_lossy(&out.stdout);
