@@ -362,7 +362,7 @@ impl Broker {
         upstreams: &U,
         cancel: &CancellationToken,
     ) -> CallResult {
-        let proposed = self.proposed_tier(ctx, name, upstreams).await;
+        let proposed = Self::proposed_tier(&ctx.snapshot, ctx.task_id(), name, upstreams).await;
         let request = CallRequest::new(ctx.task_id(), name, arguments).with_proposed_tier(proposed);
         let mut call = CallLog::begin(ctx, &request);
         let verdict = self.pinned(ctx, decide(ctx, request), upstreams).await?;
@@ -396,18 +396,18 @@ impl Broker {
     /// upstream that is not trusted, a tool it does not list, or one it cannot list now: the
     /// upstream's `default_tier` then holds).
     pub(crate) async fn proposed_tier<U: Upstreams>(
-        &self,
-        ctx: &TaskContext,
+        snapshot: &Snapshot,
+        task: &str,
         name: &str,
         upstreams: &U,
     ) -> Option<Tier> {
         let tool = ExposedTool::parse(name).ok()?;
-        let up = ctx.snapshot.upstreams.get(&tool.upstream)?;
+        let up = snapshot.upstreams.get(&tool.upstream)?;
         if !up.spec.trusted || up.spec.tiers.contains_key(&tool.tool) {
             return None;
         }
         let listed = upstreams
-            .find_tool(&up.spec, ctx.task_id(), &tool.tool)
+            .find_tool(&up.spec, task, &tool.tool)
             .await
             .ok()??;
         custos_core::annotation_tier(listed.definition.get("annotations"))

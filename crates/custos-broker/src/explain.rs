@@ -78,18 +78,7 @@ impl Broker {
             tainted: task.tainted_at.is_some(),
         };
         // A trusted upstream's annotations, as the task's own connection serves them.
-        let proposed = match custos_core::ExposedTool::parse(tool) {
-            Ok(t) => match snap.upstreams.get(&t.upstream) {
-                Some(up) if up.spec.trusted && !up.spec.tiers.contains_key(&t.tool) => upstreams
-                    .find_tool(&up.spec, id.as_str(), &t.tool)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|l| custos_core::annotation_tier(l.definition.get("annotations"))),
-                _ => None,
-            },
-            Err(_) => None,
-        };
+        let proposed = Self::proposed_tier(&snap, id.as_str(), tool, upstreams).await;
         let request = CallRequest::new(id.as_str(), tool, arguments).with_proposed_tier(proposed);
         let digest = request.digest().to_owned();
         let (verdict, why) = custos_policy::decide_explained(view, request);

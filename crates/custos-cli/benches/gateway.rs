@@ -317,8 +317,9 @@ struct Client {
 }
 
 impl Client {
-    fn body(target: &Target, id: u64) -> String {
-        let mut params = json!({ "name": target.tool, "arguments": { "text": "hello, custos" } });
+    /// A JSON-RPC request of `method`; in the stateless era its params carry the `_meta`
+    /// envelope.
+    fn body(target: &Target, id: u64, method: &str, mut params: Value) -> String {
         if target.session.is_none() {
             params["_meta"] = json!({
                 "io.modelcontextprotocol/protocolVersion": MODERN,
@@ -326,21 +327,17 @@ impl Client {
                 "io.modelcontextprotocol/clientInfo": { "name": "bench", "version": "1" },
             });
         }
-        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params }).to_string()
+        json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string()
     }
 
-    /// One `tools/list`; `Ok(elapsed)` when it lists at least `min` tools.
-    async fn list(&self, target: &Target, id: u64, min: usize) -> Result<Duration, String> {
-        let mut params = json!({});
-        if target.session.is_none() {
-            params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": { "name": "bench", "version": "1" },
-            });
-        }
-        let body = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params })
-            .to_string();
+    /// Sends one request with the target's era headers; the status, the parsed answer, and
+    /// the time from sending to the last byte.
+    async fn exchange(
+        &self,
+        target: &Target,
+        method: &'static str,
+        body: String,
+    ) -> Result<(u16, Value, Duration), String> {
         let started = Instant::now();
         let mut req = self
             .http
@@ -353,14 +350,26 @@ impl Client {
             Some(sid) => req
                 .header("mcp-session-id", sid.as_str())
                 .header("mcp-protocol-version", SESSION_VERSION),
+            None if method == "tools/call" => req
+                .header("mcp-protocol-version", MODERN)
+                .header("mcp-method", method)
+                .header("mcp-name", target.tool),
             None => req
                 .header("mcp-protocol-version", MODERN)
-                .header("mcp-method", "tools/list"),
+                .header("mcp-method", method),
         };
         let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
         let elapsed = started.elapsed();
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        Ok((status, v, elapsed))
+    }
+
+    /// One `tools/list`; `Ok(elapsed)` when it lists at least `min` tools.
+    async fn list(&self, target: &Target, id: u64, min: usize) -> Result<Duration, String> {
+        let body = Self::body(target, id, "tools/list", json!({}));
+        let (_, v, elapsed) = self.exchange(target, "tools/list", body).await?;
         let listed = v
             .pointer("/result/tools")
             .and_then(Value::as_array)
@@ -373,29 +382,9 @@ impl Client {
 
     /// One `tools/call`; `Ok(elapsed)` when the answer is a successful result.
     async fn call(&self, target: &Target, id: u64) -> Result<Duration, String> {
-        let body = Self::body(target, id);
-        let started = Instant::now();
-        let mut req = self
-            .http
-            .post(&target.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(&*target.token)
-            .body(body);
-        req = match &target.session {
-            Some(sid) => req
-                .header("mcp-session-id", sid.as_str())
-                .header("mcp-protocol-version", SESSION_VERSION),
-            None => req
-                .header("mcp-protocol-version", MODERN)
-                .header("mcp-method", "tools/call")
-                .header("mcp-name", target.tool),
-        };
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-        let elapsed = started.elapsed();
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let params = json!({ "name": target.tool, "arguments": { "text": "hello, custos" } });
+        let body = Self::body(target, id, "tools/call", params);
+        let (status, v, elapsed) = self.exchange(target, "tools/call", body).await?;
         if status != 200 || v.pointer("/result/content/0/text").is_none() {
             return Err(format!("HTTP {status}: {v}"));
         }

@@ -39,18 +39,26 @@ impl ApiError {
     }
 }
 
+/// The HTTP status of a broker error, for the API and the web pages alike.
+pub(crate) fn status_of(e: &BrokerError) -> StatusCode {
+    match e {
+        BrokerError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
+        BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
+        BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
+        BrokerError::Conflict(_) => StatusCode::CONFLICT,
+        BrokerError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        BrokerError::CredentialUnavailable(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        let status = match &e {
-            BrokerError::Unauthenticated => return Self::unauthenticated(),
-            BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
-            BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
-            BrokerError::Conflict(_) => StatusCode::CONFLICT,
-            BrokerError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            BrokerError::CredentialUnavailable(_) => StatusCode::BAD_GATEWAY,
-        };
+        if matches!(e, BrokerError::Unauthenticated) {
+            return Self::unauthenticated();
+        }
+        let status = status_of(&e);
         let message = match &e {
             BrokerError::Unavailable(what) => format!("{what} unavailable; request refused"),
             other => other.to_string(),

@@ -26,6 +26,7 @@ use custos_core::operator::Permission;
 use custos_crypto::PresentedToken;
 use serde::Deserialize;
 
+use crate::error::status_of;
 use crate::{AppState, Peer};
 
 /// The session cookie's name.
@@ -523,18 +524,6 @@ async fn show(
             error,
         },
     )
-}
-
-fn status_of(e: &BrokerError) -> StatusCode {
-    match e {
-        BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
-        BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
-        BrokerError::Conflict(_) => StatusCode::CONFLICT,
-        BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
-        BrokerError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        BrokerError::Unauthenticated => StatusCode::UNAUTHORIZED,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    }
 }
 
 async fn answer(

@@ -112,6 +112,19 @@ fn cli_as_json(s: &TestServer, token: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// The id of the first request waiting for an answer, once one appears within `within`.
+fn first_waiting_request(s: &TestServer, approver: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = cli_as_json(s, approver, &["approvals", "list", "--json"]);
+        if let Some(id) = list[0]["id"].as_str() {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval request appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn cli_fails(s: &TestServer, token: &str, args: &[&str], says: &str) {
     let out = s.cli_as(token, args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -308,15 +321,7 @@ fn a_waiting_call_runs_when_approved_and_an_unanswered_one_expires() {
         let answer = agent.touch(&path);
         (agent, answer)
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
-        if let Some(id) = list[0]["id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no approval request appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let id = first_waiting_request(&s, &carol, Duration::from_secs(20));
     assert_eq!(runs(&p), 0, "nothing ran before the approval");
     cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
     let (a, answer) = waiting.join().expect("the waiting call");
@@ -711,15 +716,7 @@ fn a_held_call_reports_progress_until_it_is_answered() {
         }
         messages
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
-        if let Some(id) = list[0]["id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no approval request appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let id = first_waiting_request(&s, &carol, Duration::from_secs(20));
     // Long enough for two progress notifications (one every 2 s), with room for a slow machine.
     std::thread::sleep(Duration::from_millis(5500));
     cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
@@ -772,15 +769,7 @@ fn the_python_sdk_receives_progress_while_its_call_waits_for_approval() {
             .output()
             .expect("run mcp_client.py")
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let list = cli_as_json(&s, &carol, &["approvals", "list", "--json"]);
-        if let Some(id) = list[0]["id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no approval request appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let id = first_waiting_request(&s, &carol, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(5500));
     cli_as_json(&s, &carol, &["approvals", "approve", &id, "--json"]);
     let out = client.join().expect("the client");
