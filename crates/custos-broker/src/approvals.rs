@@ -228,14 +228,14 @@ impl Broker {
             executed_at: None,
             expiry_reported: false,
         };
-        // The request is durable, and recorded, before anyone can be asked to answer it.
-        self.inner.store.insert_approval(&approval).await?;
+        // Recorded before it is stored: no request can be answered that the trail lacks.
         let mut e = ctx.event(EventKind::ApprovalRequested);
         e.call_id = call_id.map(str::to_owned);
         fill_call(&mut e, &approval);
         e.decision = Some(custos_core::Decision::Hold);
         e.reason = Some(Reason::ApprovalPending);
         self.record(e).await?;
+        self.inner.store.insert_approval(&approval).await?;
         self.inner.metrics.approval(ApprovalState::Pending);
         let _ = self
             .inner
@@ -306,6 +306,23 @@ impl Broker {
         answer: Answer,
         note: Option<&str>,
     ) -> Result<Approval, BrokerError> {
+        // On a task of its own: an approver who hangs up mid-answer leaves either no answer
+        // or a recorded one, never an unrecorded one.
+        let (broker, op, id) = (self.clone(), op.clone(), id.clone());
+        let note = note.map(str::to_owned);
+        self.to_completion("approval answer", async move {
+            broker.answer_now(&op, &id, answer, note.as_deref()).await
+        })
+        .await?
+    }
+
+    async fn answer_now(
+        &self,
+        op: &Operator,
+        id: &ApprovalId,
+        answer: Answer,
+        note: Option<&str>,
+    ) -> Result<Approval, BrokerError> {
         op.require(Permission::Approve)?;
         let note = note.map(|n| truncate(n, MAX_NOTE).into_owned());
         let before = self.get_approval(op, id).await?;
@@ -349,7 +366,14 @@ impl Broker {
         };
         e.decision = Some(decision);
         e.reason = Some(reason);
-        self.record(e).await?;
+        if let Err(err) = self.record(e).await {
+            // An answer that cannot be recorded does not stand (fail closed). A held call that
+            // used it in between is on record itself (its decision names the approval).
+            if let Err(undo) = self.inner.store.unanswer_approval(id, &op.name).await {
+                tracing::error!(approval = %id, error = %undo, "unrecorded approval answer could not be withdrawn");
+            }
+            return Err(err);
+        }
         self.inner.metrics.approval(after.state);
         self.inner.approval_answers.notify_waiters();
         let _ = self

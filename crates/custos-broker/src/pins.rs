@@ -235,9 +235,24 @@ impl Broker {
         &self,
         op: &Operator,
         name: &str,
-        upstreams: &U,
+        upstreams: std::sync::Arc<U>,
     ) -> Result<PinnedUpstream, BrokerError> {
         op.require(Permission::Administer)?;
+        // On a task of its own: the pins and their record are written whether or not the
+        // operator waits for them.
+        let (broker, op, name) = (self.clone(), op.clone(), name.to_owned());
+        self.to_completion("upstream approval", async move {
+            broker.pin_now(&op, &name, upstreams.as_ref()).await
+        })
+        .await?
+    }
+
+    async fn pin_now<U: Upstreams>(
+        &self,
+        op: &Operator,
+        name: &str,
+        upstreams: &U,
+    ) -> Result<PinnedUpstream, BrokerError> {
         let snap = self.snapshot().await?;
         let spec: &UpstreamSpec = &snap
             .upstreams
@@ -252,9 +267,13 @@ impl Broker {
             tracing::warn!(upstream = %name, error = %e, "upstream could not list its tools for approval");
             BrokerError::Unavailable("the upstream")
         })?;
+        // Only tools that can be exposed are pinned: a name from the upstream is bounded (and
+        // checked) before it is stored.
         let mut tools: Vec<(String, String)> = listed
             .iter()
-            .filter_map(|t| Some((t.name()?.to_owned(), t.digest.clone())))
+            .filter_map(|t| Some((t.name()?, t)))
+            .filter(|(n, _)| custos_core::ExposedTool::expose(name, n).is_some())
+            .map(|(n, t)| (n.to_owned(), t.digest.clone()))
             .collect();
         tools.sort();
         tools.dedup_by(|a, b| a.0 == b.0);
@@ -277,11 +296,6 @@ impl Broker {
             .filter(|t| !tools.iter().any(|(n, _)| n == *t))
             .cloned()
             .collect();
-        self.inner
-            .store
-            .pin_upstream(name, &tools, &op.name, self.now())
-            .await?;
-        self.forget_pins();
         let mut e = AuditEvent::new(EventKind::ToolsPinned);
         e.actor = Some(op.name.clone());
         e.upstream = Some(name.to_owned());
@@ -292,7 +306,13 @@ impl Broker {
             changed: changed.iter().take(MAX_NAMED).cloned().collect(),
             dropped: dropped.iter().take(MAX_NAMED).cloned().collect(),
         });
+        // Recorded before the pins change: the trail never lacks an approval that took effect.
         self.record(e).await?;
+        self.inner
+            .store
+            .pin_upstream(name, &tools, &op.name, self.now())
+            .await?;
+        self.forget_pins();
         tracing::info!(upstream = %name, tools = tools.len(), changed = changed.len(), operator = %op.name, "upstream tools approved and pinned");
         Ok(PinnedUpstream {
             upstream: name.to_owned(),

@@ -798,7 +798,7 @@ pub async fn approve_upstream(
 ) -> Result<Json<PinnedUpstreamBody>, ApiError> {
     let pinned = s
         .broker
-        .approve_upstream(&op, &name, s.gateway.upstreams().as_ref())
+        .approve_upstream(&op, &name, s.gateway.upstreams().clone())
         .await?;
     Ok(Json(pinned.into()))
 }

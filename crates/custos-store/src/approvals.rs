@@ -182,6 +182,17 @@ impl Store {
             .execute(p).await?.rows_affected() == 1))
     }
 
+    /// Withdraws an answer `by` gave that was not used yet (its record could not be written):
+    /// the approval is pending again. `false` when there was none to withdraw.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn unanswer_approval(&self, id: &ApprovalId, by: &str) -> Result<bool, StoreError> {
+        const Q: &str = "UPDATE approvals SET state = 'pending', decided_at = NULL, decided_by = NULL, note = NULL \
+                         WHERE id = $1 AND decided_by = $2 AND state IN ('approved', 'denied')";
+        on_pool!(self, p => Ok(sqlx::query(Q).bind(id.as_str()).bind(by).execute(p).await?.rows_affected() == 1))
+    }
+
     /// Uses an approved, unexpired approval: it becomes executed. `false` when it was not
     /// approved at `now` (so the call it allowed already ran, or the approval expired).
     ///
