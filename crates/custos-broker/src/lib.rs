@@ -261,10 +261,11 @@ impl Broker {
         });
     }
 
-    /// Runs `work` to its end on the broker's tracker, whether or not the caller still waits:
+    /// Runs `work` to its end, tracked by the broker, whether or not the caller still waits:
     /// a client hanging up drops the caller's future, never the work that acts (a tool call,
-    /// a mint, a revocation), so what it does is always finished and recorded. Shutdown waits
-    /// for it.
+    /// a mint, a revocation), so what it does is always finished and recorded. It runs on the
+    /// caller's task while the caller waits (no hand-off to another thread), and moves to a
+    /// task of its own only if the caller goes away. Shutdown waits for it.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] naming `what` if the work panicked.
@@ -277,10 +278,12 @@ impl Broker {
         T: Send + 'static,
         F: std::future::Future<Output = T> + Send + 'static,
     {
-        self.inner.background.spawn(work).await.map_err(|e| {
-            tracing::error!(error = %e, what, "supervised work failed");
-            BrokerError::Unavailable(what)
-        })
+        custos_audit::to_end(self.inner.background.track_future(work))
+            .await
+            .map_err(|_| {
+                tracing::error!(what, "supervised work failed");
+                BrokerError::Unavailable(what)
+            })
     }
 
     /// The ids of tasks as they end: ended by an operator, or expired (announced within about

@@ -104,7 +104,16 @@ pub(crate) struct RegistryCache {
     refreshing: tokio::sync::Mutex<()>,
 }
 
-async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError> {
+/// Reads the registry. `previous` is the snapshot it replaces: when the policy version has not
+/// moved, its compiled policies (and the slices and evaluations they keep) carry over, since
+/// only upstreams, templates and policies decide calls and each change to them moves the
+/// version. (The version is read after everything else, so an unchanged version means nothing
+/// read here is newer than `previous`.)
+async fn load_snapshot(
+    store: &Store,
+    now: i64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, BrokerError> {
     let mut snap = Snapshot {
         loaded_at: now,
         ..Snapshot::default()
@@ -185,11 +194,14 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
             }),
         }
     }
-    snap.compiled = Arc::new(custos_policy::Compiled::new(
-        policies.iter().map(|p| (p.name.as_str(), p.cedar.as_str())),
-    ));
-    snap.policies = policies;
     snap.policy_version = store.policy_version().await?;
+    snap.compiled = match previous {
+        Some(p) if p.policy_version == snap.policy_version => p.compiled.clone(),
+        _ => Arc::new(custos_policy::Compiled::new(
+            policies.iter().map(|p| (p.name.as_str(), p.cedar.as_str())),
+        )),
+    };
+    snap.policies = policies;
     // One query for every suspension, not one per agent (the snapshot is re-read each second).
     snap.suspended = store.suspended_agents().await?.into_iter().collect();
     Ok(snap)
@@ -198,7 +210,7 @@ async fn load_snapshot(store: &Store, now: i64) -> Result<Snapshot, BrokerError>
 impl RegistryCache {
     pub(crate) async fn load(store: &Store, now: i64) -> Result<Self, BrokerError> {
         Ok(Self {
-            current: RwLock::new(Arc::new(load_snapshot(store, now).await?)),
+            current: RwLock::new(Arc::new(load_snapshot(store, now, None).await?)),
             refreshing: tokio::sync::Mutex::new(()),
         })
     }
@@ -293,7 +305,13 @@ impl Broker {
     }
 
     async fn reload(&self) -> Result<Arc<Snapshot>, BrokerError> {
-        let snap = load_snapshot(&self.inner.store, self.inner.clock.now_ms()).await?;
+        let previous = self.inner.registry.get();
+        let snap = load_snapshot(
+            &self.inner.store,
+            self.inner.clock.now_ms(),
+            Some(&previous),
+        )
+        .await?;
         self.inner.registry.set(snap);
         Ok(self.inner.registry.get())
     }

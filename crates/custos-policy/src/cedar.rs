@@ -87,9 +87,19 @@ pub(crate) struct Slice {
     pub(crate) untrusted: bool,
     /// The Cedar text of the slice, for `policy explain` (shared, not copied, per call).
     pub(crate) text: Arc<str>,
+    /// Whether some policy of the slice may read the task (raw policies can): then the task
+    /// is part of what an evaluation depends on.
+    reads_task: bool,
+    /// Evaluations of this slice for calls that differ in nothing a policy reads: kept when
+    /// the slice reads no argument, keyed by the taint (and the task, if read).
+    memo: Mutex<HashMap<(Option<String>, bool), Evaluation>>,
 }
 
+/// The most evaluations one slice keeps.
+const MAX_MEMO: usize = 256;
+
 /// What evaluating one call found.
+#[derive(Clone)]
 pub(crate) struct Evaluation {
     /// The template entries that allowed the call (empty: refused).
     pub(crate) allowed_by: Vec<String>,
@@ -143,7 +153,32 @@ impl Compiled {
     }
 
     /// Evaluates one call against its slice.
+    ///
+    /// Evaluation is a pure function of the slice and of what its policies read. A slice that
+    /// reads no argument is evaluated once per taint (and per task when a policy may read the
+    /// task) and answered from its memo after that.
     pub(crate) fn evaluate(&self, slice: &Slice, facts: &Facts<'_>) -> Result<Evaluation, String> {
+        if !slice.args.is_empty() {
+            return self.evaluate_now(slice, facts);
+        }
+        let key = (
+            slice.reads_task.then(|| facts.task.to_owned()),
+            facts.tainted,
+        );
+        if let Some(e) = slice.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(e);
+        }
+        let evaluation = self.evaluate_now(slice, facts)?;
+        if let Ok(mut memo) = slice.memo.lock() {
+            if memo.len() >= MAX_MEMO {
+                memo.clear();
+            }
+            memo.insert(key, evaluation.clone());
+        }
+        Ok(evaluation)
+    }
+
+    fn evaluate_now(&self, slice: &Slice, facts: &Facts<'_>) -> Result<Evaluation, String> {
         let context = context(slice, facts)?;
         let principal = uid("Custos::Task", facts.task)?;
         let resource = uid("Custos::Tool", facts.exposed)?;
@@ -498,5 +533,7 @@ fn build_slice(
         args,
         untrusted,
         text,
+        reads_task: !raw.is_empty(),
+        memo: Mutex::default(),
     })
 }

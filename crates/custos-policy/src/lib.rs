@@ -606,17 +606,18 @@ tools:
     tier: 3
   - tool: bank__transfer
     args: {amount: {max: 10}}
+  - bank__notify
 ---
 kind: Upstream
 name: bank
 command: [bank-server]
-tiers: {get_balance: 1, read_inbox: 1, send_money: 2, transfer: 2, pay_any: 2}
+tiers: {get_balance: 1, read_inbox: 1, send_money: 2, transfer: 2, pay_any: 2, notify: 2}
 tier_rules:
   - {tool: send_money, args: {amount: {min: 50}}, tier: 3}
   - {tool: "transf*", args: {amount: {min: 4000}}, tier: 4}
   - {tool: pay_any, args: {amount: {min: 1000}}, tier: 3}
 untrusted: [read_inbox]
-tainted_tiers: {send_money: 3}
+tainted_tiers: {send_money: 3, notify: 3}
 "#;
 
     struct Fixture {
@@ -786,6 +787,43 @@ tainted_tiers: {send_money: 3}
             run(&f, "t", "bank__get_balance", json!({}), true).0,
             "permit"
         );
+    }
+
+    #[test]
+    fn remembered_evaluations_never_answer_for_another_task_or_taint() {
+        // A slice that reads no argument is evaluated once and then answered from memory:
+        // what a policy reads (the taint, the task) must still tell calls apart.
+        let mut f = fixture();
+        f.compiled = Compiled::new([(
+            "watch",
+            "@tier(\"3\")\npermit (principal, action == Custos::Action::\"classify\", resource)\n\
+             when { context.task == \"task_2\" || context.tainted };",
+        )]);
+        for round in 0..3 {
+            let balance =
+                |task: &str, tainted: bool| run(&f, task, "bank__get_balance", json!({}), tainted);
+            assert_eq!(
+                balance("task_1", false),
+                ("permit", Some(Tier::T1), Reason::Permitted),
+                "round {round}"
+            );
+            assert_eq!(balance("task_2", false).0, "hold", "round {round}");
+            assert_eq!(balance("task_1", true).0, "hold", "round {round}");
+            assert_eq!(balance("task_1", false).0, "permit", "round {round}");
+        }
+        // Without raw policies the task is not read: every task shares the memo, the taint
+        // still separates.
+        let f = fixture();
+        for task in ["a", "b", "a"] {
+            assert_eq!(
+                run(&f, task, "bank__notify", json!({}), false),
+                ("permit", Some(Tier::T2), Reason::Permitted)
+            );
+            assert_eq!(
+                run(&f, task, "bank__notify", json!({}), true),
+                ("hold", Some(Tier::T3), Reason::ApprovalPending)
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Appending: many callers at once, several writers on one database, restarts.
 
 use std::collections::BTreeSet;
+use std::future::Future as _;
 use std::sync::Arc;
 
 use custos_audit::{AuditLog, GENESIS_HASH, record_hash, verify};
@@ -16,6 +17,7 @@ both_backends!(
     a_restarted_log_continues_the_chain,
     an_empty_log_verifies,
     queued_records_ride_with_the_next_commit_or_land_on_their_own,
+    an_append_whose_caller_hangs_up_is_still_committed,
 );
 
 /// Appends `per_task` events from each of `tasks` tasks at once; every returned record.
@@ -159,4 +161,35 @@ async fn queued_records_ride_with_the_next_commit_or_land_on_their_own(store: St
         .await
         .expect("verify");
     assert_intact(&report, 4, "queued records");
+}
+
+async fn an_append_whose_caller_hangs_up_is_still_committed(store: Store) {
+    let log = AuditLog::start(store.clone(), Arc::new(ManualClock::new(1_700_000_000_000)));
+    // Polled once (queued, its commit started), then dropped: the client hung up.
+    let mut append = Box::pin(log.append(event(1)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        append.as_mut().poll(&mut cx).is_pending(),
+        "a commit takes a round trip"
+    );
+    drop(append);
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = all_rows(&store).await;
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        rows.len(),
+        1,
+        "the record was committed without anyone waiting"
+    );
+    // The log goes on: the next record chains on it.
+    let next = log.append(event(2)).await.expect("append");
+    assert_eq!(
+        (next.seq, next.prev_hash.as_str()),
+        (2, rows[0].hash.as_str())
+    );
 }
