@@ -73,7 +73,7 @@ else
   log "installing python packages from $REQ"
   "$PY" -m pip install --disable-pip-version-check --no-input -q -r "$REQ" >&2
   [[ -x "$TIME_SERVER" ]] || die "mcp-server-time executable missing after install"
-  "$PY" -c 'import mcp, httpx, mcp_server_time' >&2 || die "python imports failed"
+  "$PY" -c 'import mcp, httpx, mcp_server_time, hvac' >&2 || die "python imports failed"
   printf '%s\n' "$py_stamp" >"$VENV/.custos-stamp"
 fi
 

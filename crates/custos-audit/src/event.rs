@@ -36,6 +36,8 @@ pub enum EventKind {
     /// A credential request refused (the template does not allow the role) or failed (the
     /// engine could not mint).
     LeaseRefused,
+    /// A credential lease renewed: its new expiry is in the detail.
+    LeaseRenewed,
     /// A credential lease revoked: its principal is gone.
     LeaseRevoked,
     /// A lease whose revocation gave up after its retries: the principal may still exist.
@@ -70,6 +72,7 @@ impl EventKind {
             EventKind::AgentResume => "agent_resume",
             EventKind::LeaseIssued => "lease_issued",
             EventKind::LeaseRefused => "lease_refused",
+            EventKind::LeaseRenewed => "lease_renewed",
             EventKind::LeaseRevoked => "lease_revoked",
             EventKind::LeaseRevokeFailed => "lease_revoke_failed",
             EventKind::TaskTainted => "task_tainted",

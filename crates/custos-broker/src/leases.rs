@@ -540,6 +540,107 @@ impl Broker {
             .ok_or_else(not_found)
     }
 
+    /// Renews a lease of the task `ctx` authenticated (Vault's `sys/leases/renew`): it then
+    /// expires `increment` from now (the role's `default_ttl` when none), never beyond its
+    /// creation plus the role's `max_ttl` nor the task's expiry, and never earlier than before.
+    /// The server's own expiry (PostgreSQL `VALID UNTIL`) moves first, then the lease; the
+    /// renewal is audited (`lease_renewed`). Returns the lease as renewed.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotFound`] for a lease of another task or none; [`BrokerError::Invalid`]
+    /// for a lease that is not active; [`BrokerError::Forbidden`] when the task is not active;
+    /// [`BrokerError::CredentialUnavailable`] when the role is gone or its server refused.
+    pub async fn renew_own_lease(
+        &self,
+        ctx: &TaskContext,
+        id: &str,
+        increment: Option<Duration>,
+    ) -> Result<Lease, BrokerError> {
+        let lease = self.lookup_own_lease(ctx, id).await?;
+        if lease.state != LeaseState::Active {
+            return Err(BrokerError::Invalid(format!(
+                "lease `{}` is {} and cannot be renewed",
+                lease.id,
+                lease.state.as_str()
+            )));
+        }
+        let (broker, ctx) = (self.clone(), ctx.clone());
+        self.to_completion("credential renewal", async move {
+            broker.renew_lease_now(&ctx, lease, increment).await
+        })
+        .await?
+    }
+
+    async fn renew_lease_now(
+        &self,
+        ctx: &TaskContext,
+        mut lease: Lease,
+        increment: Option<Duration>,
+    ) -> Result<Lease, BrokerError> {
+        let gone = || {
+            BrokerError::CredentialUnavailable(format!(
+                "credential role `{}` no longer exists",
+                lease.role
+            ))
+        };
+        let entry = ctx
+            .snapshot()
+            .credential_roles
+            .get(&lease.role)
+            .ok_or_else(gone)?;
+        let now = self.inner.clock.now_ms();
+        let task = self
+            .inner
+            .store
+            .get_task(&lease.task)
+            .await?
+            .filter(|t| t.is_active_at(now))
+            .ok_or_else(|| {
+                BrokerError::Forbidden(format!("task `{}` is not active", lease.task))
+            })?;
+        let before = lease.expires_at;
+        let after =
+            entry
+                .spec
+                .renewed_expiry(lease.created_at, before, now, task.expires_at, increment);
+        if after > before {
+            let principal = PrincipalName::parse(&lease.principal).map_err(|e| {
+                tracing::error!(lease = %lease.id, error = %e, "stored principal is not a custos principal");
+                BrokerError::Unavailable("store")
+            })?;
+            let engine = self.engine_for(&lease.role, entry)?;
+            // The server's expiry first: if the lease's cannot follow, the lease still ends
+            // (and is revoked) at its old expiry.
+            engine
+                .renew(&principal, at_ms(after), &entry.role)
+                .await
+                .map_err(|e| {
+                    BrokerError::CredentialUnavailable(format!(
+                        "renewing lease `{}`: {}",
+                        lease.id,
+                        bounded_error(&e)
+                    ))
+                })?;
+            if !self.inner.store.set_lease_expiry(&lease.id, after).await? {
+                return Err(BrokerError::Invalid(format!(
+                    "lease `{}` was revoked while it was renewed",
+                    lease.id
+                )));
+            }
+            lease.expires_at = after;
+        }
+        let mut ev = lease_event(EventKind::LeaseRenewed, &lease);
+        ev.template = Some(ctx.template().to_owned());
+        ev.decision = Some(Decision::Allow);
+        if let Err(e) = self.record(ev).await {
+            // Fail closed: a renewal nobody can trace does not stand.
+            let _ = self.inner.store.set_lease_expiry(&lease.id, before).await;
+            return Err(e);
+        }
+        tracing::info!(lease = %lease.id, principal = %lease.principal, expires = lease.expires_at, "credential lease renewed");
+        Ok(lease)
+    }
+
     /// Revokes a lease of the task `ctx` authenticated (Vault's `sys/leases/revoke`).
     ///
     /// # Errors
@@ -614,6 +715,49 @@ impl Broker {
         }
         self.revoke_to_completion(lease).await?;
         self.inner.store.get_lease(&id).await?.ok_or_else(not_found)
+    }
+
+    /// An operator revokes every live lease whose Vault id (`database/creds/<role>/<lease>`)
+    /// lies under `prefix`, a path matched segment by segment as Vault's `revoke-prefix` does
+    /// (`database/creds/pg-readonly` takes that role's leases, not `pg-readonly-2`'s;
+    /// `database/` takes all). Returns how many were revoked; a lease whose engine failed is
+    /// retried in the background and not counted.
+    ///
+    /// # Errors
+    /// [`BrokerError::Forbidden`] without the admin role; [`BrokerError::Invalid`] for a
+    /// prefix outside `database/`.
+    pub async fn revoke_lease_prefix(
+        &self,
+        op: &Operator,
+        prefix: &str,
+    ) -> Result<usize, BrokerError> {
+        op.require(Permission::Administer)?;
+        let prefix = prefix.trim_matches('/');
+        let mut segments = prefix.split('/');
+        if segments.next() != Some("database") || segments.next().is_some_and(|s| s != "creds") {
+            return Err(BrokerError::Invalid(format!(
+                "prefix `{}` names no leases: leases are under `database/creds/<role>/`",
+                custos_core::text::for_display(prefix, 128)
+            )));
+        }
+        let role = segments.next();
+        let under = format!("{prefix}/");
+        let mut revoked = 0;
+        for lease in self.inner.store.live_leases_of_role(role).await? {
+            let id = format!("database/creds/{}/{}/", lease.role, lease.id);
+            if !id.starts_with(&under) {
+                continue;
+            }
+            match self.revoke_to_completion(lease).await {
+                Ok(()) => revoked += 1,
+                Err(BrokerError::CredentialUnavailable(e)) => {
+                    tracing::warn!(error = %e, "revoke-prefix: a lease could not be revoked now; retried in the background");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(prefix, revoked, actor = %op.name(), "leases revoked by prefix");
+        Ok(revoked)
     }
 
     /// Revokes every pending or active lease of a task. Returns how many were revoked.

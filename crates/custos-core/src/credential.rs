@@ -122,6 +122,24 @@ impl CredentialRoleSpec {
         (ttl >= Duration::from_millis(1)).then_some(ttl)
     }
 
+    /// When a lease renewed at `now` expires (Unix ms), as Vault computes it: `now` plus
+    /// `increment` (the role's `default_ttl` when none is asked for), never beyond the lease's
+    /// `created_at` plus the role's `max_ttl` nor the task's expiry, and never earlier than the
+    /// lease's current expiry (a renewal does not shorten a lease).
+    pub fn renewed_expiry(
+        &self,
+        created_at: i64,
+        current: i64,
+        now: i64,
+        task_expires_at: i64,
+        increment: Option<Duration>,
+    ) -> i64 {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let wanted = now.saturating_add(ms(increment.unwrap_or(self.default_ttl.get())));
+        let cap = created_at.saturating_add(ms(self.max_ttl.get()));
+        wanted.min(cap).min(task_expires_at).max(current)
+    }
+
     /// The role's engine fields with `engine` added: the JSON the engine's role spec reads.
     pub fn engine_document(&self) -> serde_json::Value {
         let mut doc = self.role.clone();
@@ -172,6 +190,45 @@ mod tests {
             connection_env: "PG_ADMIN".into(),
             role: serde_json::Map::new(),
         }
+    }
+
+    #[test]
+    fn renewal_is_bounded_by_max_ttl_and_the_task_and_never_shortens() {
+        let s = spec("5m", "15m");
+        let (created, min) = (1_000_000, 60_000);
+        let renew = |now: i64, current: i64, task: i64, inc: Option<u64>| {
+            s.renewed_expiry(created, current, now, task, inc.map(Duration::from_secs))
+        };
+        let far = created + 120 * min;
+        // The default TTL from now.
+        assert_eq!(
+            renew(created + 4 * min, created + 5 * min, far, None),
+            created + 9 * min
+        );
+        // An increment, within max_ttl counted from the lease's creation.
+        assert_eq!(
+            renew(created + min, created + 5 * min, far, Some(600)),
+            created + 11 * min
+        );
+        assert_eq!(
+            renew(created + 10 * min, created + 11 * min, far, Some(3600)),
+            created + 15 * min
+        );
+        // Never beyond the task.
+        assert_eq!(
+            renew(
+                created + min,
+                created + 5 * min,
+                created + 7 * min,
+                Some(600)
+            ),
+            created + 7 * min
+        );
+        // Never shorter than it was.
+        assert_eq!(
+            renew(created + min, created + 5 * min, far, Some(1)),
+            created + 5 * min
+        );
     }
 
     #[test]

@@ -60,6 +60,20 @@ pub trait Engine: Send + Sync {
         role: &'a RoleSpec,
     ) -> EngineFuture<'a, MintedCredential>;
 
+    /// Extends `principal` (made for `role`) to `expires_at`, where the server enforces expiry
+    /// itself (PostgreSQL `VALID UNTIL`, plus the role's grace): the server's new expiry, or
+    /// `None` for servers without one (MySQL, Redis), where the lease alone bounds it.
+    ///
+    /// # Errors
+    /// [`CredentialError::WrongRole`]; [`CredentialError::Unreachable`];
+    /// [`CredentialError::Server`] (also when the principal no longer exists).
+    fn renew<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+    ) -> EngineFuture<'a, Option<OffsetDateTime>>;
+
     /// Removes `principal`: no new logins, its open sessions terminated, then deleted.
     /// Idempotent: revoking a principal that does not exist is `Ok`.
     ///
@@ -85,7 +99,7 @@ pub trait Engine: Send + Sync {
 }
 
 /// Implements [`Engine`] for an engine type by boxing its inherent `mint_inner`,
-/// `revoke_inner`, `list_inner` and `check_inner` async methods; `$kind` is its
+/// `renew_inner`, `revoke_inner`, `list_inner` and `check_inner` async methods; `$kind` is its
 /// [`EngineKind`]. (The boxing is what keeps the trait usable as `dyn Engine`.)
 macro_rules! engine_from_inner_methods {
     ($ty:ty, $kind:expr) => {
@@ -101,6 +115,15 @@ macro_rules! engine_from_inner_methods {
                 role: &'a $crate::role::RoleSpec,
             ) -> $crate::engine::EngineFuture<'a, $crate::engine::MintedCredential> {
                 Box::pin(self.mint_inner(principal, expires_at, role))
+            }
+
+            fn renew<'a>(
+                &'a self,
+                principal: &'a $crate::principal::PrincipalName,
+                expires_at: ::time::OffsetDateTime,
+                role: &'a $crate::role::RoleSpec,
+            ) -> $crate::engine::EngineFuture<'a, Option<::time::OffsetDateTime>> {
+                Box::pin(self.renew_inner(principal, expires_at, role))
             }
 
             fn revoke<'a>(

@@ -385,6 +385,43 @@ impl PostgresEngine {
         })
     }
 
+    /// Moves the role's `VALID UNTIL` to `expires_at` plus the role's grace.
+    async fn renew_inner(
+        &self,
+        principal: &PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &RoleSpec,
+    ) -> Result<Option<OffsetDateTime>, CredentialError> {
+        let RoleSpec::Postgres(spec) = role else {
+            return Err(CredentialError::WrongRole {
+                engine: KIND,
+                got: role.engine(),
+            });
+        };
+        let role = spec.validate()?;
+        let name = principal.as_str();
+        let valid_until = time::Duration::try_from(role.grace)
+            .ok()
+            .and_then(|g| expires_at.checked_add(g))
+            .ok_or_else(|| invalid_role(KIND, "grace", "expiry out of range"))?;
+        let valid_until_text = timestamp(valid_until)?;
+        let alter = SafeSql::new("ALTER ROLE ")
+            .pg_ident(name)
+            .kw(" VALID UNTIL ")
+            .pg_literal(&valid_until_text);
+        let mut conn = self.conns.acquire().await?;
+        match execute_composed(conn.get(), alter).await {
+            Ok(()) => conn.release(),
+            Err(e @ sqlx::Error::Database(_)) => {
+                conn.release();
+                return Err(self.error(e, "alter role", name, &[]));
+            }
+            Err(e) => return Err(self.error(e, "alter role", name, &[])),
+        }
+        tracing::debug!(principal = %principal, valid_until = %valid_until_text, "postgres role renewed");
+        Ok(Some(valid_until))
+    }
+
     /// After a mint failed with its outcome unknown: removes whatever may exist, and says
     /// whether that worked too.
     async fn undo(&self, principal: &PrincipalName, mint: CredentialError) -> CredentialError {

@@ -123,6 +123,8 @@ fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
         .routes(routes!(vault::creds))
         .routes(routes!(vault::lookup))
         .routes(routes!(vault::revoke))
+        .routes(routes!(vault::renew))
+        .routes(routes!(vault::revoke_prefix))
         .routes(routes!(api::verify_audit))
         .routes(routes!(api::trace_task))
         .routes(routes!(api::openapi))

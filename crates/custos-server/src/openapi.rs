@@ -52,7 +52,14 @@ impl Modify for SecuritySchemes {
 /// The whole document: the fixed parts and every route's description.
 pub fn document() -> utoipa::openapi::OpenApi {
     // The body timeout shapes no part of the document.
-    crate::routes(std::time::Duration::from_secs(30)).into_openapi()
+    let mut doc = crate::routes(std::time::Duration::from_secs(30)).into_openapi();
+    // A catch-all segment is `{*name}` to the router, `{name}` in OpenAPI.
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    doc
 }
 
 /// The document as JSON, generated once.

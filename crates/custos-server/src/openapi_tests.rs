@@ -69,7 +69,8 @@ fn served_paths(router: &axum::Router) -> BTreeSet<String> {
     }
     // The web pages under /ui are HTML for people, not part of the API document.
     paths.retain(|p| p.starts_with('/') && !p.starts_with("/ui"));
-    paths
+    // A catch-all segment is `{*name}` to the router, `{name}` in the document.
+    paths.into_iter().map(|p| p.replace("{*", "{")).collect()
 }
 
 fn concrete(path: &str) -> String {

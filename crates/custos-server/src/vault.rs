@@ -6,7 +6,9 @@
 //! errors are `{"errors": ["..."]}`; an authentication failure is 403 `permission denied`
 //! (Vault's answer to a bad token), not 401; an unknown lease is 400 `invalid lease`. Lease ids
 //! are Vault-style, `database/creds/<role>/lease_…`; the bare `lease_…` is accepted too.
-//! Leases are not renewable in this version (`renewable: false`).
+//! Active leases are renewable (`sys/leases/renew`, within the role's `max_ttl` and the task);
+//! `sys/leases/revoke-prefix/<prefix>` takes an operator's token (admin), as in Vault it takes
+//! a privileged one.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -138,7 +140,7 @@ struct Secret<T: Serialize> {
         ("X-Vault-Token" = Option<String>, Header, description = "the task token (or `Authorization: Bearer`)"),
     ),
     responses(
-        (status = 200, description = "Vault's secret shape: `lease_id`, `lease_duration` (seconds), `renewable` (false), `data.username`, `data.password`", body = Object),
+        (status = 200, description = "Vault's secret shape: `lease_id`, `lease_duration` (seconds), `renewable` (true), `data.username`, `data.password`", body = Object),
         (status = 400, description = "unknown role, or the task has no time left: `{\"errors\": [..]}`", body = Object),
         (status = 403, description = "`permission denied` (bad token), or the template does not allow the role", body = Object),
         (status = 429, description = "too many failed authentications", body = Object),
@@ -159,7 +161,7 @@ pub async fn creds(
         request_id: request_id(),
         lease_id: vault_lease_id(&lease.role, &lease.id),
         lease_duration: (lease.expires_at - lease.created_at).div_euclid(1000),
-        renewable: false,
+        renewable: true,
         data: Creds {
             username: &lease.principal,
             password: issued.password.expose_secret(),
@@ -233,7 +235,7 @@ pub async fn lookup(
             "issue_time": rfc3339(lease.created_at),
             "expire_time": rfc3339(lease.expires_at),
             "last_renewal": null,
-            "renewable": false,
+            "renewable": lease.state == custos_core::LeaseState::Active,
             "ttl": ttl,
         },
         "wrap_info": null,
@@ -267,5 +269,122 @@ pub async fn revoke(
     s.broker
         .revoke_own_lease(&ctx, &lease_request(body)?)
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `PUT /v1/sys/leases/renew`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RenewRequest {
+    /// `database/creds/<role>/lease_…` (or the bare `lease_…`).
+    lease_id: String,
+    /// The TTL asked for from now: seconds as a number, or a duration (`"90s"`, `"15m"`,
+    /// `"1h"`); the role's `default_ttl` when absent or null.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    increment: Option<Value>,
+}
+
+/// An increment as Vault takes it: seconds, as a number or a string, or a duration.
+fn increment(v: Option<&Value>) -> Result<Option<std::time::Duration>, VaultError> {
+    let bad = || {
+        VaultError::new(
+            StatusCode::BAD_REQUEST,
+            "increment must be a number of seconds or a duration such as \"15m\"",
+        )
+    };
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|s| Some(std::time::Duration::from_secs(s)))
+            .ok_or_else(bad),
+        Some(Value::String(t)) => match t.parse::<u64>() {
+            Ok(secs) => Ok(Some(std::time::Duration::from_secs(secs))),
+            Err(_) => custos_core::parse_duration(t).map(Some).map_err(|_| bad()),
+        },
+        Some(_) => Err(bad()),
+    }
+}
+
+/// `PUT /v1/sys/leases/renew`: renews a lease of the token's task.
+#[utoipa::path(
+    put,
+    path = "/v1/sys/leases/renew",
+    tag = "credentials",
+    summary = "Renew a lease of the task (Vault-compatible)",
+    security(("taskToken" = [])),
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "`lease_id`, `renewable`, `lease_duration`: seconds left after the renewal (never beyond the role's `max_ttl` from issue, nor the task)", body = Object),
+        (status = 400, description = "`invalid lease`, a lease that is not active, or a bad increment", body = Object),
+        (status = 403, description = "`permission denied`, or the task is not active", body = Object),
+        (status = 500, description = "the engine failed; the lease keeps its old expiry", body = Object),
+    )
+)]
+pub async fn renew(
+    State(s): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Result<Json<RenewRequest>, JsonRejection>,
+) -> Result<Json<Value>, VaultError> {
+    let ctx = authenticate(&s, peer, &headers).await?;
+    let Json(body) = body.map_err(|e| VaultError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let increment = increment(body.increment.as_ref())?;
+    let lease = s
+        .broker
+        .renew_own_lease(&ctx, &body.lease_id, increment)
+        .await?;
+    let left = (lease.expires_at - s.broker.clock().now_ms())
+        .max(0)
+        .div_euclid(1000);
+    Ok(Json(json!({
+        "request_id": request_id(),
+        "lease_id": vault_lease_id(&lease.role, &lease.id),
+        "renewable": true,
+        "lease_duration": left,
+        "data": null,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": null,
+    })))
+}
+
+/// `PUT /v1/sys/leases/revoke-prefix/{prefix}`: an operator (admin) revokes every live lease
+/// under a path prefix; 204.
+#[utoipa::path(
+    put,
+    path = "/v1/sys/leases/revoke-prefix/{*prefix}",
+    tag = "credentials",
+    summary = "Revoke every lease under a prefix (Vault-compatible; operators only)",
+    security(("operatorToken" = [])),
+    params(
+        ("prefix" = String, Path, description = "`database/`, `database/creds/<role>`, or a whole lease id: matched segment by segment"),
+        ("X-Vault-Token" = Option<String>, Header, description = "an admin operator's token (or `Authorization: Bearer`)"),
+    ),
+    responses(
+        (status = 204, description = "revoked (a lease whose server failed is retried in the background)"),
+        (status = 400, description = "a prefix outside `database/creds/`", body = Object),
+        (status = 403, description = "`permission denied`: not an admin operator's token", body = Object),
+    )
+)]
+pub async fn revoke_prefix(
+    State(s): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(prefix): Path<String>,
+) -> Result<StatusCode, VaultError> {
+    let token = task_token(&headers).ok_or_else(VaultError::permission_denied)?;
+    let op = s
+        .broker
+        .authenticate_operator(&token, peer.source())
+        .await
+        .map_err(|_| VaultError::permission_denied())?;
+    s.broker
+        .revoke_lease_prefix(&op, &prefix)
+        .await
+        .map_err(|e| match e {
+            BrokerError::Forbidden(_) => VaultError::permission_denied(),
+            other => other.into(),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -80,6 +80,15 @@ impl Store {
         on_pool!(self, p => Ok(sqlx::query(Q).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
+    /// Sets an active lease's expiry (a renewal). `false` when it is not active.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn set_lease_expiry(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        const Q: &str = "UPDATE leases SET expires_at = $1 WHERE id = $2 AND state = 'active'";
+        on_pool!(self, p => Ok(sqlx::query(Q).bind(expires_at).bind(id).execute(p).await?.rows_affected() == 1))
+    }
+
     /// Marks a lease revoked at `at`, whatever its state but revoked. `false` when it was
     /// already revoked or does not exist.
     ///
@@ -170,6 +179,19 @@ impl Store {
             " FROM leases WHERE task = $1 AND state IN ('pending', 'active') ORDER BY created_at, id"
         );
         fetch_leases!(self, Q, task.as_str())
+    }
+
+    /// The pending or active leases of one credential role, or of all roles.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn live_leases_of_role(&self, role: Option<&str>) -> Result<Vec<Lease>, StoreError> {
+        const Q: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM leases WHERE ($1 IS NULL OR role = $1) AND state IN ('pending', 'active') ORDER BY created_at, id"
+        );
+        fetch_leases!(self, Q, role)
     }
 
     /// An agent's leases that are pending or active.

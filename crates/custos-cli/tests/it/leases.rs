@@ -265,7 +265,7 @@ fn postgres_leases_end_to_end() {
         lease_id.starts_with("database/creds/pg-readonly/lease_"),
         "{lease_id}"
     );
-    assert_eq!(body["renewable"], false);
+    assert_eq!(body["renewable"], true);
     let duration = body["lease_duration"].as_i64().expect("lease_duration");
     assert!((590..=600).contains(&duration), "{duration}");
     assert!(
@@ -720,4 +720,203 @@ fn credential_requests_abandoned_at_once_still_finish_activated_and_audited() {
         .map(|r| r.iter().filter(|r| r["kind"] == "lease_issued").count())
         .unwrap_or(0);
     assert_eq!(issued, leases.len(), "every lease handed out is on record");
+}
+
+/// Runs a Python script with Vault's own client (`hvac`, from PyPI) against the server; the
+/// JSON it prints.
+fn hvac(s: &TestServer, token: &str, script: &str) -> Value {
+    let program = format!(
+        "import hvac, json, sys\nc = hvac.Client(url=sys.argv[1], token=sys.argv[2])\nout = {{}}\n{script}\nprint(json.dumps(out))\n"
+    );
+    let out = std::process::Command::new(&super::support::deps().python)
+        .arg("-c")
+        .arg(program)
+        .arg(&s.addr)
+        .arg(token)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "hvac script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+/// Seconds from now until the role's `VALID UNTIL`.
+fn valid_for(url: &str, name: &str) -> i64 {
+    pg(
+        url,
+        &format!(
+            "SELECT (extract(epoch FROM rolvaliduntil) - extract(epoch FROM now()))::bigint \
+             FROM pg_roles WHERE rolname = '{name}'"
+        ),
+    )
+    .unwrap_or(-1)
+}
+
+#[test]
+fn vaults_own_client_generates_renews_looks_up_and_revokes() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let url = db.url().to_owned();
+    let group = format!("it_hvac_{}", std::process::id());
+    pg(&url, &format!("CREATE ROLE {group} NOLOGIN"));
+    let _group = GroupGuard {
+        url: url.clone(),
+        group: group.clone(),
+    };
+    let server = TestServer::start_with_env(&[], &[(ENV, url.as_str())]);
+    let (key, public) = server.keygen("agent-db");
+    // Tasks that outlive the role's max_ttl (1h), so renewals meet the role's bound first.
+    server.apply(&yaml(&group, &public).replacen(
+        "name: db-reader\nttl: 10m",
+        "name: db-reader\nttl: 2h",
+        1,
+    ));
+    let task = server.start_task("agent-db", "db-reader");
+    let token = server.task_token(&task, &key);
+
+    // Generate (default_ttl 10m), then renew for 30 minutes (within max_ttl 1h).
+    let first = hvac(
+        &server,
+        &token,
+        r#"
+r = c.secrets.database.generate_credentials(name="pg-readonly")
+out["lease_id"] = r["lease_id"]
+out["username"] = r["data"]["username"]
+out["renewable"] = r["renewable"]
+out["duration"] = r["lease_duration"]
+rr = c.sys.renew_lease(lease_id=r["lease_id"], increment=1800)
+out["renewed"] = rr["lease_duration"]
+out["renewed_id"] = rr["lease_id"]
+out["ttl"] = c.sys.read_lease(lease_id=r["lease_id"])["data"]["ttl"]
+try:
+    c.sys.renew_lease(lease_id=r["lease_id"], increment="soon")
+except hvac.exceptions.InvalidRequest as e:
+    out["bad_increment"] = str(e)
+"#,
+    );
+    let user = first["username"].as_str().expect("username").to_owned();
+    let lease_id = first["lease_id"].as_str().expect("lease id").to_owned();
+    assert!(
+        lease_id.starts_with("database/creds/pg-readonly/lease_"),
+        "{first}"
+    );
+    assert_eq!(first["renewable"], true, "{first}");
+    assert_eq!(first["duration"], 600, "{first}");
+    assert_eq!(first["renewed_id"], lease_id.as_str(), "{first}");
+    let renewed = first["renewed"].as_i64().expect("lease_duration");
+    assert!((1790..=1800).contains(&renewed), "{first}");
+    let ttl = first["ttl"].as_i64().expect("ttl");
+    assert!((1790..=1800).contains(&ttl), "{first}");
+    assert!(
+        first["bad_increment"]
+            .as_str()
+            .is_some_and(|e| e.contains("increment")),
+        "{first}"
+    );
+    // The database's own expiry moved with it: 30 minutes plus the default grace (30 s).
+    let valid = valid_for(&url, &user);
+    assert!((1815..=1830).contains(&valid), "VALID UNTIL in {valid}s");
+    // The lease as operators see it, and the renewal on the record with the database user.
+    let bare = lease_id.rsplit('/').next().expect("bare id").to_owned();
+    let expires_of = || {
+        leases(&server, &task)
+            .into_iter()
+            .find(|l| l["id"] == bare.as_str())
+            .map(|l| l["expires"].clone())
+            .expect("the lease is listed")
+    };
+    let expires = expires_of();
+    let trace = server.cli_json(&["audit", "trace", &task, "--json"]);
+    let renewal = trace["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .find(|r| r["kind"] == "lease_renewed")
+        .cloned()
+        .expect("a lease_renewed record");
+    assert_eq!(renewal["detail"]["principal"], user.as_str(), "{renewal}");
+    assert!(
+        !trace.to_string().contains("password\":\""),
+        "no password on the record"
+    );
+
+    // Renewing past max_ttl stops at it; revoke; a revoked lease neither renews nor looks live.
+    let second = hvac(
+        &server,
+        &token,
+        &format!(
+            r#"
+lid = "{lease_id}"
+out["capped"] = c.sys.renew_lease(lease_id=lid, increment=7200)["lease_duration"]
+c.sys.revoke_lease(lease_id=lid)
+out["ttl"] = c.sys.read_lease(lease_id=lid)["data"]["ttl"]
+try:
+    c.sys.renew_lease(lease_id=lid)
+except hvac.exceptions.InvalidRequest as e:
+    out["renew_revoked"] = str(e)
+try:
+    c.sys.revoke_prefix("database/")
+except hvac.exceptions.Forbidden as e:
+    out["task_prefix"] = "forbidden"
+a = c.secrets.database.generate_credentials(name="pg-readonly")
+b = c.secrets.database.generate_credentials(name="pg-readonly")
+out["others"] = [a["data"]["username"], b["data"]["username"]]
+"#
+        ),
+    );
+    let capped = second["capped"].as_i64().expect("capped");
+    assert!(
+        (3590..=3600).contains(&capped),
+        "never beyond max_ttl (1h) from issue: {second}"
+    );
+    assert_ne!(expires_of(), expires, "the capped renewal moved the expiry");
+    assert_eq!(second["ttl"], 0, "{second}");
+    assert!(
+        second["renew_revoked"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be renewed")),
+        "{second}"
+    );
+    assert_eq!(
+        second["task_prefix"], "forbidden",
+        "a task token cannot revoke by prefix"
+    );
+    assert_eq!(role_count(&url, &user), 0, "revoked: the role is gone");
+
+    // An operator revokes by prefix with the same client: a prefix that is not a whole segment
+    // takes nothing, the role's prefix takes both.
+    let others: Vec<String> = second["others"]
+        .as_array()
+        .expect("others")
+        .iter()
+        .map(|u| u.as_str().expect("user").to_owned())
+        .collect();
+    hvac(
+        &server,
+        &server.admin_token,
+        r#"c.sys.revoke_prefix("database/creds/pg-read")"#,
+    );
+    for u in &others {
+        assert_eq!(
+            role_count(&url, u),
+            1,
+            "`pg-read` is not a prefix of the role `pg-readonly`"
+        );
+    }
+    hvac(
+        &server,
+        &server.admin_token,
+        r#"c.sys.revoke_prefix("database/creds/pg-readonly")"#,
+    );
+    for u in &others {
+        assert_eq!(role_count(&url, u), 0, "revoked by prefix: {u}");
+    }
+    let live = leases(&server, &task)
+        .iter()
+        .filter(|l| l["state"] == "active")
+        .count();
+    assert_eq!(live, 0, "every lease of the task is revoked");
 }
