@@ -8,6 +8,7 @@ mod connections;
 mod eras;
 mod hardening_inputs;
 mod leases;
+mod leases_engines;
 mod pinning;
 mod pipeline;
 mod policy;
