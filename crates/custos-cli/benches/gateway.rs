@@ -35,9 +35,8 @@
     reason = "a benchmark binary: panics are failures, output is the point"
 )]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -130,167 +129,48 @@ async fn start_upstream() -> (String, tokio::task::JoinHandle<()>) {
 // ---------------------------------------------------------------------------------------------
 // The gateway: the release `custos` binary.
 
-struct Gateway {
-    bin: PathBuf,
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: String,
-    admin_token: String,
-}
+mod common;
+use common::{Gateway, path};
 
-impl Gateway {
-    fn start(bin: &Path, durability: &str, env: &[(String, String)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut child = Command::new(bin)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--durability"])
-            .arg(durability)
-            .arg("--data-dir")
-            .arg(&data)
-            .env_remove("RUST_LOG")
-            // The registry the benchmark applies, not the default tier bundle (an older
-            // baseline binary ignores the variable).
-            .env("CUSTOS_EMPTY", "true")
-            .env_remove("CUSTOS_TOKEN")
-            .env_remove("CUSTOS_ADDR")
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = dir.path().join("server.log");
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            let mut file = std::fs::File::create(&log).unwrap();
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(file, "{line}");
-                if !sent && let Some(rest) = line.strip_prefix("custos listening on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                    sent = true;
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!("custos did not start");
-        };
-        let admin_token = std::fs::read_to_string(data.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self {
-            bin: bin.to_owned(),
-            child,
-            dir,
-            addr,
-            admin_token,
-        }
-    }
-
-    fn cli_json(&self, args: &[&str]) -> Value {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("CUSTOS_ADDR", &self.addr)
-            .env("CUSTOS_TOKEN", &self.admin_token)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "custos {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Registers the upstream, a template and an agent; starts a task; returns its token.
-    fn provision(&self, upstream_url: &str) -> String {
-        let key = self.dir.path().join("agent.key");
-        let k = self.cli_json(&["agent", "keygen", "--out", path(&key), "--json"]);
-        let public_key = k["public_key"].as_str().unwrap();
-        std::fs::write(self.dir.path().join("agent.pub"), public_key).unwrap();
-        let yaml = format!(
-            "kind: Upstream\nname: bench\nurl: {upstream_url}\ntimeout: 10s\ntiers:\n  echo: 1\ndefault_tier: 1\n\
-             ---\nkind: Template\nname: bench\nttl: 30m\ntools: [\"bench__*\"]\n\
-             ---\nkind: Agent\nname: bench-agent\nowner: bench@example.com\narchetype: internal-ops\n\
-             templates: [bench]\npublic_key_file: agent.pub\n"
-        );
-        let file = self.dir.path().join("bench.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        self.cli_json(&["apply", "-f", path(&file), "--json"]);
-        let task = self.cli_json(&[
-            "task",
-            "start",
-            "--agent",
-            "bench-agent",
-            "--template",
-            "bench",
-            "--on-behalf-of",
-            "bench@example.com",
-            "--purpose",
-            "benchmark",
-            "--json",
-        ]);
-        let task_id = task["task_id"].as_str().unwrap();
-        let tok = self.cli_json(&[
-            "task",
-            "token",
-            "--task",
-            task_id,
-            "--agent-key",
-            path(&key),
-            "--json",
-        ]);
-        tok["access_token"].as_str().unwrap().to_owned()
-    }
-
-    /// `custos audit verify`: (chain ok, records).
-    fn audit_verify(&self) -> (bool, u64) {
-        let out = Command::new(&self.bin)
-            .args(["audit", "verify", "--json"])
-            .env("CUSTOS_ADDR", &self.addr)
-            .env("CUSTOS_TOKEN", &self.admin_token)
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (
-            v["ok"].as_bool() == Some(true),
-            v["records"].as_u64().unwrap_or(0),
-        )
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// Registers the upstream, a template and an agent; starts a task; returns its token.
+fn provision(g: &Gateway, upstream_url: &str) -> String {
+    let key = g.dir.path().join("agent.key");
+    let k = g.cli_json(&["agent", "keygen", "--out", path(&key), "--json"]);
+    let public_key = k["public_key"].as_str().unwrap();
+    std::fs::write(g.dir.path().join("agent.pub"), public_key).unwrap();
+    let yaml = format!(
+        "kind: Upstream\nname: bench\nurl: {upstream_url}\ntimeout: 10s\ntiers:\n  echo: 1\ndefault_tier: 1\n\
+         ---\nkind: Template\nname: bench\nttl: 30m\ntools: [\"bench__*\"]\n\
+         ---\nkind: Agent\nname: bench-agent\nowner: bench@example.com\narchetype: internal-ops\n\
+         templates: [bench]\npublic_key_file: agent.pub\n"
+    );
+    let file = g.dir.path().join("bench.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    g.cli_json(&["apply", "-f", path(&file), "--json"]);
+    let task = g.cli_json(&[
+        "task",
+        "start",
+        "--agent",
+        "bench-agent",
+        "--template",
+        "bench",
+        "--on-behalf-of",
+        "bench@example.com",
+        "--purpose",
+        "benchmark",
+        "--json",
+    ]);
+    let task_id = task["task_id"].as_str().unwrap();
+    let tok = g.cli_json(&[
+        "task",
+        "token",
+        "--task",
+        task_id,
+        "--agent-key",
+        path(&key),
+        "--json",
+    ]);
+    tok["access_token"].as_str().unwrap().to_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,7 +616,7 @@ async fn bench_one(durability: &str, upstream_url: &str) {
     for (name, bin) in &bins {
         let env = gateway_env(&format!("BENCH_{}_ENV", name.to_uppercase()));
         let gw = Gateway::start(bin, durability, &env);
-        let token: Arc<str> = gw.provision(upstream_url).into();
+        let token: Arc<str> = provision(&gw, upstream_url).into();
         let url = format!("{}/mcp", gw.addr);
         let sid = client.initialize(&url, &token).await;
         let pid = gw.child.id().to_string();
