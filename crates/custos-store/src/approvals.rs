@@ -85,6 +85,7 @@ impl Store {
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         );
         let arguments = a.arguments.to_string();
+        let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q)
             .bind(a.id.as_str()).bind(a.task.as_str()).bind(&a.agent).bind(&a.initiator)
             .bind(&a.started_by).bind(&a.tool).bind(&a.upstream).bind(&arguments).bind(&a.digest)
@@ -177,6 +178,7 @@ impl Store {
             Answer::Approve => ApprovalState::Approved,
             Answer::Deny => ApprovalState::Denied,
         };
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q)
             .bind(state.as_str()).bind(now).bind(by).bind(note).bind(id.as_str())
             .execute(p).await?.rows_affected() == 1))
@@ -190,6 +192,7 @@ impl Store {
     pub async fn unanswer_approval(&self, id: &ApprovalId, by: &str) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE approvals SET state = 'pending', decided_at = NULL, decided_by = NULL, note = NULL \
                          WHERE id = $1 AND decided_by = $2 AND state IN ('approved', 'denied')";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(id.as_str()).bind(by).execute(p).await?.rows_affected() == 1))
     }
 
@@ -201,6 +204,7 @@ impl Store {
     pub async fn use_approval(&self, id: &ApprovalId, now: i64) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE approvals SET state = 'executed', executed_at = $1 \
                          WHERE id = $2 AND state = 'approved' AND expires_at > $1";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(now).bind(id.as_str()).execute(p).await?.rows_affected() == 1))
     }
 
@@ -211,6 +215,7 @@ impl Store {
     pub async fn report_approval_expiry(&self, id: &ApprovalId) -> Result<bool, StoreError> {
         const Q: &str =
             "UPDATE approvals SET expiry_reported = 1 WHERE id = $1 AND expiry_reported = 0";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(id.as_str()).execute(p).await?.rows_affected() == 1))
     }
 }

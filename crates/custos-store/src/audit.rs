@@ -327,6 +327,9 @@ impl AuditAppender {
         let Pool::Sqlite(pool) = &self.store.pool else {
             return self.store.append_audit(build).await;
         };
+        // A handle of its own, so the turn does not hold `self` borrowed.
+        let store = self.store.clone();
+        let _turn = store.write_turn().await;
         let conn = match &mut self.conn {
             Some(c) => c,
             None => self.conn.insert(pool.acquire().await?.detach()),
@@ -398,6 +401,7 @@ impl Store {
         F: FnOnce(Option<AuditHead>) -> Vec<AuditRow>,
     {
         if let Pool::Sqlite(p) = &self.pool {
+            let _turn = self.write_turn().await;
             let mut conn = p.acquire().await?;
             return match sqlite_append(&mut conn, build).await {
                 Ok(rows) => Ok(rows),
@@ -410,6 +414,7 @@ impl Store {
             };
         }
         let is_pg = matches!(self.pool, Pool::Postgres(_));
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             if is_pg {

@@ -42,6 +42,7 @@ impl Store {
         token_hash: &str,
     ) -> Result<(), StoreError> {
         const Q: &str = "INSERT INTO operators (name, role, token_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5)";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q)
             .bind(&op.name).bind(&op.role).bind(token_hash).bind(op.created_at).bind(&op.created_by)
             .execute(p).await.map(|_| ()).map_err(StoreError::from_write))
@@ -58,6 +59,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const Q: &str = "INSERT INTO operators (name, role, token_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT (name) DO UPDATE SET role = excluded.role, token_hash = excluded.token_hash";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q)
             .bind(&op.name).bind(&op.role).bind(token_hash).bind(op.created_at).bind(&op.created_by)
             .execute(p).await.map(|_| ()).map_err(StoreError::from_write))
@@ -114,6 +116,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const Q: &str = "INSERT INTO agent_status (name, suspended, updated_at, updated_by) VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (name) DO UPDATE SET suspended = excluded.suspended, updated_at = excluded.updated_at, updated_by = excluded.updated_by";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q).bind(name).bind(suspended).bind(at).bind(actor)
             .execute(p).await.map(|_| ()).map_err(StoreError::from_write))
     }
@@ -157,6 +160,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         const SWEEP: &str = "DELETE FROM used_jti WHERE expires_at < $1";
         const Q: &str = "INSERT INTO used_jti (jti, agent, expires_at) VALUES ($1, $2, $3) ON CONFLICT (jti) DO NOTHING";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             sqlx::query(SWEEP).bind(now).execute(p).await?;
             let r = sqlx::query(Q).bind(jti).bind(agent).bind(expires_at).execute(p).await?;

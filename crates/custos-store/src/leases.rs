@@ -63,6 +63,7 @@ impl Store {
             columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
+        let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q)
             .bind(&l.id).bind(&l.role).bind(&l.engine).bind(&l.principal).bind(l.task.as_str())
             .bind(&l.agent).bind(l.agent_id.as_str()).bind(&l.initiator).bind(l.created_at)
@@ -77,6 +78,7 @@ impl Store {
     /// [`StoreError`] when the database fails.
     pub async fn activate_lease(&self, id: &str) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE leases SET state = 'active' WHERE id = $1 AND state = 'pending'";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
@@ -86,6 +88,7 @@ impl Store {
     /// [`StoreError`] when the database fails.
     pub async fn set_lease_expiry(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE leases SET expires_at = $1 WHERE id = $2 AND state = 'active'";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(expires_at).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
@@ -96,6 +99,7 @@ impl Store {
     /// [`StoreError`] when the database fails.
     pub async fn mark_lease_revoked(&self, id: &str, at: i64) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE leases SET state = 'revoked', revoked_at = $1 WHERE id = $2 AND state <> 'revoked'";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(at).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
@@ -105,6 +109,7 @@ impl Store {
     /// [`StoreError`] when the database fails.
     pub async fn mark_lease_failed(&self, id: &str, error: &str) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE leases SET state = 'failed', last_error = $1 WHERE id = $2 AND state = 'pending'";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(error).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
@@ -126,6 +131,7 @@ impl Store {
                          expires_at = CASE WHEN expires_at > $3 THEN $3 ELSE expires_at END, \
                          state = CASE WHEN $4 THEN 'failed' ELSE state END \
                          WHERE id = $5 AND state = 'active'";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q)
             .bind(error).bind(next_attempt_at).bind(now).bind(give_up).bind(id)
             .execute(p).await?.rows_affected() == 1))
@@ -278,6 +284,7 @@ impl Store {
         const INSERT: &str =
             "INSERT INTO lease_scope (one, scope) VALUES (1, $1) ON CONFLICT (one) DO NOTHING";
         const SELECT: &str = "SELECT scope FROM lease_scope WHERE one = 1";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             sqlx::query(INSERT).bind(candidate).execute(p).await?;
             let row = sqlx::query(SELECT).fetch_one(p).await?;

@@ -54,6 +54,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const DEL: &str = "DELETE FROM tool_pins WHERE upstream = $1";
         const INS: &str = "INSERT INTO tool_pins (upstream, tool, digest, pinned_at, pinned_by) VALUES ($1, $2, $3, $4, $5)";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             sqlx::query(DEL).bind(upstream).execute(&mut *tx).await?;
@@ -79,6 +80,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         const Q: &str = "INSERT INTO tool_pins (upstream, tool, digest, pinned_at, pinned_by) VALUES ($1, $2, $3, $4, 'first-use') \
                          ON CONFLICT (upstream, tool) DO NOTHING";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(upstream).bind(tool).bind(digest).bind(at)
             .execute(p).await?.rows_affected() == 1))
     }
@@ -98,6 +100,7 @@ impl Store {
         const Q: &str = "UPDATE tool_pins SET observed_digest = $1, observed_at = $2 \
                          WHERE upstream = $3 AND tool = $4 AND digest <> $1 \
                          AND (observed_digest IS NULL OR observed_digest <> $1)";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => Ok(sqlx::query(Q).bind(observed).bind(at).bind(upstream).bind(tool)
             .execute(p).await?.rows_affected() == 1))
     }

@@ -125,6 +125,7 @@ impl Store {
         at: i64,
     ) -> Result<Vec<AppliedChange>, StoreError> {
         let is_pg = matches!(self.pool, Pool::Postgres(_));
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             if is_pg {
@@ -185,6 +186,7 @@ impl Store {
         at: i64,
     ) -> Result<Option<AppliedChange>, StoreError> {
         let is_pg = matches!(self.pool, Pool::Postgres(_));
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             if is_pg {

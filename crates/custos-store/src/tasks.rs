@@ -49,6 +49,7 @@ impl Store {
     pub async fn create_task(&self, t: &TaskRow) -> Result<(), StoreError> {
         const Q: &str = "INSERT INTO tasks (id, agent, agent_uid, template, template_version, started_by, on_behalf_of, purpose, created_at, expires_at, state, ended_at, ended_by) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q)
             .bind(t.id.as_str()).bind(&t.agent).bind(t.agent_id.as_str()).bind(&t.template).bind(t.template_version).bind(&t.started_by)
             .bind(&t.on_behalf_of).bind(&t.purpose).bind(t.created_at).bind(t.expires_at)
@@ -110,6 +111,7 @@ impl Store {
     /// [`StoreError`] when the database fails.
     pub async fn end_task(&self, id: &TaskId, actor: &str, at: i64) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE tasks SET state = 'ended', ended_at = $1, ended_by = $2 WHERE id = $3 AND state = 'active'";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let r = sqlx::query(Q).bind(at).bind(actor).bind(id.as_str()).execute(p).await?;
             Ok(r.rows_affected() == 1)
@@ -123,6 +125,7 @@ impl Store {
     /// [`StoreError`] when the database fails.
     pub async fn mark_tainted(&self, id: &TaskId, tool: &str, at: i64) -> Result<bool, StoreError> {
         const Q: &str = "UPDATE tasks SET tainted_at = $1, tainted_by = $2 WHERE id = $3 AND tainted_at IS NULL";
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let r = sqlx::query(Q).bind(at).bind(tool).bind(id.as_str()).execute(p).await?;
             Ok(r.rows_affected() == 1)
