@@ -5,8 +5,8 @@ use thiserror::Error;
 /// The separator between an upstream's name and its tool's name.
 pub const TOOL_SEPARATOR: &str = "__";
 
-/// The longest tool name the gateway exposes (the strictest common client rule).
-pub const MAX_TOOL_NAME: usize = 64;
+/// The longest tool name the gateway exposes (the MCP specification's limit).
+pub const MAX_TOOL_NAME: usize = 128;
 
 /// A name that breaks the naming rules.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -16,9 +16,9 @@ pub enum NameError {
         "invalid name `{0}`: use 1 to 63 characters from a-z, 0-9 and `-`, starting with a letter or digit"
     )]
     Resource(String),
-    /// An exposed tool name that does not match `^[a-zA-Z0-9_-]{{1,64}}$` or has no upstream prefix.
+    /// An exposed tool name that does not match `^[a-zA-Z0-9_./-]{{1,128}}$` or has no upstream prefix.
     #[error(
-        "invalid tool name `{0}`: expected `<upstream>__<tool>` matching ^[a-zA-Z0-9_-]{{1,64}}$"
+        "invalid tool name `{0}`: expected `<upstream>__<tool>` matching ^[a-zA-Z0-9_./-]{{1,128}}$"
     )]
     Tool(String),
 }
@@ -41,13 +41,16 @@ pub fn check_resource_name(name: &str) -> Result<(), NameError> {
     }
 }
 
-/// Whether `name` is a tool name every common MCP client accepts.
+/// Whether `name` is a tool name as the MCP specification (2025-11-25) allows it: 1 to 128
+/// characters from `A-Z`, `a-z`, `0-9`, `_`, `-`, `.` and `/`. (Names with `.` or `/` pass
+/// through unchanged, as an upstream names them; anything else — spaces, commas, other
+/// characters — cannot be exposed.)
 pub fn is_valid_tool_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_TOOL_NAME
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
 }
 
 /// A tool as the gateway exposes it: `<upstream>__<tool>`.
@@ -111,8 +114,18 @@ mod tests {
             (t.upstream.as_str(), t.tool.as_str()),
             ("files", "read_text_file")
         );
-        assert!(ExposedTool::expose("files", "a.b").is_none());
-        assert!(ExposedTool::expose("files", &"x".repeat(60)).is_none());
+        // The specification's characters pass; others, and names over 128 bytes, do not.
+        assert_eq!(
+            ExposedTool::expose("files", "ns.read/v2").as_deref(),
+            Some("files__ns.read/v2")
+        );
+        let t = ExposedTool::parse("files__ns.read/v2").expect("parses");
+        assert_eq!(t.tool, "ns.read/v2");
+        for bad in ["a b", "a,b", "ä", "a\n", "a\"b"] {
+            assert!(ExposedTool::expose("files", bad).is_none(), "{bad:?}");
+        }
+        assert!(ExposedTool::expose("files", &"x".repeat(121)).is_some());
+        assert!(ExposedTool::expose("files", &"x".repeat(122)).is_none());
         assert!(ExposedTool::parse("files").is_err());
         assert!(ExposedTool::parse("__x").is_err());
         assert!(ExposedTool::parse("files__").is_err());

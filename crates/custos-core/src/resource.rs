@@ -1090,7 +1090,7 @@ mod props {
         }
 
         #[test]
-        fn exposed_names_round_trip(up in "[a-z0-9-]{1,20}", tool in "[a-zA-Z0-9_-]{1,30}") {
+        fn exposed_names_round_trip(up in "[a-z0-9-]{1,20}", tool in "[a-zA-Z0-9_./-]{1,30}") {
             prop_assume!(!up.contains("__"));
             if let Some(name) = ExposedTool::expose(&up, &tool) {
                 let t = ExposedTool::parse(&name).expect("exposed names parse");

@@ -294,7 +294,7 @@ pub fn decide_explained<'a, U: AsRef<UpstreamSpec>>(
             return refuse(
                 Reason::InvalidToolName,
                 format!(
-                    "invalid tool name `{}`: expected `<upstream>__<tool>` matching ^[a-zA-Z0-9_-]{{1,64}}$",
+                    "invalid tool name `{}`: expected `<upstream>__<tool>` matching ^[a-zA-Z0-9_./-]{{1,128}}$",
                     for_display(&call.name, ECHO)
                 ),
                 None,

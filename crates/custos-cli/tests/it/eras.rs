@@ -81,12 +81,14 @@ fn stateless_era_discover_list_and_call() {
             "fx__echo",
             "fx__fail",
             "fx__hang",
+            "fx__ns.tool/v2",
             "fx__publish",
             "fx__sleep",
             "fx__touch",
             "fx__whoami"
         ],
-        "tier 4 wipe and the unexposable bad.name are absent"
+        "tier 4 wipe and the unexposable `bad name` are absent; `.` and `/` pass as the \
+         specification allows"
     );
     assert_eq!(r.body["result"]["resultType"], "complete");
 
@@ -98,6 +100,15 @@ fn stateless_era_discover_list_and_call() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["result"]["content"][0]["text"], "{\"x\": 1}");
+    // A tool named with `.` and `/` is called under its own name.
+    let r = modern(
+        &mcp,
+        "tools/call",
+        json!({"name": "fx__ns.tool/v2", "arguments": {"y": 2}}),
+        Some("fx__ns.tool/v2"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["result"]["content"][0]["text"], "{\"y\": 2}");
     assert_eq!(r.body["result"]["resultType"], "complete");
     assert_eq!(r.body["id"], "r1");
 
