@@ -54,6 +54,9 @@ pub enum EventKind {
     ToolChanged,
     /// An operator approved an upstream's tools: their definitions are pinned.
     ToolsPinned,
+    /// A tool's definition pinned the first time a task's connection saw it (first-use
+    /// pinning, the `--dev` default), attributed to that task.
+    ToolPinned,
 }
 
 impl EventKind {
@@ -81,6 +84,7 @@ impl EventKind {
             EventKind::ApprovalNotified => "approval_notified",
             EventKind::ToolChanged => "tool_changed",
             EventKind::ToolsPinned => "tools_pinned",
+            EventKind::ToolPinned => "tool_pinned",
         }
     }
 }
@@ -160,6 +164,15 @@ pub enum Detail {
         pinned_digest: String,
         /// The digest of the definition now served.
         observed_digest: String,
+    },
+    /// A definition pinned on first use.
+    ToolPinned {
+        /// The upstream.
+        upstream: String,
+        /// The tool, as the upstream names it.
+        tool: String,
+        /// The digest of the definition now pinned.
+        digest: String,
     },
     /// An upstream's tools pinned.
     ToolsPinned {

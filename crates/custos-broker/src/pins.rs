@@ -146,6 +146,16 @@ impl Broker {
                     .await?
                 {
                     self.forget_pins();
+                    // The pin is on record before the definition is served or called.
+                    let mut e = ctx.event(EventKind::ToolPinned);
+                    e.upstream = Some(upstream.to_owned());
+                    e.tool = Some(tool.to_owned());
+                    e.detail = Some(Detail::ToolPinned {
+                        upstream: upstream.to_owned(),
+                        tool: tool.to_owned(),
+                        digest: digest.to_owned(),
+                    });
+                    self.record(e).await?;
                     return Ok(PinStatus::Pinned);
                 }
                 // Another call pinned it a moment ago: compare with what it pinned.

@@ -99,6 +99,21 @@ fn a_tool_that_changes_under_the_agents_is_hidden_and_refused_until_approved() {
     let a = Agent::start(&s, &key);
     assert_eq!(a.tools(), ["fx__echo", "fx__whoami"]);
     assert_eq!(a.echo(), Ok(()));
+    // Each first-use pin is on record, under the task whose connection first saw it.
+    let first: Vec<(String, String)> = records(&s, &a.task, "tool_pinned")
+        .iter()
+        .map(|r| {
+            let d = &r["detail"];
+            (
+                d["tool"].as_str().expect("tool").to_owned(),
+                d["digest"].as_str().expect("digest").to_owned(),
+            )
+        })
+        .collect();
+    let mut tools: Vec<&str> = first.iter().map(|(t, _)| t.as_str()).collect();
+    tools.sort_unstable();
+    assert_eq!(tools, ["echo", "whoami"], "{first:?}");
+    assert!(first.iter().all(|(_, d)| d.len() == 64), "{first:?}");
 
     // The upstream now serves another description for `echo` (an injection in the tool's
     // own text). A task whose connection sees it neither sees nor may call the tool.
@@ -124,6 +139,10 @@ fn a_tool_that_changes_under_the_agents_is_hidden_and_refused_until_approved() {
     );
     assert_ne!(pinned, observed);
     assert_eq!((pinned.len(), observed.len()), (64, 64));
+    assert!(
+        first.iter().any(|(t, d)| t == "echo" && d == pinned),
+        "the pin the change is measured against is the first-use one on record"
+    );
     // The refused call is on record as refused, and nothing reached the upstream.
     let refused = records(&s, &b.task, "tool_call");
     assert!(
