@@ -391,6 +391,7 @@ impl Broker {
             last_error: None,
             next_attempt_at: 0,
             revoked_at: None,
+            renewed_at: None,
         };
         // INVARIANT: the intent is durable before the credential can exist.
         self.inner.store.insert_lease(&lease).await?;
@@ -621,20 +622,31 @@ impl Broker {
                         bounded_error(&e)
                     ))
                 })?;
-            if !self.inner.store.set_lease_expiry(&lease.id, after).await? {
-                return Err(BrokerError::Invalid(format!(
-                    "lease `{}` was revoked while it was renewed",
-                    lease.id
-                )));
-            }
-            lease.expires_at = after;
         }
+        let renewed_before = lease.renewed_at;
+        if !self
+            .inner
+            .store
+            .set_lease_expiry(&lease.id, after, Some(now))
+            .await?
+        {
+            return Err(BrokerError::Invalid(format!(
+                "lease `{}` was revoked while it was renewed",
+                lease.id
+            )));
+        }
+        lease.expires_at = after;
+        lease.renewed_at = Some(now);
         let mut ev = lease_event(EventKind::LeaseRenewed, &lease);
         ev.template = Some(ctx.template().to_owned());
         ev.decision = Some(Decision::Allow);
         if let Err(e) = self.record(ev).await {
             // Fail closed: a renewal nobody can trace does not stand.
-            let _ = self.inner.store.set_lease_expiry(&lease.id, before).await;
+            let _ = self
+                .inner
+                .store
+                .set_lease_expiry(&lease.id, before, renewed_before)
+                .await;
             return Err(e);
         }
         tracing::info!(lease = %lease.id, principal = %lease.principal, expires = lease.expires_at, "credential lease renewed");

@@ -75,4 +75,6 @@ pub struct Lease {
     pub next_attempt_at: i64,
     /// Unix ms.
     pub revoked_at: Option<i64>,
+    /// Unix ms: when it was last renewed, if ever.
+    pub renewed_at: Option<i64>,
 }

@@ -495,6 +495,8 @@ pub struct LeaseBody {
     pub expires: String,
     /// When it was revoked (RFC 3339).
     pub revoked: Option<String>,
+    /// When it was last renewed (RFC 3339).
+    pub renewed: Option<String>,
     /// Failed revocation attempts.
     pub attempts: i64,
     /// The last failure (never a secret).
@@ -515,6 +517,7 @@ impl From<custos_core::Lease> for LeaseBody {
             created: rfc3339(l.created_at),
             expires: rfc3339(l.expires_at),
             revoked: l.revoked_at.map(rfc3339),
+            renewed: l.renewed_at.map(rfc3339),
             attempts: l.attempts,
             last_error: l.last_error,
         }

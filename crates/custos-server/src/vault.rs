@@ -234,7 +234,7 @@ pub async fn lookup(
             "id": vault_lease_id(&lease.role, &lease.id),
             "issue_time": rfc3339(lease.created_at),
             "expire_time": rfc3339(lease.expires_at),
-            "last_renewal": null,
+            "last_renewal": lease.renewed_at.map(rfc3339),
             "renewable": lease.state == custos_core::LeaseState::Active,
             "ttl": ttl,
         },

@@ -8,7 +8,7 @@ use crate::{Store, StoreError, on_pool};
 
 macro_rules! columns {
     () => {
-        "id, role, engine, principal, task, agent, agent_uid, initiator, created_at, expires_at, state, attempts, last_error, next_attempt_at, revoked_at"
+        "id, role, engine, principal, task, agent, agent_uid, initiator, created_at, expires_at, state, attempts, last_error, next_attempt_at, revoked_at, renewed_at"
     };
 }
 
@@ -38,6 +38,7 @@ macro_rules! row_to_lease {
             last_error: r.try_get("last_error")?,
             next_attempt_at: r.try_get("next_attempt_at")?,
             revoked_at: r.try_get("revoked_at")?,
+            renewed_at: r.try_get("renewed_at")?,
         })
     }};
 }
@@ -61,14 +62,14 @@ impl Store {
         const Q: &str = concat!(
             "INSERT INTO leases (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         let _turn = self.write_turn().await;
         on_pool!(self, p => sqlx::query(Q)
             .bind(&l.id).bind(&l.role).bind(&l.engine).bind(&l.principal).bind(l.task.as_str())
             .bind(&l.agent).bind(l.agent_id.as_str()).bind(&l.initiator).bind(l.created_at)
             .bind(l.expires_at).bind(l.state.as_str()).bind(l.attempts).bind(&l.last_error)
-            .bind(l.next_attempt_at).bind(l.revoked_at)
+            .bind(l.next_attempt_at).bind(l.revoked_at).bind(l.renewed_at)
             .execute(p).await.map(|_| ()).map_err(StoreError::from_write))
     }
 
@@ -82,14 +83,21 @@ impl Store {
         on_pool!(self, p => Ok(sqlx::query(Q).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
-    /// Sets an active lease's expiry (a renewal). `false` when it is not active.
+    /// Sets an active lease's expiry and when it was renewed (a renewal, or undoing one).
+    /// `false` when it is not active.
     ///
     /// # Errors
     /// [`StoreError`] when the database fails.
-    pub async fn set_lease_expiry(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
-        const Q: &str = "UPDATE leases SET expires_at = $1 WHERE id = $2 AND state = 'active'";
+    pub async fn set_lease_expiry(
+        &self,
+        id: &str,
+        expires_at: i64,
+        renewed_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        const Q: &str =
+            "UPDATE leases SET expires_at = $1, renewed_at = $2 WHERE id = $3 AND state = 'active'";
         let _turn = self.write_turn().await;
-        on_pool!(self, p => Ok(sqlx::query(Q).bind(expires_at).bind(id).execute(p).await?.rows_affected() == 1))
+        on_pool!(self, p => Ok(sqlx::query(Q).bind(expires_at).bind(renewed_at).bind(id).execute(p).await?.rows_affected() == 1))
     }
 
     /// Marks a lease revoked at `at`, whatever its state but revoked. `false` when it was

@@ -787,10 +787,13 @@ out["lease_id"] = r["lease_id"]
 out["username"] = r["data"]["username"]
 out["renewable"] = r["renewable"]
 out["duration"] = r["lease_duration"]
+out["last_renewal_before"] = c.sys.read_lease(lease_id=r["lease_id"])["data"]["last_renewal"]
 rr = c.sys.renew_lease(lease_id=r["lease_id"], increment=1800)
 out["renewed"] = rr["lease_duration"]
 out["renewed_id"] = rr["lease_id"]
-out["ttl"] = c.sys.read_lease(lease_id=r["lease_id"])["data"]["ttl"]
+look = c.sys.read_lease(lease_id=r["lease_id"])["data"]
+out["ttl"] = look["ttl"]
+out["last_renewal"] = look["last_renewal"]
 try:
     c.sys.renew_lease(lease_id=r["lease_id"], increment="soon")
 except hvac.exceptions.InvalidRequest as e:
@@ -808,6 +811,13 @@ except hvac.exceptions.InvalidRequest as e:
     assert_eq!(first["renewed_id"], lease_id.as_str(), "{first}");
     let renewed = first["renewed"].as_i64().expect("lease_duration");
     assert!((1790..=1800).contains(&renewed), "{first}");
+    assert_eq!(first["last_renewal_before"], Value::Null, "{first}");
+    assert!(
+        first["last_renewal"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "lookup names the renewal: {first}"
+    );
     let ttl = first["ttl"].as_i64().expect("ttl");
     assert!((1790..=1800).contains(&ttl), "{first}");
     assert!(

@@ -30,6 +30,7 @@ fn lease(id: &str, task: &str, created_at: i64, expires_at: i64) -> Lease {
         last_error: None,
         next_attempt_at: 0,
         revoked_at: None,
+        renewed_at: None,
     }
 }
 
