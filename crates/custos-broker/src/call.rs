@@ -263,8 +263,9 @@ enum Ending {
 }
 
 impl Broker {
-    /// The tools this task may see: every tool its template allows, except Tier 4 and tools
-    /// whose definition is not the approved (pinned) one, named `upstream__tool`. An upstream that fails to list is left out (and logged).
+    /// The tools this task may see: every tool its template allows, except Tier 4, tools a raw
+    /// `forbid` refuses to this task outright, and tools whose definition is not the approved
+    /// (pinned) one, named `upstream__tool`. An upstream that fails to list is left out (and logged).
     ///
     /// # Errors
     /// [`BrokerError`] when the task's template is gone.
@@ -306,7 +307,16 @@ impl Broker {
                     tracing::debug!(upstream = %name, tool = %custos_core::text::for_display(&tool_name, 80), "tool name cannot be exposed; skipped");
                     continue;
                 };
-                if !custos_policy::lists(template, &up.spec, &exposed, &tool_name) {
+                if !custos_policy::lists(template, &up.spec, &exposed, &tool_name)
+                    || ctx.snapshot.compiled.forbids_outright(
+                        &template.name,
+                        name,
+                        &tool_name,
+                        &exposed,
+                        ctx.task_id(),
+                        ctx.tainted,
+                    )
+                {
                     continue;
                 }
                 match self

@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
@@ -44,7 +44,14 @@ pub struct Compiled {
     raw: Vec<crate::raw::RawStatement>,
     /// Why the raw policies of this version do not compile: then nothing is allowed.
     raw_error: Option<String>,
+    /// The raw `forbid`s alone, for listing; built on first use.
+    forbids: OnceLock<Result<PolicySet, String>>,
+    /// [`Compiled::forbids_outright`]'s answers by (template, tool, task, taint).
+    outright: Mutex<HashMap<(String, String, String, bool), bool>>,
 }
+
+/// The most [`Compiled::forbids_outright`] answers kept.
+const MAX_OUTRIGHT: usize = 4096;
 
 impl Compiled {
     /// The compiled policy of a registry version whose raw policies are `policies` (`(name,
@@ -125,6 +132,87 @@ pub(crate) struct Facts<'a> {
 }
 
 impl Compiled {
+    /// Whether a raw `forbid` refuses every call of `exposed` (tool `tool` of `upstream`) by
+    /// `task` under `template`, given its taint: what `tools/list` leaves out. Raw policies
+    /// cannot read arguments (the shipped schema gives them none), so what a forbid says of a
+    /// tool it says of every call of it. One that cannot be evaluated counts as refusing, as on
+    /// a call, and raw policies that no longer compile refuse everything. Without raw forbids
+    /// this is `false` at once; otherwise each answer is remembered.
+    pub fn forbids_outright(
+        &self,
+        template: &str,
+        upstream: &str,
+        tool: &str,
+        exposed: &str,
+        task: &str,
+        tainted: bool,
+    ) -> bool {
+        if self.raw_error.is_some() {
+            return true;
+        }
+        if !self.raw.iter().any(|r| r.forbids) {
+            return false;
+        }
+        let key = (
+            template.to_owned(),
+            exposed.to_owned(),
+            task.to_owned(),
+            tainted,
+        );
+        if let Some(v) = self.outright.lock().ok().and_then(|m| m.get(&key).copied()) {
+            return v;
+        }
+        let set = self.forbids.get_or_init(|| {
+            let mut set = PolicySet::new();
+            for r in self.raw.iter().filter(|r| r.forbids) {
+                set.add(r.policy.clone())
+                    .map_err(|e| format!("adding policy `{}`: {e}", r.id))?;
+            }
+            Ok(set)
+        });
+        let facts = Facts {
+            template,
+            task,
+            upstream,
+            tool,
+            exposed,
+            arguments: &Value::Null,
+            tainted,
+        };
+        let forbidden = match set {
+            Err(_) => true,
+            Ok(set) => {
+                let request = context(&BTreeSet::new(), &facts).and_then(|ctx| {
+                    Request::new(
+                        uid("Custos::Task", task)?,
+                        uid("Custos::Action", "call")?,
+                        uid("Custos::Tool", exposed)?,
+                        ctx,
+                        None,
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                match request {
+                    Err(_) => true,
+                    Ok(request) => {
+                        let r = self
+                            .authorizer
+                            .is_authorized(&request, set, &Entities::empty());
+                        r.diagnostics().reason().next().is_some()
+                            || r.diagnostics().errors().next().is_some()
+                    }
+                }
+            }
+        };
+        if let Ok(mut m) = self.outright.lock() {
+            if m.len() >= MAX_OUTRIGHT {
+                m.clear();
+            }
+            m.insert(key, forbidden);
+        }
+        forbidden
+    }
+
     /// The slice for `exposed` (tool `tool` of `upstream`) under `template`.
     pub(crate) fn slice(
         &self,
@@ -179,7 +267,7 @@ impl Compiled {
     }
 
     fn evaluate_now(&self, slice: &Slice, facts: &Facts<'_>) -> Result<Evaluation, String> {
-        let context = context(slice, facts)?;
+        let context = context(&slice.args, facts)?;
         let principal = uid("Custos::Task", facts.task)?;
         let resource = uid("Custos::Tool", facts.exposed)?;
         let request = |action: &str, ctx: Context| {
@@ -283,10 +371,10 @@ fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
 /// could compare (a number with more than four decimals, an object, a list, null) is an
 /// empty record, so every comparison with it fails to evaluate: an entry does not allow it
 /// and a tier rule holds.
-fn context(slice: &Slice, facts: &Facts<'_>) -> Result<Context, String> {
+fn context(read: &BTreeSet<String>, facts: &Facts<'_>) -> Result<Context, String> {
     let mut args = Vec::new();
     if let Value::Object(map) = facts.arguments {
-        for name in &slice.args {
+        for name in read {
             let Some(v) = map.get(name) else { continue };
             let e = match v {
                 Value::String(s) => RestrictedExpression::new_string(s.clone()),

@@ -827,6 +827,37 @@ tainted_tiers: {send_money: 3, notify: 3}
     }
 
     #[test]
+    fn raw_forbids_decide_what_is_listed_exactly() {
+        let f = fixture();
+        let out = |c: &Compiled, tool: &str, task: &str, tainted: bool| {
+            c.forbids_outright(
+                "payments",
+                "bank",
+                tool,
+                &format!("bank__{tool}"),
+                task,
+                tainted,
+            )
+        };
+        // No raw forbids: nothing is forbidden outright.
+        assert!(!out(&f.compiled, "notify", "t1", false));
+        let c = Compiled::new([(
+            "no-mail",
+            "forbid (principal, action == Custos::Action::\"call\", resource)\n\
+             when { context.tool == \"bank__notify\" && (context.tainted || context.task == \"t2\") };",
+        )]);
+        for _ in 0..2 {
+            assert!(!out(&c, "notify", "t1", false), "neither tainted nor t2");
+            assert!(out(&c, "notify", "t1", true), "tainted");
+            assert!(out(&c, "notify", "t2", false), "task t2");
+            assert!(!out(&c, "get_balance", "t2", true), "another tool");
+        }
+        // Raw policies that no longer compile refuse, and hide, everything.
+        let broken = Compiled::new([("broken", "forbid (principal, action, resource) when {")]);
+        assert!(out(&broken, "get_balance", "t1", false));
+    }
+
+    #[test]
     fn untrusted_tools_are_marked_and_the_decision_ignores_who_asks() {
         let f = fixture();
         let view = PolicyView {

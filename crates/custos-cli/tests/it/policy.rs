@@ -45,6 +45,20 @@ struct Session {
 }
 
 impl Session {
+    /// The names `tools/list` gives this session, sorted.
+    fn tools(&self) -> Vec<String> {
+        let r = self.mcp.call(&self.sid, "tools/list", json!({}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut names: Vec<String> = r.body["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     fn start(s: &TestServer, key: &std::path::Path) -> Self {
         let task = s.start_task("agent-p", "fx-args");
         let token = s.task_token(&task, key);
@@ -589,6 +603,7 @@ fn raw_cedar_policies_forbid_calls_and_raise_tiers_and_bad_ones_are_refused_wher
 
     let a = Session::start(&s, &key);
     assert!(a.call("fx__echo", json!({"rows": 1})).is_ok());
+    assert_eq!(a.tools(), ["fx__echo", "fx__publish", "fx__whoami"]);
     let file = write(
         "policy.yaml",
         r#"kind: Policy
@@ -608,11 +623,13 @@ cedar: |
         s.cli_json(&["get", "policies", "--json"])[0]["resource"]["name"],
         "guard"
     );
-    // The same task, the same call: now forbidden, and the whoami call held.
+    // The same task, the same call: now forbidden — and no longer listed, since a raw policy
+    // cannot read arguments and so refuses every call of it — and the whoami call held.
     assert_eq!(
         a.call("fx__echo", json!({"rows": 1})),
         Err("policy_forbidden".into())
     );
+    assert_eq!(a.tools(), ["fx__publish", "fx__whoami"]);
     assert_eq!(
         a.call("fx__whoami", json!({})),
         Err("approval_pending".into())
@@ -634,6 +651,7 @@ cedar: |
     // Deleting it lifts both.
     s.cli_json(&["delete", "policy", "guard", "--json"]);
     assert!(a.call("fx__echo", json!({"rows": 1})).is_ok());
+    assert_eq!(a.tools(), ["fx__echo", "fx__publish", "fx__whoami"]);
 }
 
 #[test]
