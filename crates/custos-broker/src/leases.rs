@@ -752,24 +752,30 @@ impl Broker {
                 custos_core::text::for_display(prefix, 128)
             )));
         }
-        let role = segments.next();
+        let role = segments.next().map(str::to_owned);
         let under = format!("{prefix}/");
-        let mut revoked = 0;
-        for lease in self.inner.store.live_leases_of_role(role).await? {
-            let id = format!("database/creds/{}/{}/", lease.role, lease.id);
-            if !id.starts_with(&under) {
-                continue;
-            }
-            match self.revoke_to_completion(lease).await {
-                Ok(()) => revoked += 1,
-                Err(BrokerError::CredentialUnavailable(e)) => {
-                    tracing::warn!(error = %e, "revoke-prefix: a lease could not be revoked now; retried in the background");
+        let (broker, actor) = (self.clone(), op.name().to_owned());
+        // Runs to its end whether or not the operator still waits: a client hanging up
+        // half-way never leaves half the leases it named alive.
+        self.to_completion("revocation by prefix", async move {
+            let mut revoked = 0;
+            for lease in broker.inner.store.live_leases_of_role(role.as_deref()).await? {
+                let id = format!("database/creds/{}/{}/", lease.role, lease.id);
+                if !id.starts_with(&under) {
+                    continue;
                 }
-                Err(e) => return Err(e),
+                match broker.revoke_to_completion(lease).await {
+                    Ok(()) => revoked += 1,
+                    Err(BrokerError::CredentialUnavailable(e)) => {
+                        tracing::warn!(error = %e, "revoke-prefix: a lease could not be revoked now; retried in the background");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        tracing::info!(prefix, revoked, actor = %op.name(), "leases revoked by prefix");
-        Ok(revoked)
+            tracing::info!(prefix = %custos_core::text::for_display(&under, 128), revoked, actor = %actor, "leases revoked by prefix");
+            Ok(revoked)
+        })
+        .await?
     }
 
     /// Revokes every pending or active lease of a task. Returns how many were revoked.

@@ -130,47 +130,17 @@ async fn start_upstream() -> (String, tokio::task::JoinHandle<()>) {
 // The gateway: the release `custos` binary.
 
 mod common;
-use common::{Gateway, path};
+use common::Gateway;
 
 /// Registers the upstream, a template and an agent; starts a task; returns its token.
 fn provision(g: &Gateway, upstream_url: &str) -> String {
-    let key = g.dir.path().join("agent.key");
-    let k = g.cli_json(&["agent", "keygen", "--out", path(&key), "--json"]);
-    let public_key = k["public_key"].as_str().unwrap();
-    std::fs::write(g.dir.path().join("agent.pub"), public_key).unwrap();
     let yaml = format!(
         "kind: Upstream\nname: bench\nurl: {upstream_url}\ntimeout: 10s\ntiers:\n  echo: 1\ndefault_tier: 1\n\
          ---\nkind: Template\nname: bench\nttl: 30m\ntools: [\"bench__*\"]\n\
          ---\nkind: Agent\nname: bench-agent\nowner: bench@example.com\narchetype: internal-ops\n\
          templates: [bench]\npublic_key_file: agent.pub\n"
     );
-    let file = g.dir.path().join("bench.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    g.cli_json(&["apply", "-f", path(&file), "--json"]);
-    let task = g.cli_json(&[
-        "task",
-        "start",
-        "--agent",
-        "bench-agent",
-        "--template",
-        "bench",
-        "--on-behalf-of",
-        "bench@example.com",
-        "--purpose",
-        "benchmark",
-        "--json",
-    ]);
-    let task_id = task["task_id"].as_str().unwrap();
-    let tok = g.cli_json(&[
-        "task",
-        "token",
-        "--task",
-        task_id,
-        "--agent-key",
-        path(&key),
-        "--json",
-    ]);
-    tok["access_token"].as_str().unwrap().to_owned()
+    g.task_token(&yaml, "bench-agent", "bench")
 }
 
 // ---------------------------------------------------------------------------------------------

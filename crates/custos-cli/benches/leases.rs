@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, path};
+use common::Gateway;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
@@ -68,13 +68,6 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Applies the roles, a template and an agent; starts a task; its token.
 fn provision(g: &Gateway, group: &str) -> String {
-    let key = g.dir.path().join("agent.key");
-    let k = g.cli_json(&["agent", "keygen", "--out", path(&key), "--json"]);
-    std::fs::write(
-        g.dir.path().join("agent.pub"),
-        k["public_key"].as_str().unwrap(),
-    )
-    .unwrap();
     let yaml = format!(
         "kind: CredentialRole\nname: bench-pg\nengine: postgres\ndefault_ttl: 30m\nmax_ttl: 1h\n\
          connection_env: {ENV}\nrole:\n  groups: [{group}]\n\
@@ -84,30 +77,7 @@ fn provision(g: &Gateway, group: &str) -> String {
          ---\nkind: Agent\nname: bench-agent\nowner: bench@example.com\narchetype: automation\n\
          templates: [bench]\npublic_key_file: agent.pub\n"
     );
-    let file = g.dir.path().join("bench.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    g.cli_json(&["apply", "-f", path(&file), "--json"]);
-    let task = g.cli_json(&[
-        "task",
-        "start",
-        "--agent",
-        "bench-agent",
-        "--template",
-        "bench",
-        "--on-behalf-of",
-        "bench@example.com",
-        "--json",
-    ]);
-    let tok = g.cli_json(&[
-        "task",
-        "token",
-        "--task",
-        task["task_id"].as_str().unwrap(),
-        "--agent-key",
-        path(&key),
-        "--json",
-    ]);
-    tok["access_token"].as_str().unwrap().to_owned()
+    g.task_token(&yaml, "bench-agent", "bench")
 }
 
 /// Mints `role` once; the credential's username.

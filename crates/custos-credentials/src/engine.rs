@@ -62,7 +62,8 @@ pub trait Engine: Send + Sync {
 
     /// Extends `principal` (made for `role`) to `expires_at`, where the server enforces expiry
     /// itself (PostgreSQL `VALID UNTIL`, plus the role's grace): the server's new expiry, or
-    /// `None` for servers without one (MySQL, Redis), where the lease alone bounds it.
+    /// `None` for servers without one (MySQL, Redis: the default), where the lease alone
+    /// bounds it.
     ///
     /// # Errors
     /// [`CredentialError::WrongRole`]; [`CredentialError::Unreachable`];
@@ -72,7 +73,10 @@ pub trait Engine: Send + Sync {
         principal: &'a PrincipalName,
         expires_at: OffsetDateTime,
         role: &'a RoleSpec,
-    ) -> EngineFuture<'a, Option<OffsetDateTime>>;
+    ) -> EngineFuture<'a, Option<OffsetDateTime>> {
+        let _ = (principal, expires_at, role);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Removes `principal`: no new logins, its open sessions terminated, then deleted.
     /// Idempotent: revoking a principal that does not exist is `Ok`.
@@ -99,10 +103,11 @@ pub trait Engine: Send + Sync {
 }
 
 /// Implements [`Engine`] for an engine type by boxing its inherent `mint_inner`,
-/// `renew_inner`, `revoke_inner`, `list_inner` and `check_inner` async methods; `$kind` is its
+/// `revoke_inner`, `list_inner` and `check_inner` async methods (and, with `renew = name`, that
+/// method for [`Engine::renew`]; without, the server has no expiry to move); `$kind` is its
 /// [`EngineKind`]. (The boxing is what keeps the trait usable as `dyn Engine`.)
 macro_rules! engine_from_inner_methods {
-    ($ty:ty, $kind:expr) => {
+    ($ty:ty, $kind:expr $(, renew = $renew:ident)?) => {
         impl $crate::engine::Engine for $ty {
             fn kind(&self) -> $crate::error::EngineKind {
                 $kind
@@ -117,14 +122,16 @@ macro_rules! engine_from_inner_methods {
                 Box::pin(self.mint_inner(principal, expires_at, role))
             }
 
+            $(
             fn renew<'a>(
                 &'a self,
                 principal: &'a $crate::principal::PrincipalName,
                 expires_at: ::time::OffsetDateTime,
                 role: &'a $crate::role::RoleSpec,
             ) -> $crate::engine::EngineFuture<'a, Option<::time::OffsetDateTime>> {
-                Box::pin(self.renew_inner(principal, expires_at, role))
+                Box::pin(self.$renew(principal, expires_at, role))
             }
+            )?
 
             fn revoke<'a>(
                 &'a self,

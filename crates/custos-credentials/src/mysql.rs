@@ -291,18 +291,6 @@ impl MysqlEngine {
         }
     }
 
-    /// The server has no expiry of its own for the principal: the lease alone bounds it, so
-    /// renewing changes nothing here.
-    #[allow(clippy::unused_async)]
-    async fn renew_inner(
-        &self,
-        _principal: &PrincipalName,
-        _expires_at: time::OffsetDateTime,
-        _role: &RoleSpec,
-    ) -> Result<Option<time::OffsetDateTime>, CredentialError> {
-        Ok(None)
-    }
-
     async fn revoke_inner(&self, principal: &PrincipalName) -> Result<(), CredentialError> {
         let name = principal.as_str();
         let err = |step: &'static str| move |e| self.error(e, step, name, &[]);

@@ -274,19 +274,8 @@ impl PostgresEngine {
         expires_at: OffsetDateTime,
         role: &RoleSpec,
     ) -> Result<MintedCredential, CredentialError> {
-        let RoleSpec::Postgres(spec) = role else {
-            return Err(CredentialError::WrongRole {
-                engine: KIND,
-                got: role.engine(),
-            });
-        };
-        let role = spec.validate()?;
+        let (role, valid_until, valid_until_text) = validity(role, expires_at)?;
         let name = principal.as_str();
-        let valid_until = time::Duration::try_from(role.grace)
-            .ok()
-            .and_then(|g| expires_at.checked_add(g))
-            .ok_or_else(|| invalid_role(KIND, "grace", "expiry out of range"))?;
-        let valid_until_text = timestamp(valid_until)?;
 
         let password = generate_password()?;
         let salt = random_bytes::<16>()?;
@@ -392,19 +381,8 @@ impl PostgresEngine {
         expires_at: OffsetDateTime,
         role: &RoleSpec,
     ) -> Result<Option<OffsetDateTime>, CredentialError> {
-        let RoleSpec::Postgres(spec) = role else {
-            return Err(CredentialError::WrongRole {
-                engine: KIND,
-                got: role.engine(),
-            });
-        };
-        let role = spec.validate()?;
+        let (_, valid_until, valid_until_text) = validity(role, expires_at)?;
         let name = principal.as_str();
-        let valid_until = time::Duration::try_from(role.grace)
-            .ok()
-            .and_then(|g| expires_at.checked_add(g))
-            .ok_or_else(|| invalid_role(KIND, "grace", "expiry out of range"))?;
-        let valid_until_text = timestamp(valid_until)?;
         let alter = SafeSql::new("ALTER ROLE ")
             .pg_ident(name)
             .kw(" VALID UNTIL ")
@@ -589,10 +567,31 @@ impl PostgresEngine {
     }
 }
 
-crate::engine::engine_from_inner_methods!(PostgresEngine, KIND);
+crate::engine::engine_from_inner_methods!(PostgresEngine, KIND, renew = renew_inner);
 
 /// Runs one operator-written statement template with the extended protocol, through which
 /// the server refuses to run more than one statement.
+/// A PostgreSQL role spec, checked, and the `VALID UNTIL` of a credential of it expiring at
+/// `expires_at`: that plus the role's grace, as a time and as the text sent.
+fn validity(
+    role: &RoleSpec,
+    expires_at: OffsetDateTime,
+) -> Result<(ValidPostgresRole<'_>, OffsetDateTime, String), CredentialError> {
+    let RoleSpec::Postgres(spec) = role else {
+        return Err(CredentialError::WrongRole {
+            engine: KIND,
+            got: role.engine(),
+        });
+    };
+    let role = spec.validate()?;
+    let valid_until = time::Duration::try_from(role.grace)
+        .ok()
+        .and_then(|g| expires_at.checked_add(g))
+        .ok_or_else(|| invalid_role(KIND, "grace", "expiry out of range"))?;
+    let text = timestamp(valid_until)?;
+    Ok((role, valid_until, text))
+}
+
 async fn execute<'c, E>(executor: E, sql: SafeSql) -> Result<(), sqlx::Error>
 where
     E: Executor<'c, Database = Postgres>,

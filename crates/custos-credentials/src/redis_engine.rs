@@ -303,18 +303,6 @@ impl RedisEngine {
         })
     }
 
-    /// The server has no expiry of its own for the principal: the lease alone bounds it, so
-    /// renewing changes nothing here.
-    #[allow(clippy::unused_async)]
-    async fn renew_inner(
-        &self,
-        _principal: &PrincipalName,
-        _expires_at: time::OffsetDateTime,
-        _role: &RoleSpec,
-    ) -> Result<Option<time::OffsetDateTime>, CredentialError> {
-        Ok(None)
-    }
-
     async fn revoke_inner(&self, principal: &PrincipalName) -> Result<(), CredentialError> {
         let name = principal.as_str();
         if !self.exists(name).await? {

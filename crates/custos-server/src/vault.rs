@@ -116,8 +116,10 @@ struct Creds<'a> {
     password: &'a str,
 }
 
+/// Vault's response envelope: `request_id`, `lease_id`, `lease_duration` (seconds),
+/// `renewable`, `data`, and the `wrap_info`, `warnings` and `auth` Vault's clients expect.
 #[derive(Serialize)]
-struct Secret<T: Serialize> {
+pub struct Secret<T: Serialize> {
     request_id: String,
     lease_id: String,
     lease_duration: i64,
@@ -126,6 +128,22 @@ struct Secret<T: Serialize> {
     wrap_info: Option<Value>,
     warnings: Option<Value>,
     auth: Option<Value>,
+}
+
+impl<T: Serialize> Secret<T> {
+    /// Vault's response envelope around `data`.
+    fn new(lease_id: String, lease_duration: i64, renewable: bool, data: T) -> Self {
+        Self {
+            request_id: request_id(),
+            lease_id,
+            lease_duration,
+            renewable,
+            data,
+            wrap_info: None,
+            warnings: None,
+            auth: None,
+        }
+    }
 }
 
 /// `GET /v1/database/creds/{role}`: mints a credential of `role` for the token's task.
@@ -157,19 +175,15 @@ pub async fn creds(
     let ctx = authenticate(&s, peer, &headers).await?;
     let issued = s.broker.issue_lease(&ctx, &role).await?;
     let lease = &issued.lease;
-    let body = Secret {
-        request_id: request_id(),
-        lease_id: vault_lease_id(&lease.role, &lease.id),
-        lease_duration: (lease.expires_at - lease.created_at).div_euclid(1000),
-        renewable: true,
-        data: Creds {
+    let body = Secret::new(
+        vault_lease_id(&lease.role, &lease.id),
+        (lease.expires_at - lease.created_at).div_euclid(1000),
+        true,
+        Creds {
             username: &lease.principal,
             password: issued.password.expose_secret(),
         },
-        wrap_info: None,
-        warnings: None,
-        auth: None,
-    };
+    );
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
         "cache-control",
@@ -209,7 +223,7 @@ pub async fn lookup(
     peer: Peer,
     headers: HeaderMap,
     body: Result<Json<LeaseRequest>, JsonRejection>,
-) -> Result<Json<Value>, VaultError> {
+) -> Result<Json<Secret<Value>>, VaultError> {
     let ctx = authenticate(&s, peer, &headers).await?;
     let lease = s
         .broker
@@ -225,23 +239,19 @@ pub async fn lookup(
     } else {
         0
     };
-    Ok(Json(json!({
-        "request_id": request_id(),
-        "lease_id": "",
-        "lease_duration": 0,
-        "renewable": false,
-        "data": {
+    Ok(Json(Secret::new(
+        String::new(),
+        0,
+        false,
+        json!({
             "id": vault_lease_id(&lease.role, &lease.id),
             "issue_time": rfc3339(lease.created_at),
             "expire_time": rfc3339(lease.expires_at),
             "last_renewal": lease.renewed_at.map(rfc3339),
             "renewable": lease.state == custos_core::LeaseState::Active,
             "ttl": ttl,
-        },
-        "wrap_info": null,
-        "warnings": null,
-        "auth": null,
-    })))
+        }),
+    )))
 }
 
 /// `PUT /v1/sys/leases/revoke`: revokes a lease of the token's task; 204.
@@ -326,7 +336,7 @@ pub async fn renew(
     peer: Peer,
     headers: HeaderMap,
     body: Result<Json<RenewRequest>, JsonRejection>,
-) -> Result<Json<Value>, VaultError> {
+) -> Result<Json<Secret<Value>>, VaultError> {
     let ctx = authenticate(&s, peer, &headers).await?;
     let Json(body) = body.map_err(|e| VaultError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let increment = increment(body.increment.as_ref())?;
@@ -337,16 +347,12 @@ pub async fn renew(
     let left = (lease.expires_at - s.broker.clock().now_ms())
         .max(0)
         .div_euclid(1000);
-    Ok(Json(json!({
-        "request_id": request_id(),
-        "lease_id": vault_lease_id(&lease.role, &lease.id),
-        "renewable": true,
-        "lease_duration": left,
-        "data": null,
-        "wrap_info": null,
-        "warnings": null,
-        "auth": null,
-    })))
+    Ok(Json(Secret::new(
+        vault_lease_id(&lease.role, &lease.id),
+        left,
+        true,
+        Value::Null,
+    )))
 }
 
 /// `PUT /v1/sys/leases/revoke-prefix/{prefix}`: an operator (admin) revokes every live lease

@@ -99,6 +99,45 @@ impl Gateway {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Makes an agent key (its public half in `agent.pub` of the data directory's parent, for
+    /// `public_key_file: agent.pub`), applies `resources`, starts a task of `agent` under
+    /// `template` and returns its task token.
+    pub fn task_token(&self, resources: &str, agent: &str, template: &str) -> String {
+        let key = self.dir.path().join("agent.key");
+        let k = self.cli_json(&["agent", "keygen", "--out", path(&key), "--json"]);
+        std::fs::write(
+            self.dir.path().join("agent.pub"),
+            k["public_key"].as_str().unwrap(),
+        )
+        .unwrap();
+        let file = self.dir.path().join("bench.yaml");
+        std::fs::write(&file, resources).unwrap();
+        self.cli_json(&["apply", "-f", path(&file), "--json"]);
+        let task = self.cli_json(&[
+            "task",
+            "start",
+            "--agent",
+            agent,
+            "--template",
+            template,
+            "--on-behalf-of",
+            "bench@example.com",
+            "--purpose",
+            "benchmark",
+            "--json",
+        ]);
+        let tok = self.cli_json(&[
+            "task",
+            "token",
+            "--task",
+            task["task_id"].as_str().unwrap(),
+            "--agent-key",
+            path(&key),
+            "--json",
+        ]);
+        tok["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// `custos audit verify`: (chain ok, records).
     pub fn audit_verify(&self) -> (bool, u64) {
         let out = Command::new(&self.bin)
