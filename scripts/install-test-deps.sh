@@ -6,7 +6,7 @@
 # Installs into ${CUSTOS_DEPS_DIR:-<repo>/.cache/deps}:
 #   venv/  Python venv from scripts/requirements-test.txt (mcp, mcp-server-time, httpx, pinned)
 #   node/  npm prefix from scripts/test-deps-node/{package.json,package-lock.json}
-#          (@modelcontextprotocol/server-filesystem, pinned)
+#          (@modelcontextprotocol/server-filesystem and server-postgres, pinned)
 # and, when missing and running as root, Debian's chromium and chromium-driver (apt).
 #
 # Idempotent: each part keeps a stamp (sha256 of its pin files + interpreter version) and
@@ -25,6 +25,7 @@ FORCE="${CUSTOS_DEPS_FORCE:-0}"
 REQ="$SCRIPT_DIR/requirements-test.txt"
 NODE_SPEC_DIR="$SCRIPT_DIR/test-deps-node"
 FS_PKG="@modelcontextprotocol/server-filesystem"
+PG_PKG="@modelcontextprotocol/server-postgres"
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -80,11 +81,12 @@ fi
 # ---------------------------------------------------------------- npm prefix
 NODE_DIR="$DIR/node"
 FS_PKG_DIR="$NODE_DIR/node_modules/$FS_PKG"
+PG_PKG_DIR="$NODE_DIR/node_modules/$PG_PKG"
 node_stamp_files=("$NODE_SPEC_DIR/package.json")
 [[ -f "$NODE_SPEC_DIR/package-lock.json" ]] && node_stamp_files+=("$NODE_SPEC_DIR/package-lock.json")
 node_stamp="$(hash_files "${node_stamp_files[@]}")-$(node --version)"
 
-if [[ "$FORCE" != 1 && -f "$FS_PKG_DIR/package.json" && -f "$NODE_DIR/.custos-stamp" \
+if [[ "$FORCE" != 1 && -f "$FS_PKG_DIR/package.json" && -f "$PG_PKG_DIR/package.json" && -f "$NODE_DIR/.custos-stamp" \
       && "$(cat "$NODE_DIR/.custos-stamp")" == "$node_stamp" ]]; then
   log "npm packages up to date ($NODE_DIR)"
 else
@@ -95,17 +97,23 @@ else
   npm install --prefix "$NODE_DIR" --no-audit --no-fund --no-update-notifier \
       --loglevel=error >&2
   [[ -f "$FS_PKG_DIR/package.json" ]] || die "$FS_PKG missing after npm install"
+  [[ -f "$PG_PKG_DIR/package.json" ]] || die "$PG_PKG missing after npm install"
   printf '%s\n' "$node_stamp" >"$NODE_DIR/.custos-stamp"
 fi
 
 # Entry file = the package's "bin" (string or first value), falling back to "main".
-FS_ENTRY="$(node -e '
-  const dir = process.argv[1];
-  const pkg = require(dir + "/package.json");
-  let rel = typeof pkg.bin === "string" ? pkg.bin : (pkg.bin && Object.values(pkg.bin)[0]) || pkg.main;
-  process.stdout.write(require("path").resolve(dir, rel));
-' "$FS_PKG_DIR")"
+entry_of() {
+  node -e '
+    const dir = process.argv[1];
+    const pkg = require(dir + "/package.json");
+    let rel = typeof pkg.bin === "string" ? pkg.bin : (pkg.bin && Object.values(pkg.bin)[0]) || pkg.main;
+    process.stdout.write(require("path").resolve(dir, rel));
+  ' "$1"
+}
+FS_ENTRY="$(entry_of "$FS_PKG_DIR")"
 [[ -f "$FS_ENTRY" ]] || die "filesystem server entry not found: $FS_ENTRY"
+PG_ENTRY="$(entry_of "$PG_PKG_DIR")"
+[[ -f "$PG_ENTRY" ]] || die "postgres server entry not found: $PG_ENTRY"
 
 # ---------------------------------------------------------------- browser
 # Debian's Chromium and ChromeDriver for the web-page tests (driven over WebDriver). Installed
@@ -133,6 +141,7 @@ emit CUSTOS_PY "$PY"
 emit CUSTOS_TIME_SERVER "$TIME_SERVER"
 emit CUSTOS_NODE "$(command -v node)"
 emit CUSTOS_FS_SERVER "$FS_ENTRY"
+emit CUSTOS_PG_SERVER "$PG_ENTRY"
 emit CUSTOS_CHROMIUM "$CHROMIUM"
 emit CUSTOS_CHROMEDRIVER "$CHROMEDRIVER"
 log "done"

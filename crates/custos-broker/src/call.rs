@@ -9,11 +9,12 @@
 //!        -> pending past the hold, denied, expired: finish (record, answer)
 //!   -> Deny: finish (record, answer)
 //!   -> Permit: commit the decision record (durable, write-ahead)
-//!        -> [mint per-call credential]        (credentials)
+//!        -> connection: the task's credentials for the upstream, issued on first use
+//!           (module `inject`)
 //!        -> call upstream, bounded by its timeout
-//!        -> [scan result: redact]             (scanners)
+//!        -> redact: injected credentials cut out of the result or error
+//!        -> [scan result]                     (scanners)
 //!        -> taint: an untrusted tool's content taints the task
-//!        -> [revoke per-call credential]      (credentials)
 //!        -> finish (result record, answer)
 //! ```
 //! Each stage is one function below; [`Broker::finish`] ends every call. The pipeline runs on
@@ -34,6 +35,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::approvals::HoldOutcome;
+use crate::inject::Injection;
 use crate::pins::PinStatus;
 use crate::registry::Snapshot;
 use crate::{Broker, BrokerError};
@@ -161,39 +163,75 @@ impl ListedTool {
     }
 }
 
+/// One task's way to one upstream: the upstream, whom the connection serves, and the
+/// credentials it carries. Only the broker builds one, after issuing those credentials, so the
+/// gateway cannot start a credentialed connection the broker did not provision.
+#[derive(Debug, Clone)]
+pub struct Connection<'a> {
+    upstream: &'a UpstreamSpec,
+    task: &'a str,
+    injection: Option<Arc<Injection>>,
+}
+
+impl<'a> Connection<'a> {
+    /// A connection to an upstream that takes no credentials; `None` for one that does (only
+    /// the broker issues those).
+    pub fn without_credentials(upstream: &'a UpstreamSpec, task: &'a str) -> Option<Self> {
+        upstream.credentials.is_empty().then_some(Self {
+            upstream,
+            task,
+            injection: None,
+        })
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &'a UpstreamSpec {
+        self.upstream
+    }
+
+    /// The task it serves (a `scope: task` upstream answers on that task's own connection),
+    /// or an id of its own for a connection no task owns.
+    pub fn task(&self) -> &'a str {
+        self.task
+    }
+
+    /// The credentials to inject, for an upstream that takes some.
+    pub fn injection(&self) -> Option<&Arc<Injection>> {
+        self.injection.as_ref()
+    }
+}
+
 /// The MCP client side, implemented by the gateway: lists and calls tools on upstreams.
 pub trait Upstreams: Send + Sync + 'static {
-    /// The upstream's tools, asked for `task` (a `scope: task` upstream answers on that task's
-    /// own connection).
+    /// The upstream's tools, as `conn` serves them, with the credentials injected into it cut
+    /// out of each definition ([`Injection::redact_json`]) before its digest is computed.
     fn list_tools(
         &self,
-        upstream: &UpstreamSpec,
-        task: &str,
+        conn: &Connection<'_>,
     ) -> impl Future<Output = Result<Vec<ListedTool>, UpstreamError>> + Send;
 
-    /// The tool `name` (as the upstream names it) as the upstream serves it to `task`, if it
-    /// lists one.
+    /// The tool `name` (as the upstream names it) as `conn` serves it, if it lists one.
     fn find_tool(
         &self,
-        upstream: &UpstreamSpec,
-        task: &str,
+        conn: &Connection<'_>,
         name: &str,
     ) -> impl Future<Output = Result<Option<ListedTool>, UpstreamError>> + Send {
         async move {
             Ok(self
-                .list_tools(upstream, task)
+                .list_tools(conn)
                 .await?
                 .into_iter()
                 .find(|t| t.name() == Some(name)))
         }
     }
 
-    /// Makes one permitted call; the result is the raw MCP `CallToolResult`. When `cancel`
-    /// fires first, the upstream is sent `notifications/cancelled` for it and the answer is
-    /// [`UpstreamError::Cancelled`].
+    /// Makes one permitted call on `conn`; the result is the raw MCP `CallToolResult`. When
+    /// `cancel` fires first, the upstream is sent `notifications/cancelled` for it and the
+    /// answer is [`UpstreamError::Cancelled`].
     fn call_tool(
         &self,
         call: &PermittedCall<'_>,
+        conn: &Connection<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<Value, UpstreamError>> + Send;
 }
@@ -292,7 +330,12 @@ impl Broker {
             if !wanted {
                 continue;
             }
-            let tools = match upstreams.list_tools(&up.spec, ctx.task_id()).await {
+            // Definitions come with injected credentials cut out (by the implementation).
+            let listed = match self.connection(ctx, &up.spec).await {
+                Ok(conn) => upstreams.list_tools(&conn).await,
+                Err(e) => Err(e),
+            };
+            let tools = match listed {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(upstream = %name, error = %e, "upstream tools unavailable; left out of tools/list");
@@ -372,7 +415,9 @@ impl Broker {
         upstreams: &U,
         cancel: &CancellationToken,
     ) -> CallResult {
-        let proposed = Self::proposed_tier(&ctx.snapshot, ctx.task_id(), name, upstreams).await;
+        let proposed = self
+            .proposed_tier(&ctx.snapshot, Some(ctx), ctx.task_id(), name, upstreams)
+            .await;
         let request = CallRequest::new(ctx.task_id(), name, arguments).with_proposed_tier(proposed);
         let mut call = CallLog::begin(ctx, &request);
         let verdict = self.pinned(ctx, decide(ctx, request), upstreams).await?;
@@ -390,9 +435,14 @@ impl Broker {
             }
         };
         self.commit_decision(&mut call, &permitted).await?;
-        // [Credential minting: a later stage, before the call.]
-        let result = self.invoke(&permitted, upstreams, cancel).await;
-        // [Result scanning and per-call credential revocation: later stages, after the call.]
+        let result = match self.connection(ctx, permitted.upstream()).await {
+            Ok(conn) => {
+                let result = self.invoke(&permitted, &conn, upstreams, cancel).await;
+                redact(&conn, result)
+            }
+            Err(e) => Err(e),
+        };
+        // [Result scanning: a later stage, after the call.]
         let result = self.taint(ctx, &permitted, result).await;
         let ending = Ending::Called {
             tier: permitted.tier(),
@@ -404,9 +454,13 @@ impl Broker {
 
     /// The tier a trusted upstream's annotations propose for the called tool (none for an
     /// upstream that is not trusted, a tool it does not list, or one it cannot list now: the
-    /// upstream's `default_tier` then holds).
+    /// upstream's `default_tier` then holds). Without an authenticated task (an operator's
+    /// `policy explain`), an upstream that takes credentials is not connected for this and
+    /// proposes nothing.
     pub(crate) async fn proposed_tier<U: Upstreams>(
+        &self,
         snapshot: &Snapshot,
+        ctx: Option<&TaskContext>,
         task: &str,
         name: &str,
         upstreams: &U,
@@ -416,11 +470,46 @@ impl Broker {
         if !up.spec.trusted || up.spec.tiers.contains_key(&tool.tool) {
             return None;
         }
-        let listed = upstreams
-            .find_tool(&up.spec, task, &tool.tool)
-            .await
-            .ok()??;
+        let conn = match ctx {
+            Some(ctx) => self.connection(ctx, &up.spec).await.ok()?,
+            None => Connection::without_credentials(&up.spec, task)?,
+        };
+        let listed = upstreams.find_tool(&conn, &tool.tool).await.ok()??;
         custos_core::annotation_tier(listed.definition.get("annotations"))
+    }
+
+    /// The connection stage: `ctx`'s connection to `spec`, with the credentials it takes
+    /// issued (or reused) first.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Failed`] naming why the credentials could not be issued.
+    pub(crate) async fn connection<'a>(
+        &self,
+        ctx: &'a TaskContext,
+        spec: &'a UpstreamSpec,
+    ) -> Result<Connection<'a>, UpstreamError> {
+        let injection = self.injection(ctx, spec).await.map_err(|e| {
+            UpstreamError::Failed(
+                spec.name.clone(),
+                format!("its credentials could not be issued: {e}"),
+            )
+        })?;
+        Ok(Connection {
+            upstream: spec,
+            task: ctx.task_id(),
+            injection,
+        })
+    }
+
+    /// A connection no task owns (an operator approving an upstream's tools), with stand-in
+    /// credentials for an upstream that takes some.
+    pub(crate) fn unowned_connection<'a>(spec: &'a UpstreamSpec, scope: &'a str) -> Connection<'a> {
+        Connection {
+            upstream: spec,
+            task: scope,
+            injection: (!spec.credentials.is_empty())
+                .then(|| Arc::new(Injection::placeholder(spec))),
+        }
     }
 
     /// Write-ahead: the decision to allow is durable before the upstream is called. If it
@@ -477,11 +566,12 @@ impl Broker {
     async fn invoke<U: Upstreams>(
         &self,
         permitted: &PermittedCall<'_>,
+        conn: &Connection<'_>,
         upstreams: &U,
         cancel: &CancellationToken,
     ) -> Result<Value, UpstreamError> {
         let started = Instant::now();
-        let result = upstreams.call_tool(permitted, cancel).await;
+        let result = upstreams.call_tool(permitted, conn, cancel).await;
         self.inner
             .metrics
             .upstream_latency(&permitted.upstream().name, started.elapsed().as_secs_f64());
@@ -559,6 +649,41 @@ impl Broker {
                 self.record_after(e).await?;
                 result.map_err(CallError::Upstream)
             }
+        }
+    }
+}
+
+/// The redaction stage: the credentials injected into the connection are cut out of the
+/// result, and out of an error's message and data, before anything else reads them.
+fn redact(
+    conn: &Connection<'_>,
+    result: Result<Value, UpstreamError>,
+) -> Result<Value, UpstreamError> {
+    let Some(injection) = conn.injection() else {
+        return result;
+    };
+    let text = |s: &mut String| {
+        if let std::borrow::Cow::Owned(clean) = injection.redactor().redact(s) {
+            *s = clean;
+        }
+    };
+    match result {
+        Ok(mut v) => {
+            injection.redact_json(&mut v);
+            Ok(v)
+        }
+        Err(mut e) => {
+            match &mut e {
+                UpstreamError::Failed(_, m) => text(m),
+                UpstreamError::Rpc { message, data, .. } => {
+                    text(message);
+                    if let Some(d) = data {
+                        injection.redact_json(d);
+                    }
+                }
+                UpstreamError::Timeout(..) | UpstreamError::Cancelled(_) => {}
+            }
+            Err(e)
         }
     }
 }

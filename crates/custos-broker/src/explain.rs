@@ -78,7 +78,9 @@ impl Broker {
             tainted: task.tainted_at.is_some(),
         };
         // A trusted upstream's annotations, as the task's own connection serves them.
-        let proposed = Self::proposed_tier(&snap, id.as_str(), tool, upstreams).await;
+        let proposed = self
+            .proposed_tier(&snap, None, id.as_str(), tool, upstreams)
+            .await;
         let request = CallRequest::new(id.as_str(), tool, arguments).with_proposed_tier(proposed);
         let digest = request.digest().to_owned();
         let (verdict, why) = custos_policy::decide_explained(view, request);

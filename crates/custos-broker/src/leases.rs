@@ -253,12 +253,7 @@ impl Broker {
         {
             return Ok(engine.clone());
         }
-        let env_name = &entry.spec.connection_env;
-        let url = self.inner.config.credential_env.get(env_name).ok_or_else(|| {
-            BrokerError::CredentialUnavailable(format!(
-                "credential role `{name}`: environment variable `{env_name}` (its connection_env) is not set on the server"
-            ))
-        })?;
+        let url = self.admin_url(name, entry)?;
         let engine = build_engine(entry.spec.engine, url).map_err(|e| {
             BrokerError::CredentialUnavailable(format!("credential role `{name}`: {e}"))
         })?;
@@ -266,6 +261,23 @@ impl Broker {
             g.insert(name.to_owned(), (entry.version, engine.clone()));
         }
         Ok(engine)
+    }
+
+    /// The admin connection URL of a credential role, read from the server's environment.
+    ///
+    /// # Errors
+    /// [`BrokerError::CredentialUnavailable`] when its `connection_env` is not set.
+    pub(crate) fn admin_url(
+        &self,
+        name: &str,
+        entry: &CredentialRoleEntry,
+    ) -> Result<SecretString, BrokerError> {
+        let env_name = &entry.spec.connection_env;
+        self.inner.config.credential_env.get(env_name).ok_or_else(|| {
+            BrokerError::CredentialUnavailable(format!(
+                "credential role `{name}`: environment variable `{env_name}` (its connection_env) is not set on the server"
+            ))
+        })
     }
 
     /// The engine to revoke a lease with: its role's current one, else the last one built for
@@ -477,6 +489,7 @@ impl Broker {
         let now = self.inner.clock.now_ms();
         match revoked {
             Ok(()) => {
+                self.inner.injections.lease_revoked();
                 if self.inner.store.mark_lease_revoked(&lease.id, now).await? {
                     let mut done = lease.clone();
                     done.state = LeaseState::Revoked;
@@ -900,6 +913,7 @@ impl Broker {
                     tracing::warn!(principal = %principal, error = %e, "reconciler could not remove a principal; retrying later");
                     continue;
                 }
+                self.inner.injections.lease_revoked();
                 removed += 1;
                 let lease = self
                     .inner
@@ -948,6 +962,7 @@ impl Broker {
         loop {
             match ends.recv().await {
                 Ok(id) => {
+                    self.inner.injections.forget_task(&id);
                     let Some(task) = TaskId::parse(&id) else {
                         continue;
                     };

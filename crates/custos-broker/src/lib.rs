@@ -8,6 +8,7 @@ mod auth_failures;
 mod call;
 mod error;
 mod explain;
+mod inject;
 mod leases;
 mod metrics;
 mod open;
@@ -28,12 +29,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use approvals::{ApprovalConfig, ApprovalContext, ApprovalEvent, RecentCall};
-pub use call::{CallError, CallResult, ListedTool, TaskContext, UpstreamError, Upstreams};
+pub use call::{
+    CallError, CallResult, Connection, ListedTool, TaskContext, UpstreamError, Upstreams,
+};
 pub use custos_audit::VerifyReport;
 pub use custos_policy::{PermittedCall, Refusal};
 pub use custos_store::Answer;
 pub use error::BrokerError;
 pub use explain::CallExplanation;
+pub use inject::{Injected, Injection};
 pub use leases::{CredentialEnv, IssuedLease, LEASE_ID_PREFIX, parse_lease_id};
 pub use metrics::BrokerMetrics;
 pub use open::{Durability, OpenError};
@@ -125,6 +129,8 @@ struct Inner {
     expiry_announced: tokio::sync::Mutex<i64>,
     /// Credential engines, per role.
     engines: leases::Engines,
+    /// Credentials of task connections to upstreams that take them.
+    injections: inject::Injections,
     /// This installation's lease scope: the first characters of its lease ids.
     lease_scope: String,
     /// Woken when this process answers an approval, so held calls re-read theirs at once.
@@ -182,6 +188,7 @@ impl Broker {
                 task_ends: tokio::sync::broadcast::channel(1024).0,
                 expiry_announced: tokio::sync::Mutex::new(now),
                 engines: leases::Engines::default(),
+                injections: inject::Injections::default(),
                 lease_scope,
                 approval_answers: tokio::sync::Notify::new(),
                 approval_events: tokio::sync::broadcast::channel(1024).0,

@@ -194,10 +194,11 @@ impl Broker {
                 approval: None,
             })
         };
-        let listed = match upstreams
-            .find_tool(upstream, ctx.task_id(), &tool.tool)
-            .await
-        {
+        let found = match self.connection(ctx, upstream).await {
+            Ok(conn) => upstreams.find_tool(&conn, &tool.tool).await,
+            Err(e) => Err(e),
+        };
+        let listed = match found {
             Ok(Some(d)) => d,
             Ok(None) => {
                 return Ok(refuse(
@@ -271,7 +272,9 @@ impl Broker {
             .spec;
         // A connection of its own (for a per-task upstream, one that is stopped right after).
         let scope = custos_crypto::new_id("pin_");
-        let listed = upstreams.list_tools(spec, &scope).await;
+        let listed = upstreams
+            .list_tools(&Self::unowned_connection(spec, &scope))
+            .await;
         let _ = self.inner.task_ends.send(scope);
         let listed = listed.map_err(|e| {
             tracing::warn!(upstream = %name, error = %e, "upstream could not list its tools for approval");

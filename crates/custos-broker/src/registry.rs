@@ -352,16 +352,31 @@ impl Broker {
                     );
                 }
             }
+            let role_exists = |c: &str| {
+                snap.credential_roles.contains_key(c)
+                    || resources
+                        .iter()
+                        .any(|r| r.kind() == Kind::CredentialRole && r.name() == c)
+            };
             if let Resource::Template(t) = r {
                 for c in &t.credentials {
-                    let in_file = resources
-                        .iter()
-                        .any(|r| r.kind() == Kind::CredentialRole && r.name() == c);
-                    if !in_file && !snap.credential_roles.contains_key(c) {
+                    if !role_exists(c) {
                         return Err(BrokerError::Invalid(format!(
                             "document {} (Template `{}`): field `credentials`: credential role `{c}` does not exist",
                             i + 1,
                             t.name
+                        )));
+                    }
+                }
+            }
+            if let Resource::Upstream(u) = r {
+                for c in &u.credentials {
+                    if !role_exists(&c.role) {
+                        return Err(BrokerError::Invalid(format!(
+                            "document {} (Upstream `{}`): field `credentials`: credential role `{}` does not exist",
+                            i + 1,
+                            u.name,
+                            c.role
                         )));
                     }
                 }

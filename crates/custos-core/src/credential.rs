@@ -169,7 +169,9 @@ impl CredentialRoleSpec {
     }
 }
 
-fn is_env_name(name: &str) -> bool {
+/// Whether `name` is an environment variable name: letters, digits and `_`, not starting with
+/// a digit, at most 128 bytes.
+pub(crate) fn is_env_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_ENV_NAME
         && !name.starts_with(|c: char| c.is_ascii_digit())

@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::credential::CredentialRoleSpec;
 use crate::duration::{BoundedDuration, DurationField};
+use crate::inject::{InjectTarget, MAX_UPSTREAM_CREDENTIALS, UpstreamCredential};
 use crate::names::{TOOL_SEPARATOR, check_resource_name};
 use crate::rules::{TierRule, ToolEntry};
 use crate::tier::Tier;
@@ -294,6 +295,9 @@ pub struct UpstreamSpec {
     /// `openWorldHint`) may propose a lower tier than `default_tier` for tools `tiers` does
     /// not name (`trusted`; default false: annotations are ignored).
     pub trusted: bool,
+    /// Credentials minted for each task's connection and injected into it (`credentials`;
+    /// only with `scope: task`).
+    pub credentials: Vec<UpstreamCredential>,
 }
 
 /// [`UpstreamSpec`] as written: the YAML and JSON keys, checked into the typed spec.
@@ -324,6 +328,8 @@ struct RawUpstreamSpec {
     tainted_tiers: BTreeMap<String, Tier>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     trusted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    credentials: Vec<UpstreamCredential>,
 }
 
 impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
@@ -354,6 +360,7 @@ impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
             untrusted: raw.untrusted,
             tainted_tiers: raw.tainted_tiers,
             trusted: raw.trusted,
+            credentials: raw.credentials,
         })
     }
 }
@@ -377,6 +384,7 @@ impl From<UpstreamSpec> for RawUpstreamSpec {
             untrusted: spec.untrusted,
             tainted_tiers: spec.tainted_tiers,
             trusted: spec.trusted,
+            credentials: spec.credentials,
         }
     }
 }
@@ -430,6 +438,56 @@ impl UpstreamSpec {
         for pattern in self.untrusted.iter().chain(self.tainted_tiers.keys()) {
             crate::rules::check_tool_glob(pattern)
                 .map_err(|e| format!("field `untrusted`/`tainted_tiers`: {e}"))?;
+        }
+        self.validate_credentials()
+    }
+
+    /// Credentials go to one task's connection, and only where its transport takes them.
+    fn validate_credentials(&self) -> Result<(), String> {
+        if self.credentials.is_empty() {
+            return Ok(());
+        }
+        if self.credentials.len() > MAX_UPSTREAM_CREDENTIALS {
+            return Err(format!(
+                "field `credentials`: at most {MAX_UPSTREAM_CREDENTIALS} entries"
+            ));
+        }
+        if self.scope != UpstreamScope::Task {
+            return Err(
+                "field `credentials`: needs `scope: task`, so a credential minted for one task never serves another"
+                    .into(),
+            );
+        }
+        let stdio = matches!(self.transport, Transport::Stdio { .. });
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.credentials {
+            match (&c.target, stdio) {
+                (InjectTarget::Env(_) | InjectTarget::Arg, false) => {
+                    return Err(format!(
+                        "field `credentials`: role `{}`: `env` and `arg` are for stdio upstreams (`command`); an HTTP upstream takes a `header`",
+                        c.role
+                    ));
+                }
+                (InjectTarget::Header { .. }, true) => {
+                    return Err(format!(
+                        "field `credentials`: role `{}`: `header` is for HTTP upstreams (`url`); a stdio upstream takes `env` or `arg`",
+                        c.role
+                    ));
+                }
+                _ => {}
+            }
+            let place = match &c.target {
+                InjectTarget::Env(name) => Some(format!("env `{name}`")),
+                InjectTarget::Header { name, .. } => {
+                    Some(format!("header `{}`", name.to_ascii_lowercase()))
+                }
+                InjectTarget::Arg => None,
+            };
+            if let Some(place) = place
+                && !seen.insert(place.clone())
+            {
+                return Err(format!("field `credentials`: {place} is set twice"));
+            }
         }
         Ok(())
     }
@@ -910,6 +968,46 @@ public_key: |
         assert_eq!(task[0].spec_json()["url"], "http://x");
     }
 
+    #[test]
+    fn an_upstream_takes_credentials_only_per_task_and_where_its_transport_can() {
+        let ok = parse_documents(
+            "kind: Upstream\nname: pg\ncommand: [node, pg.js]\nscope: task\ncredentials:\n  - {role: pg-ro, arg: true}\n  - {role: pg-ro, value: password, env: PGPASSWORD}\n",
+        )
+        .expect("stdio with credentials");
+        let Resource::Upstream(spec) = &ok[0] else {
+            panic!("not an upstream")
+        };
+        assert_eq!(spec.credentials.len(), 2);
+        assert_eq!(
+            ok[0].spec_json()["credentials"],
+            serde_json::json!([{"role": "pg-ro", "arg": true}, {"role": "pg-ro", "value": "password", "env": "PGPASSWORD"}])
+        );
+        parse_documents(
+            "kind: Upstream\nname: api\nurl: http://x/mcp\nscope: task\ncredentials: [{role: tok, value: password, header: Authorization, prefix: 'Bearer '}]\n",
+        )
+        .expect("http with a header");
+        for (yaml, says) in [
+            (
+                "kind: Upstream\nname: pg\ncommand: [x]\ncredentials: [{role: r, arg: true}]\n",
+                "needs `scope: task`",
+            ),
+            (
+                "kind: Upstream\nname: pg\nurl: http://x\nscope: task\ncredentials: [{role: r, env: A}]\n",
+                "`env` and `arg` are for stdio",
+            ),
+            (
+                "kind: Upstream\nname: pg\ncommand: [x]\nscope: task\ncredentials: [{role: r, header: X-A}]\n",
+                "`header` is for HTTP",
+            ),
+            (
+                "kind: Upstream\nname: pg\ncommand: [x]\nscope: task\ncredentials: [{role: r, env: A}, {role: s, env: A}]\n",
+                "env `A` is set twice",
+            ),
+        ] {
+            let err = parse_documents(yaml).expect_err(yaml);
+            assert!(err.to_string().contains(says), "{yaml}: {err}");
+        }
+    }
     #[test]
     fn specs_stored_before_typing_still_load() {
         // The JSON the store holds for specs applied by earlier versions.

@@ -41,12 +41,14 @@
 //! # }
 //! ```
 
+mod connection_url;
 mod engine;
 mod error;
 mod mysql;
 mod pg_connections;
 mod postgres;
 mod principal;
+mod redact;
 mod redis_engine;
 mod role;
 mod scram;
@@ -54,10 +56,12 @@ mod secret;
 mod sql;
 mod template;
 
+pub use connection_url::{connection_url, percent_encoded};
 pub use engine::{Engine, EngineFuture, MintedCredential};
 pub use error::{CredentialError, EngineKind};
 pub use mysql::{MysqlConfig, MysqlEngine, MysqlRole};
 pub use postgres::{PostgresConfig, PostgresEngine, PostgresRole};
 pub use principal::{MAX_LEASE_ID_LEN, PRINCIPAL_PREFIX, PrincipalName, PrincipalPrefix};
+pub use redact::{REDACTED, Redactor};
 pub use redis_engine::{RedisConfig, RedisEngine, RedisRole};
 pub use role::RoleSpec;

@@ -469,6 +469,7 @@ mod tests {
                 untrusted: Vec::new(),
                 tainted_tiers: BTreeMap::new(),
                 trusted: false,
+                credentials: Vec::new(),
             },
         )])
     }

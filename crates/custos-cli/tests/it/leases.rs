@@ -511,13 +511,20 @@ fn the_credentials_example_applies_and_its_readonly_role_reads_but_cannot_write(
             ("CUSTOS_EXAMPLE_REDIS", "redis://127.0.0.1:6379"),
         ],
     );
-    let out = s.cli(&[
-        "apply",
-        "-f",
-        root.join("examples/credentials.yaml")
-            .to_str()
-            .expect("utf-8"),
-    ]);
+    // The example fetches server-postgres with npx; the test runs the copy its setup installed.
+    let example = std::fs::read_to_string(root.join("examples/credentials.yaml"))
+        .expect("the example")
+        .replace(
+            r#"[npx, -y, "@modelcontextprotocol/server-postgres@0.6.2"]"#,
+            &format!(
+                r#"["{}", "{}"]"#,
+                super::support::deps().node,
+                super::support::deps().pg_server
+            ),
+        );
+    let file = s.dir.path().join("credentials.yaml");
+    std::fs::write(&file, example).expect("write the example");
+    let out = s.cli(&["apply", "-f", file.to_str().expect("utf-8")]);
     assert!(
         out.status.success(),
         "the example applies: {}",
@@ -550,6 +557,26 @@ fn the_credentials_example_applies_and_its_readonly_role_reads_but_cannot_write(
     assert!(err.contains("permission denied"), "{err}");
     // The template allows pg-readonly only.
     assert_eq!(vault.creds(&token, "pg-readwrite").0, 403);
+    // Through the gateway, server-postgres answers as a pg-readonly user of its own.
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        serde_json::json!({"name": "pg__query", "arguments": {"sql": "SELECT current_user AS u, count(*)::int AS n FROM orders"}}),
+    );
+    let text = r.body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("\"u\": \"custos_") && text.contains("\"n\""),
+        "{}",
+        r.body
+    );
+    assert!(
+        !text.contains(&user),
+        "a lease of its own, not the Vault client's"
+    );
     // Ending the task removes the user.
     assert!(s.cli(&["task", "end", &task]).status.success());
     let deadline = Instant::now() + Duration::from_secs(10);

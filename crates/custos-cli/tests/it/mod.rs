@@ -7,6 +7,7 @@ mod badinput;
 mod connections;
 mod eras;
 mod hardening_inputs;
+mod injection;
 mod leases;
 mod leases_engines;
 mod pinning;

@@ -46,6 +46,8 @@ pub struct Deps {
     pub node: String,
     /// The filesystem server's entry script.
     pub fs_server: String,
+    /// `@modelcontextprotocol/server-postgres`'s entry script.
+    pub pg_server: String,
     /// Debian's Chromium.
     pub chromium: String,
     /// Its ChromeDriver.
@@ -61,6 +63,7 @@ pub fn deps() -> &'static Deps {
             "CUSTOS_TIME_SERVER",
             "CUSTOS_NODE",
             "CUSTOS_FS_SERVER",
+            "CUSTOS_PG_SERVER",
             "CUSTOS_CHROMIUM",
             "CUSTOS_CHROMEDRIVER",
         ] {
@@ -68,7 +71,7 @@ pub fn deps() -> &'static Deps {
                 vars.insert(k.to_owned(), v);
             }
         }
-        if vars.len() < 6 {
+        if vars.len() < 7 {
             let out = Command::new("bash")
                 .arg(repo_root().join("scripts/install-test-deps.sh"))
                 .stderr(Stdio::inherit())
@@ -94,6 +97,7 @@ pub fn deps() -> &'static Deps {
             time_server: get("CUSTOS_TIME_SERVER"),
             node: get("CUSTOS_NODE"),
             fs_server: get("CUSTOS_FS_SERVER"),
+            pg_server: get("CUSTOS_PG_SERVER"),
             chromium: get("CUSTOS_CHROMIUM"),
             chromedriver: get("CUSTOS_CHROMEDRIVER"),
         }

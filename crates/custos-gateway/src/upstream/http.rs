@@ -3,8 +3,10 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use custos_broker::UpstreamError;
+use custos_broker::{Injection, UpstreamError};
+use custos_core::InjectTarget;
 use futures_util::StreamExt as _;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -29,6 +31,8 @@ pub struct HttpUpstream {
     client: reqwest::Client,
     session: Mutex<Option<Session>>,
     next_id: AtomicI64,
+    /// Credential headers sent with every request (marked sensitive: never logged).
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 enum Reply {
@@ -47,7 +51,40 @@ impl HttpUpstream {
             client,
             session: Mutex::new(None),
             next_id: AtomicI64::new(1),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same upstream, each request carrying `injection`'s credentials as headers
+    /// (`prefix` + value).
+    ///
+    /// # Errors
+    /// A message naming the header whose value cannot be sent in a header.
+    pub fn with_injection(mut self, injection: Option<&Injection>) -> Result<Self, String> {
+        for injected in injection.iter().flat_map(|i| i.values()) {
+            if let InjectTarget::Header { name, prefix } = &injected.target {
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("`{name}` is not a header name"))?;
+                let mut value = http::HeaderValue::from_str(&format!(
+                    "{prefix}{}",
+                    injected.value.expose_secret()
+                ))
+                .map_err(|_| {
+                    format!("the credential for header `{name}` cannot be sent in a header")
+                })?;
+                value.set_sensitive(true);
+                self.headers.push((name, value));
+            }
+        }
+        Ok(self)
+    }
+
+    /// `req` with the credential headers.
+    fn credentials(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        for (name, value) in &self.headers {
+            req = req.header(name.clone(), value.clone());
+        }
+        req
     }
 
     fn fail(&self, m: impl Into<String>) -> UpstreamError {
@@ -201,8 +238,7 @@ impl HttpUpstream {
             .clone()
             .map_err(|e| self.fail(format!("request failed: invalid URL: {e}")))?;
         let mut req = self
-            .client
-            .post(url)
+            .credentials(self.client.post(url))
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .body(msg.to_string());
@@ -313,8 +349,7 @@ impl HttpUpstream {
         let s = self.session.lock().await.take();
         if let (Some(Session { id: Some(id), era }), Ok(url)) = (s, self.url.clone()) {
             let _ = self
-                .client
-                .delete(url)
+                .credentials(self.client.delete(url))
                 .header("mcp-session-id", id)
                 .header("mcp-protocol-version", era.version())
                 .timeout(Duration::from_secs(2))

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custos_broker::{ListedTool, PermittedCall, UpstreamError, Upstreams};
+use custos_broker::{Connection, Injection, ListedTool, PermittedCall, UpstreamError, Upstreams};
 use custos_core::{Transport, UpstreamScope, UpstreamSpec};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -182,12 +182,20 @@ const ENDED_REMEMBERED: usize = 4096;
 
 struct Entry {
     spec: UpstreamSpec,
+    /// The credentials the connection was made with: a connection with other ones (newer
+    /// leases) replaces it.
+    injection: Option<Arc<Injection>>,
     client: Arc<Client>,
     tools: Mutex<Option<Vec<ListedTool>>>,
     last_used: std::sync::Mutex<Instant>,
 }
 
 impl Entry {
+    fn serves(&self, conn: &Connection<'_>) -> bool {
+        self.spec == *conn.upstream()
+            && self.injection.as_ref().map(|i| i.id()) == conn.injection().map(|i| i.id())
+    }
+
     fn touch(&self) {
         *self
             .last_used
@@ -256,12 +264,14 @@ impl UpstreamPool {
         }
     }
 
-    /// `task`'s connection to `spec`, made if there is none or the spec changed.
-    async fn entry(&self, spec: &UpstreamSpec, task: &str) -> Result<Arc<Entry>, UpstreamError> {
-        let key = (spec.name.clone(), ScopeKey::of(spec, task));
+    /// The client for `conn`, made if there is none, the spec changed, or the connection
+    /// carries other credentials now.
+    async fn entry(&self, conn: &Connection<'_>) -> Result<Arc<Entry>, UpstreamError> {
+        let spec = conn.upstream();
+        let key = (spec.name.clone(), ScopeKey::of(spec, conn.task()));
         let mut g = self.entries.lock().await;
         if let Some(e) = g.by_key.get(&key)
-            && e.spec == *spec
+            && e.serves(conn)
         {
             e.touch();
             return Ok(e.clone());
@@ -274,29 +284,34 @@ impl UpstreamPool {
                 "the task has ended".into(),
             ));
         }
+        let injection = conn.injection().cloned();
         let client = match &spec.transport {
-            Transport::Stdio { command } => Client::Stdio(StdioUpstream::new(
-                &spec.name,
-                command.clone(),
-                spec.call_timeout(),
-            )),
-            Transport::Http { url } => Client::Http(HttpUpstream::new(
-                &spec.name,
-                url.as_str(),
-                spec.call_timeout(),
-                self.http.clone(),
-            )),
+            Transport::Stdio { command } => Client::Stdio(
+                StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
+                    .with_injection(injection.clone()),
+            ),
+            Transport::Http { url } => Client::Http(
+                HttpUpstream::new(
+                    &spec.name,
+                    url.as_str(),
+                    spec.call_timeout(),
+                    self.http.clone(),
+                )
+                .with_injection(injection.as_deref())
+                .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?,
+            ),
         };
         let entry = Arc::new(Entry {
             spec: spec.clone(),
+            injection,
             client: Arc::new(client),
             tools: Mutex::new(None),
             last_used: std::sync::Mutex::new(Instant::now()),
         });
         // A changed spec replaces every connection to this upstream, whatever its scope (a
-        // scope change included).
-        let stale = g.take(|(name, _), e| *name == spec.name && e.spec != *spec);
-        g.by_key.insert(key, entry.clone());
+        // scope change included); new credentials replace this connection.
+        let mut stale = g.take(|(name, _), e| *name == spec.name && e.spec != *spec);
+        stale.extend(g.by_key.insert(key, entry.clone()));
         drop(g);
         for old in stale {
             tokio::spawn(async move { old.client.shutdown().await });
@@ -345,12 +360,8 @@ impl UpstreamPool {
 }
 
 impl Upstreams for UpstreamPool {
-    async fn list_tools(
-        &self,
-        upstream: &UpstreamSpec,
-        task: &str,
-    ) -> Result<Vec<ListedTool>, UpstreamError> {
-        let entry = self.entry(upstream, task).await?;
+    async fn list_tools(&self, conn: &Connection<'_>) -> Result<Vec<ListedTool>, UpstreamError> {
+        let entry = self.entry(conn).await?;
         let mut cached = entry.tools.lock().await;
         if let Some(t) = cached.as_ref() {
             return Ok(t.clone());
@@ -362,8 +373,15 @@ impl Upstreams for UpstreamPool {
             let params = cursor.take().map(|c| json!({ "cursor": c }));
             let result = entry.client.request("tools/list", params).await?;
             if let Some(list) = result.get("tools").and_then(Value::as_array) {
-                // Each definition's pinning digest is computed here, once per listing.
-                tools.extend(list.iter().cloned().map(ListedTool::new));
+                // Injected credentials are cut out of each definition first, so none reaches
+                // the agent and the pinning digest, computed here once per listing, stays the
+                // same when the credentials are renewed.
+                tools.extend(list.iter().cloned().map(|mut definition| {
+                    if let Some(i) = conn.injection() {
+                        i.redact_json(&mut definition);
+                    }
+                    ListedTool::new(definition)
+                }));
             }
             match result.get("nextCursor") {
                 Some(c) if !c.is_null() => cursor = Some(c.clone()),
@@ -376,33 +394,28 @@ impl Upstreams for UpstreamPool {
 
     async fn find_tool(
         &self,
-        upstream: &UpstreamSpec,
-        task: &str,
+        conn: &Connection<'_>,
         name: &str,
     ) -> Result<Option<ListedTool>, UpstreamError> {
         let named = |t: &&ListedTool| t.name() == Some(name);
         {
             // The connection's cached list, searched in place: one definition cloned, not all.
-            let entry = self.entry(upstream, task).await?;
+            let entry = self.entry(conn).await?;
             let cached = entry.tools.lock().await;
             if let Some(tools) = cached.as_ref() {
                 return Ok(tools.iter().find(named).cloned());
             }
         }
-        Ok(self
-            .list_tools(upstream, task)
-            .await?
-            .iter()
-            .find(named)
-            .cloned())
+        Ok(self.list_tools(conn).await?.iter().find(named).cloned())
     }
 
     async fn call_tool(
         &self,
         call: &PermittedCall<'_>,
+        conn: &Connection<'_>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Value, UpstreamError> {
-        let entry = self.entry(call.upstream(), call.task()).await?;
+        let entry = self.entry(conn).await?;
         entry
             .client
             .request_cancellable(
@@ -427,6 +440,10 @@ mod tests {
         }
     }
 
+    fn plain<'a>(spec: &'a UpstreamSpec, task: &'a str) -> Connection<'a> {
+        Connection::without_credentials(spec, task).expect("no credentials")
+    }
+
     async fn keys(pool: &UpstreamPool) -> Vec<(String, ScopeKey)> {
         let mut k: Vec<_> = pool.entries.lock().await.by_key.keys().cloned().collect();
         k.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
@@ -440,8 +457,8 @@ mod tests {
         let shared = spec("kind: Upstream\nname: s\ncommand: [x]\n");
         let task = spec("kind: Upstream\nname: t\ncommand: [x]\nscope: task\n");
         for t in ["a", "b"] {
-            pool.entry(&shared, t).await.expect("shared");
-            pool.entry(&task, t).await.expect("task");
+            pool.entry(&plain(&shared, t)).await.expect("shared");
+            pool.entry(&plain(&task, t)).await.expect("task");
         }
         let s = |n: &str| (n.to_owned(), ScopeKey::Shared);
         let t = |n: &str, id: &str| (n.to_owned(), ScopeKey::Task(id.to_owned()));
@@ -450,17 +467,17 @@ mod tests {
         pool.end_task("a").await;
         assert_eq!(keys(&pool).await, vec![s("s"), t("t", "b")]);
         // A call authenticated just before its task ended starts nothing.
-        assert!(pool.entry(&task, "a").await.is_err());
-        assert!(pool.entry(&shared, "a").await.is_ok());
+        assert!(pool.entry(&plain(&task, "a")).await.is_err());
+        assert!(pool.entry(&plain(&shared, "a")).await.is_ok());
 
         // A changed upstream replaces its connections whatever their scope.
         let now_shared = spec("kind: Upstream\nname: t\ncommand: [y]\n");
-        pool.entry(&now_shared, "b").await.expect("changed");
+        pool.entry(&plain(&now_shared, "b")).await.expect("changed");
         assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
 
         // Task connections nobody uses go, shared ones stay.
         let other = spec("kind: Upstream\nname: u\nurl: http://127.0.0.1:9/mcp\nscope: task\n");
-        pool.entry(&other, "c").await.expect("task c");
+        pool.entry(&plain(&other, "c")).await.expect("task c");
         pool.stop_idle_task_connections(Duration::ZERO).await;
         assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
     }

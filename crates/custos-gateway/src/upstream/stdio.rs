@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use custos_broker::UpstreamError;
-use custos_core::StdioCommand;
+use custos_broker::{Injection, UpstreamError};
+use custos_core::{InjectTarget, StdioCommand};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -146,6 +147,9 @@ pub struct StdioUpstream {
     name: String,
     command: StdioCommand,
     timeout: Duration,
+    /// Credentials put into the process's environment and arguments, and cut out of what it
+    /// writes to stderr.
+    injection: Option<Arc<Injection>>,
     conn: Mutex<Slot>,
 }
 
@@ -163,8 +167,17 @@ impl StdioUpstream {
             name: name.to_owned(),
             command,
             timeout,
+            injection: None,
             conn: Mutex::new(Slot::default()),
         }
+    }
+
+    /// The same upstream, its processes started with `injection`'s credentials: environment
+    /// variables set, arguments appended after the command's own, in the order listed.
+    #[must_use]
+    pub fn with_injection(mut self, injection: Option<Arc<Injection>>) -> Self {
+        self.injection = injection;
+        self
     }
 
     /// Sends one request, starting (or restarting) the process if needed. A timeout kills
@@ -250,6 +263,18 @@ impl StdioUpstream {
                 cmd.env(key, v);
             }
         }
+        for injected in self.injection.iter().flat_map(|i| i.values()) {
+            match &injected.target {
+                InjectTarget::Env(name) => {
+                    cmd.env(name, injected.value.expose_secret());
+                }
+                InjectTarget::Arg => {
+                    cmd.arg(injected.value.expose_secret());
+                }
+                // Refused on apply for a stdio upstream.
+                InjectTarget::Header { .. } => {}
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| fail(format!("cannot start `{program}`: {e}")))?;
@@ -279,7 +304,11 @@ impl StdioUpstream {
             Arc::downgrade(&conn),
         ));
         if let Some(stderr) = stderr {
-            tokio::spawn(drain_stderr(self.name.clone(), stderr));
+            tokio::spawn(drain_stderr(
+                self.name.clone(),
+                stderr,
+                self.injection.clone(),
+            ));
         }
 
         // Prefer the stateless era; fall back to the handshake on the same process.
@@ -348,7 +377,15 @@ impl StdioUpstream {
 // INVARIANT: memory stays bounded by `STDERR_CHUNK + STDERR_KEPT_BYTES` whatever the child
 // writes: a line longer than that is logged once, truncated, and the rest of it is dropped
 // until the next newline.
-async fn drain_stderr(name: String, mut stderr: impl tokio::io::AsyncRead + Unpin) {
+async fn drain_stderr(
+    name: String,
+    mut stderr: impl tokio::io::AsyncRead + Unpin,
+    injection: Option<Arc<Injection>>,
+) {
+    let clean = |text: String| match &injection {
+        Some(i) => i.redactor().redact(&text).into_owned(),
+        None => text,
+    };
     let mut chunk = vec![0u8; STDERR_CHUNK];
     let mut line = StderrLine::default();
     loop {
@@ -361,11 +398,11 @@ async fn drain_stderr(name: String, mut stderr: impl tokio::io::AsyncRead + Unpi
             }
         };
         for text in line.push(&chunk[..n]) {
-            tracing::debug!(upstream = %name, line = %text, "upstream stderr");
+            tracing::debug!(upstream = %name, line = %clean(text), "upstream stderr");
         }
     }
     if let Some(text) = line.finish() {
-        tracing::debug!(upstream = %name, line = %text, "upstream stderr");
+        tracing::debug!(upstream = %name, line = %clean(text), "upstream stderr");
     }
 }
 

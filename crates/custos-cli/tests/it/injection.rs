@@ -1,0 +1,320 @@
+//! Credentials injected into upstreams: `@modelcontextprotocol/server-postgres` from npm,
+//! started for one task with a connection URL built from a PostgreSQL role minted for it,
+//! answers the agent's queries as that role and no further; the credential is nowhere the
+//! agent, the logs or the audit log can show; the role and the process end with the task. And
+//! an upstream that echoes what it was given has every injected value (and its base64 and URL
+//! encodings) cut out of results, errors, tool lists and its logged stderr.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::{RawMcp, TestServer, deps, fixture};
+
+const PG_ENV: &str = "CUSTOS_IT_INJECT_PG_URL";
+
+/// The command lines of running processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<(u32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a.contains(needle)) {
+            out.push((pid, args));
+        }
+    }
+    out
+}
+
+/// Polls `done` until it holds; panics after 10 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Everything an operator or attacker could read afterwards: the server's log, the audit
+/// trail of the task and the raw bytes of the store (database and write-ahead log).
+fn everything_kept(s: &TestServer, task: &str) -> String {
+    let trace = s.cli(&["audit", "trace", task, "--json"]);
+    let mut kept = s.log();
+    kept.push_str(&String::from_utf8_lossy(&trace.stdout));
+    for suffix in ["", "-wal"] {
+        let path = format!("{}{suffix}", s.db_path().display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            kept.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    kept
+}
+
+fn agent_yaml(name: &str, template: &str, public_key: &str) -> String {
+    let indented: String = public_key.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "kind: Agent\nname: {name}\nowner: test@example.com\narchetype: automation\ntemplates: [{template}]\npublic_key: |\n{indented}"
+    )
+}
+
+#[test]
+fn server_postgres_answers_with_a_role_minted_for_the_task_and_the_agent_never_sees_it() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let tag = format!("{}_{}", std::process::id(), db.url().len());
+    let group = format!("it_inject_{tag}");
+    let exec = |sql: &str| {
+        rt.block_on(custos_test_support::tamper::exec_at(db.url(), sql));
+    };
+    let count = |sql: &str| {
+        rt.block_on(custos_test_support::tamper::sql_at(db.url(), sql))
+            .unwrap_or(-1)
+    };
+    exec(&format!(
+        "CREATE ROLE {group} NOLOGIN; \
+         CREATE TABLE orders (id int, total int); INSERT INTO orders VALUES (1, 10), (2, 20), (3, 30); \
+         CREATE TABLE payroll (salary int); INSERT INTO payroll VALUES (100000); \
+         GRANT SELECT ON orders TO {group}"
+    ));
+
+    let pg_server = &deps().pg_server;
+    let s = TestServer::start_with_env(&[], &[(PG_ENV, db.url())]);
+    let (key, public) = s.keygen("agent-db");
+    s.apply(&format!(
+        "kind: CredentialRole\nname: pg-readonly\nengine: postgres\ndefault_ttl: 10m\nmax_ttl: 1h\nconnection_env: {PG_ENV}\nrole:\n  groups: [{group}]\n---\n\
+         kind: Upstream\nname: pg\ncommand: [\"{node}\", \"{pg_server}\"]\nscope: task\ntiers: {{ query: 1 }}\ncredentials:\n  - {{ role: pg-readonly, arg: true }}\n---\n\
+         kind: Template\nname: db-reader\nttl: 10m\ntools: [pg__query]\ncredentials: [pg-readonly]\n---\n{}",
+        agent_yaml("agent-db", "db-reader", &public),
+        node = deps().node,
+    ));
+    let task = s.start_task("agent-db", "db-reader");
+    let token = s.task_token(&task, &key);
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+    let mut seen = String::new();
+    let mut ask = |method: &str, params: Value| {
+        let r = mcp.call(&sid, method, params);
+        seen.push_str(&r.body.to_string());
+        r.body
+    };
+
+    let list = ask("tools/list", json!({}));
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pg__query"], "{list}");
+
+    // The query runs as a role minted for this task, through the group it names.
+    let text = |r: &Value| {
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let who = ask(
+        "tools/call",
+        json!({"name": "pg__query", "arguments": {"sql": "SELECT current_user AS u, (SELECT sum(total) FROM orders)::int AS total"}}),
+    );
+    let rows: Value = serde_json::from_str(&text(&who)).expect("rows");
+    assert_eq!(rows[0]["total"], 60, "{who}");
+    let user = rows[0]["u"].as_str().expect("user").to_owned();
+    assert!(user.starts_with("custos_"), "{user}");
+    let leases = s.cli_json(&["lease", "list", "--json"]);
+    let lease = leases
+        .as_array()
+        .expect("leases")
+        .iter()
+        .find(|l| l["principal"] == user.as_str())
+        .unwrap_or_else(|| panic!("no lease for {user}: {leases}"));
+    assert_eq!(lease["task"], task.as_str());
+    assert_eq!(lease["role"], "pg-readonly");
+
+    // What the role was not granted stays out of reach.
+    let payroll = ask(
+        "tools/call",
+        json!({"name": "pg__query", "arguments": {"sql": "SELECT * FROM payroll"}}),
+    );
+    assert!(
+        payroll.to_string().contains("permission denied"),
+        "{payroll}"
+    );
+
+    // The URL the process was started with is the lease's; nothing else holds it.
+    let procs = processes_with(pg_server);
+    assert_eq!(
+        procs.len(),
+        1,
+        "one server-postgres for the task: {procs:?}"
+    );
+    let url = procs[0].1.last().expect("url argument").clone();
+    assert!(url.starts_with(&format!("postgres://{user}:")), "{url}");
+    let password = url
+        .split_once(&format!("{user}:"))
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(p, _)| p.to_owned())
+        .expect("password in the URL");
+    assert!(password.len() >= 32);
+    assert!(!seen.contains(&password), "the agent saw the password");
+    // A second task gets a process and a role of its own.
+    let other = s.start_task("agent-db", "db-reader");
+    let other_mcp = RawMcp::new(&s.mcp_url(), Some(&s.task_token(&other, &key)));
+    let other_sid = other_mcp.initialize();
+    let r = other_mcp.call(
+        &other_sid,
+        "tools/call",
+        json!({"name": "pg__query", "arguments": {"sql": "SELECT current_user AS u"}}),
+    );
+    assert!(!r.body.to_string().contains(&user), "{}", r.body);
+    assert_eq!(processes_with(pg_server).len(), 2);
+
+    // Ending the task stops its process and drops its role; the other task's stay.
+    assert!(s.cli(&["task", "end", &task]).status.success());
+    eventually("the task's role is dropped", || {
+        count(&format!(
+            "SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"
+        )) == 0
+    });
+    eventually("the task's server-postgres is stopped", || {
+        processes_with(pg_server).len() == 1
+    });
+    let kept = everything_kept(&s, &task);
+    assert!(kept.contains(&user), "the audit names the database user");
+    assert!(!kept.contains(&password), "the password was kept somewhere");
+    assert!(s.cli(&["task", "end", &other]).status.success());
+    eventually("the other process is stopped", || {
+        processes_with(pg_server).is_empty()
+    });
+    exec(&format!("DROP TABLE orders, payroll; DROP ROLE {group}"));
+}
+
+#[test]
+fn everything_an_upstream_echoes_of_its_credentials_is_cut_out() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let group = format!("it_leak_{}_{}", std::process::id(), db.url().len());
+    rt.block_on(custos_test_support::tamper::exec_at(
+        db.url(),
+        &format!("CREATE ROLE {group} NOLOGIN"),
+    ));
+    let s = TestServer::start_with_env(&[], &[(PG_ENV, db.url())]);
+    let (key, public) = s.keygen("agent-leak");
+    let script = fixture("leaky_upstream.py");
+    s.apply(&format!(
+        "kind: CredentialRole\nname: pg-leak\nengine: postgres\ndefault_ttl: 10m\nmax_ttl: 1h\nconnection_env: {PG_ENV}\nrole:\n  groups: [{group}]\n---\n\
+         kind: Upstream\nname: leaky\ncommand: [python3, \"{script}\"]\nscope: task\ntiers: {{ leak: 1, fail: 1 }}\ncredentials:\n  - {{ role: pg-leak, value: password, env: SECRET }}\n  - {{ role: pg-leak, arg: true }}\n---\n\
+         kind: Template\nname: leaker\nttl: 10m\ntools: [\"leaky__*\"]\ncredentials: [pg-leak]\n---\n\
+         kind: Template\nname: no-creds\nttl: 10m\ntools: [\"leaky__*\"]\n---\n{}",
+        agent_yaml("agent-leak", "leaker, no-creds", &public),
+        script = script.display(),
+    ));
+    let task = s.start_task("agent-leak", "leaker");
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&s.task_token(&task, &key)));
+    let sid = mcp.initialize();
+    let list = mcp.call(&sid, "tools/list", json!({})).body;
+    let leak = mcp
+        .call(
+            &sid,
+            "tools/call",
+            json!({"name": "leaky__leak", "arguments": {}}),
+        )
+        .body;
+    let fail = mcp
+        .call(
+            &sid,
+            "tools/call",
+            json!({"name": "leaky__fail", "arguments": {}}),
+        )
+        .body;
+
+    // The process got the lease's password in SECRET and its URL as the last argument.
+    let procs = processes_with(&script.display().to_string());
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    let url = procs[0].1.last().expect("url").clone();
+    let environ = std::fs::read(format!("/proc/{}/environ", procs[0].0)).expect("environ");
+    let password = String::from_utf8_lossy(&environ)
+        .split('\0')
+        .find_map(|kv| kv.strip_prefix("SECRET=").map(str::to_owned))
+        .expect("SECRET set");
+    assert!(password.len() >= 32 && url.contains(&password), "{url}");
+
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let encodings = |s: &str| {
+        vec![
+            s.to_owned(),
+            b64.encode(s),
+            b64.encode(format!("u:{s}")),
+            b64.encode(format!("us:{s}")),
+            base64::engine::general_purpose::URL_SAFE.encode(format!("use:{s}")),
+        ]
+    };
+    for (what, body) in [("tools/list", &list), ("leak", &leak), ("fail", &fail)] {
+        let text = body.to_string();
+        assert!(text.contains("[REDACTED]"), "{what}: {text}");
+        for needle in encodings(&password).iter().chain(encodings(&url).iter()) {
+            // Base64 of a longer text keeps at most the few characters at its edges.
+            let core = &needle[needle.len().min(4)..needle.len().saturating_sub(4)];
+            assert!(!text.contains(core), "{what} carries {needle}: {text}");
+        }
+    }
+    assert!(leak["result"]["content"][0]["text"].is_string(), "{leak}");
+    assert_eq!(
+        leak["result"]["structuredContent"]["[REDACTED]"], "as a key",
+        "{leak}"
+    );
+    assert!(
+        fail["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("[REDACTED]")),
+        "{fail}"
+    );
+    let kept = everything_kept(&s, &task);
+    assert!(
+        kept.contains("leaking [REDACTED]"),
+        "stderr is logged, redacted"
+    );
+    for needle in encodings(&password) {
+        let core = &needle[needle.len().min(4)..needle.len().saturating_sub(4)];
+        assert!(!kept.contains(core), "kept: {needle}");
+    }
+
+    // A template that does not allow the role gets no credential, and no connection.
+    let denied = s.start_task("agent-leak", "no-creds");
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&s.task_token(&denied, &key)));
+    let sid = mcp.initialize();
+    let r = mcp
+        .call(
+            &sid,
+            "tools/call",
+            json!({"name": "leaky__leak", "arguments": {}}),
+        )
+        .body;
+    let text = r.to_string();
+    assert!(
+        text.contains("credentials could not be issued") && text.contains("pg-leak"),
+        "{text}"
+    );
+    assert_eq!(processes_with(&script.display().to_string()).len(), 1);
+    let refused = s.cli_json(&["audit", "trace", &denied, "--json"]);
+    assert!(
+        refused.to_string().contains("lease_refused"),
+        "the refusal is audited: {refused}"
+    );
+    assert!(s.cli(&["task", "end", &task]).status.success());
+    rt.block_on(custos_test_support::tamper::exec_at(
+        db.url(),
+        &format!("DROP ROLE IF EXISTS {group}"),
+    ));
+}
