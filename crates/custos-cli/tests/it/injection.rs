@@ -318,3 +318,77 @@ fn everything_an_upstream_echoes_of_its_credentials_is_cut_out() {
         &format!("DROP ROLE IF EXISTS {group}"),
     ));
 }
+
+#[test]
+fn an_http_upstream_gets_each_tasks_own_credential_in_its_headers() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let group = format!("it_hdr_{}_{}", std::process::id(), db.url().len());
+    let exec = |sql: &str| rt.block_on(custos_test_support::tamper::exec_at(db.url(), sql));
+    exec(&format!("CREATE ROLE {group} NOLOGIN"));
+    let s = TestServer::start_with_env(&[], &[(PG_ENV, db.url())]);
+    let upstream = super::python_client::HttpUpstream::start(s.dir.path());
+    let (key, public) = s.keygen("agent-hdr");
+    s.apply(&format!(
+        "kind: CredentialRole\nname: api-key\nengine: postgres\ndefault_ttl: 10m\nmax_ttl: 1h\nconnection_env: {PG_ENV}\nrole:\n  groups: [{group}]\n---\n\
+         kind: Upstream\nname: api\nurl: {url}\nscope: task\ntiers: {{ shout: 1 }}\ncredentials:\n  - {{ role: api-key, value: password, header: Authorization, prefix: 'Bearer ' }}\n  - {{ role: api-key, value: username, header: X-Db-User }}\n---\n\
+         kind: Template\nname: caller\nttl: 10m\ntools: [api__shout]\ncredentials: [api-key]\n---\n{}",
+        agent_yaml("agent-hdr", "caller", &public),
+        url = upstream.url,
+    ));
+    let shout = |task: &str| {
+        let token = s.task_token(task, &key);
+        let mcp = RawMcp::new(&s.mcp_url(), Some(&token));
+        let sid = mcp.initialize();
+        let r = mcp.call(
+            &sid,
+            "tools/call",
+            json!({"name": "api__shout", "arguments": {"text": "hi"}}),
+        );
+        assert!(r.body.to_string().contains("HI"), "{}", r.body);
+        token
+    };
+    let (one, two) = (
+        s.start_task("agent-hdr", "caller"),
+        s.start_task("agent-hdr", "caller"),
+    );
+    let tokens = [shout(&one), shout(&two)];
+
+    // Every request of a task's connection carried that task's lease, never the agent's token.
+    let requests = upstream.requests();
+    let mut users = std::collections::BTreeSet::new();
+    let mut passwords = std::collections::BTreeSet::new();
+    for r in &requests {
+        let auth = r["authorization"].as_str().unwrap_or_default();
+        let password = auth.strip_prefix("Bearer ").expect("a bearer credential");
+        assert!(password.len() >= 32, "{auth}");
+        assert!(!tokens.iter().any(|t| auth.contains(t.as_str())));
+        passwords.insert(password.to_owned());
+        users.insert(r["headers"]["x-db-user"].as_str().expect("user").to_owned());
+    }
+    assert!(requests.iter().any(|r| r["rpc"] == "tools/call"));
+    assert_eq!((users.len(), passwords.len()), (2, 2), "one lease per task");
+    for user in &users {
+        assert!(user.starts_with("custos_"), "{user}");
+        let n = rt.block_on(custos_test_support::tamper::sql_at(
+            db.url(),
+            &format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"),
+        ));
+        assert_eq!(n, Some(1), "{user} exists while its task runs");
+    }
+    for task in [&one, &two] {
+        assert!(s.cli(&["task", "end", task]).status.success());
+    }
+    for user in &users {
+        eventually("the leases end with their tasks", || {
+            rt.block_on(custos_test_support::tamper::sql_at(
+                db.url(),
+                &format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"),
+            )) == Some(0)
+        });
+    }
+    for password in &passwords {
+        assert!(!everything_kept(&s, &one).contains(password.as_str()));
+    }
+    exec(&format!("DROP ROLE IF EXISTS {group}"));
+}

@@ -13,14 +13,14 @@ use serde_json::{Value, json};
 use super::support::{TestServer, deps, fixture};
 
 /// `fixtures/http_upstream.py`, running on a free loopback port; killed on drop.
-struct HttpUpstream {
+pub(super) struct HttpUpstream {
     child: Child,
-    url: String,
+    pub(super) url: String,
     log: PathBuf,
 }
 
 impl HttpUpstream {
-    fn start(dir: &Path) -> Self {
+    pub(super) fn start(dir: &Path) -> Self {
         Self::start_with(dir, &[])
     }
 
@@ -62,7 +62,7 @@ impl HttpUpstream {
     }
 
     /// Every HTTP request the upstream received, one JSON object each.
-    fn requests(&self) -> Vec<Value> {
+    pub(super) fn requests(&self) -> Vec<Value> {
         self.raw_log()
             .lines()
             .map(|l| serde_json::from_str(l).expect("request log line is JSON"))
