@@ -6,7 +6,9 @@
 //! `cargo bench -p custos-policy --bench decide` prints, per case, p50/p99/max of single
 //! decisions (each timed alone, after every slice it touches was compiled once), the cost of
 //! the first decision per (template, tool) slice (compiling it), and the cost of deciding
-//! whether 100 tools are listed. Knobs: `BENCH_N` (decisions per case, default 200000).
+//! whether 100 tools are listed. Knobs: `BENCH_N` (decisions per case, default 200000),
+//! `BENCH_CASE` (run that case only, and nothing else: for instruction counts under
+//! `valgrind --tool=callgrind`, where wall-clock noise does not reach).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -113,7 +115,11 @@ fn main() {
         policies
     );
     let compiled = Compiled::default();
+    let only = std::env::var("BENCH_CASE").ok();
     for case in ["plain", "args", "tier-rule", "untrusted-tainted"] {
+        if only.as_deref().is_some_and(|o| o != case) {
+            continue;
+        }
         let tainted = case == "untrusted-tainted";
         let cs = calls(&templates, case);
         let view = |ti: usize| PolicyView {
@@ -159,6 +165,9 @@ fn main() {
             percentile(&cold, 0.50) as f64 / 1000.0,
             percentile(&cold, 0.99) as f64 / 1000.0,
         );
+    }
+    if only.is_some() {
+        return;
     }
     // tools/list: whether each of 100 tools is listed to a task of one template.
     let t = &templates[0];

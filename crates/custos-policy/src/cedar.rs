@@ -88,6 +88,10 @@ impl std::fmt::Debug for Compiled {
 pub(crate) struct Slice {
     call: PolicySet,
     classify: PolicySet,
+    /// The `@tier` of each policy that has one, read once here: reading an annotation from a
+    /// policy set parses its key each time, which cost more than the evaluation itself.
+    call_tiers: HashMap<String, Tier>,
+    classify_tiers: HashMap<String, Tier>,
     /// Argument names some policy of the slice reads: the only ones put into the context.
     args: BTreeSet<String>,
     /// Whether the tool's results taint the task.
@@ -311,7 +315,7 @@ impl Compiled {
         // The lowest tier among the entries that allowed it (an entry without a tier says 1).
         let entry_tier = allowed_by
             .iter()
-            .map(|id| tier_of(&slice.call, id).unwrap_or(Tier::T1))
+            .map(|id| slice.call_tiers.get(id).copied().unwrap_or(Tier::T1))
             .min()
             .unwrap_or(Tier::T1);
         let classify = self.authorizer.is_authorized(
@@ -327,7 +331,7 @@ impl Compiled {
             .reason()
             .map(ToString::to_string)
             .chain(classify_errors.iter().cloned())
-            .filter_map(|id: String| tier_of(&slice.classify, &id).map(|t| (t, id)))
+            .filter_map(|id: String| slice.classify_tiers.get(&id).map(|t| (*t, id)))
             .collect();
         errors.extend(classify_errors);
         tiered.sort();
@@ -355,10 +359,17 @@ fn error_policy(e: &cedar_policy::AuthorizationError) -> String {
     }
 }
 
-fn tier_of(set: &PolicySet, id: &str) -> Option<Tier> {
-    set.annotation(&PolicyId::new(id), TIER)
-        .and_then(|t| t.parse::<u8>().ok())
-        .and_then(|n| Tier::try_from(n).ok())
+/// The `@tier` of each policy of `set` that has a valid one.
+fn tiers_of(set: &PolicySet) -> HashMap<String, Tier> {
+    set.policies()
+        .filter_map(|p| {
+            let tier = p
+                .annotation(TIER)
+                .and_then(|t| t.parse::<u8>().ok())
+                .and_then(|n| Tier::try_from(n).ok())?;
+            Some((p.id().to_string(), tier))
+        })
+        .collect()
 }
 
 fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
@@ -616,6 +627,8 @@ fn build_slice(
     let untrusted = upstream.untrusted.iter().any(|p| glob_match(p, tool));
     let text: Arc<str> = format!("{}{}", call.text, classify.text).into();
     Ok(Slice {
+        call_tiers: tiers_of(&call.set),
+        classify_tiers: tiers_of(&classify.set),
         call: call.set,
         classify: classify.set,
         args,
