@@ -9,10 +9,11 @@
 //!        -> pending past the hold, denied, expired: finish (record, answer)
 //!   -> Deny: finish (record, answer)
 //!   -> Permit: commit the decision record (durable, write-ahead)
-//!        -> connection: the task's credentials for the upstream, issued on first use
-//!           (module `inject`)
+//!        -> connection: the task's credentials for the upstream, issued on first use, or
+//!           a call's own, minted for it (module `inject`)
 //!        -> call upstream, bounded by its timeout
 //!        -> redact: injected credentials cut out of the result or error
+//!        -> a call's own credentials revoked
 //!        -> [scan result]                     (scanners)
 //!        -> taint: an untrusted tool's content taints the task
 //!        -> finish (result record, answer)
@@ -171,6 +172,9 @@ pub struct Connection<'a> {
     upstream: &'a UpstreamSpec,
     task: &'a str,
     injection: Option<Arc<Injection>>,
+    /// A connection for one call, with credentials minted for it: made for that call and
+    /// stopped after it.
+    one_call: bool,
 }
 
 impl<'a> Connection<'a> {
@@ -181,6 +185,7 @@ impl<'a> Connection<'a> {
             upstream,
             task,
             injection: None,
+            one_call: false,
         })
     }
 
@@ -198,6 +203,12 @@ impl<'a> Connection<'a> {
     /// The credentials to inject, for an upstream that takes some.
     pub fn injection(&self) -> Option<&Arc<Injection>> {
         self.injection.as_ref()
+    }
+
+    /// Whether this connection serves one call only (credentials minted for that call): it
+    /// is made for the call, shared with nothing, and stopped when the call ends.
+    pub fn one_call(&self) -> bool {
+        self.one_call
     }
 }
 
@@ -435,13 +446,7 @@ impl Broker {
             }
         };
         self.commit_decision(&mut call, &permitted).await?;
-        let result = match self.connection(ctx, permitted.upstream()).await {
-            Ok(conn) => {
-                let result = self.invoke(&permitted, &conn, upstreams, cancel).await;
-                redact(&conn, result)
-            }
-            Err(e) => Err(e),
-        };
+        let result = self.call_upstream(ctx, &permitted, upstreams, cancel).await;
         // [Result scanning: a later stage, after the call.]
         let result = self.taint(ctx, &permitted, result).await;
         let ending = Ending::Called {
@@ -498,6 +503,32 @@ impl Broker {
             upstream: spec,
             task: ctx.task_id(),
             injection,
+            one_call: false,
+        })
+    }
+
+    /// The connection one permitted call is made on: the task's (as
+    /// [`Broker::connection`]), or for an upstream whose credentials are minted per call, one
+    /// of its own with a new set.
+    ///
+    /// # Errors
+    /// As [`Broker::connection`].
+    async fn call_connection<'a>(
+        &self,
+        ctx: &'a TaskContext,
+        spec: &'a UpstreamSpec,
+    ) -> Result<Connection<'a>, UpstreamError> {
+        let injection = self.call_injection(ctx, spec).await.map_err(|e| {
+            UpstreamError::Failed(
+                spec.name.clone(),
+                format!("its credentials could not be issued: {e}"),
+            )
+        })?;
+        Ok(Connection {
+            upstream: spec,
+            task: ctx.task_id(),
+            injection,
+            one_call: spec.credentials_per_call(),
         })
     }
 
@@ -509,6 +540,7 @@ impl Broker {
             task: scope,
             injection: (!spec.credentials.is_empty())
                 .then(|| Arc::new(Injection::placeholder(spec))),
+            one_call: false,
         }
     }
 
@@ -559,6 +591,24 @@ impl Broker {
                 ));
             }
         }
+        result
+    }
+
+    /// The upstream stages of a permitted call: its connection (with the credentials it
+    /// takes), the call, the redaction of those credentials from what came back, and the end
+    /// of credentials minted for this call alone.
+    async fn call_upstream<U: Upstreams>(
+        &self,
+        ctx: &TaskContext,
+        permitted: &PermittedCall<'_>,
+        upstreams: &U,
+        cancel: &CancellationToken,
+    ) -> Result<Value, UpstreamError> {
+        let conn = self.call_connection(ctx, permitted.upstream()).await?;
+        let result = self.invoke(permitted, &conn, upstreams, cancel).await;
+        let result = redact(&conn, result);
+        self.end_call_injection(conn.upstream(), conn.injection().map(AsRef::as_ref))
+            .await;
         result
     }
 

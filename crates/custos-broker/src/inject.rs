@@ -3,7 +3,8 @@
 //! handed to the gateway as the values to put in the process's environment or arguments or in
 //! the requests' headers, and cut out of everything the upstream sends back.
 //!
-//! One set of leases serves one connection. The set is minted anew (and the gateway restarts
+//! One set of leases serves one connection. With `lease: call`, each tool call gets a set and
+//! a connection of its own, both ended after it; otherwise the set is minted anew (and the gateway restarts
 //! the connection with it) when three quarters of its lifetime have passed or one of its leases
 //! was revoked; ending the task revokes its leases, and the gateway stops the connection.
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use custos_core::{InjectTarget, InjectValue, LeaseState, UpstreamSpec};
-use custos_credentials::{EngineKind, PrincipalName, Redactor};
+use custos_credentials::{PrincipalName, Redactor};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -68,7 +69,7 @@ impl Injection {
                 target: c.target.clone(),
                 value: SecretString::from(match c.value {
                     InjectValue::Url => "postgresql://custos-placeholder@invalid.invalid/none",
-                    InjectValue::Username | InjectValue::Password => "",
+                    InjectValue::Username | InjectValue::Password | InjectValue::Token => "",
                 }),
             })
             .collect();
@@ -179,6 +180,19 @@ impl Broker {
         let injections = &self.inner.injections;
         let slot = injections.slot(ctx.task_id(), &spec.name);
         let mut current = slot.lock().await;
+        if spec.credentials_per_call() {
+            // Credentials are minted for each call on a connection of its own; the task's
+            // connection (for listing tools) gets stand-ins, kept so it is not restarted.
+            let set = match current.as_ref() {
+                Some((set, _)) => set.clone(),
+                None => {
+                    let set = Arc::new(Injection::placeholder(spec));
+                    *current = Some((set.clone(), 0));
+                    set
+                }
+            };
+            return Ok(Some(set));
+        }
         let now = self.now();
         if let Some((set, checked)) = current.as_mut()
             && now < set.refresh_at
@@ -193,6 +207,33 @@ impl Broker {
         let set = Arc::new(self.mint_injection(ctx, spec).await?);
         *current = Some((set.clone(), checked));
         Ok(Some(set))
+    }
+
+    /// The credentials for one call on `spec`: for an upstream whose credentials are minted
+    /// per call, a new set (revoked by [`Broker::end_call_injection`] after the call); for
+    /// the others, the task connection's ([`Broker::injection`]).
+    ///
+    /// # Errors
+    /// As [`Broker::injection`].
+    pub(crate) async fn call_injection(
+        &self,
+        ctx: &TaskContext,
+        spec: &UpstreamSpec,
+    ) -> Result<Option<Arc<Injection>>, BrokerError> {
+        if spec.credentials_per_call() {
+            return Ok(Some(Arc::new(self.mint_injection(ctx, spec).await?)));
+        }
+        self.injection(ctx, spec).await
+    }
+
+    /// Revokes the leases of a per-call set once its call ended (nothing for a task
+    /// connection's set, whose leases end with the task).
+    pub(crate) async fn end_call_injection(&self, spec: &UpstreamSpec, set: Option<&Injection>) {
+        if let Some(set) = set
+            && spec.credentials_per_call()
+        {
+            self.revoke_call_leases(&set.leases).await;
+        }
     }
 
     async fn all_active(&self, leases: &[String]) -> Result<bool, BrokerError> {
@@ -210,62 +251,67 @@ impl Broker {
         Ok(true)
     }
 
-    /// Issues one lease per role the upstream names and builds the values to inject.
+    /// Issues one lease per role the upstream names and builds the values to inject; if any
+    /// step fails, the leases already issued for the set are revoked.
     async fn mint_injection(
         &self,
         ctx: &TaskContext,
         spec: &UpstreamSpec,
     ) -> Result<Injection, BrokerError> {
-        let mut issued: Vec<(String, IssuedLease, SecretString)> = Vec::new();
-        for c in &spec.credentials {
-            if issued.iter().any(|(role, ..)| *role == c.role) {
-                continue;
+        let mut issued: Vec<(String, IssuedLease)> = Vec::new();
+        let built = self.issue_and_build(ctx, spec, &mut issued).await;
+        match built {
+            Ok(values) => {
+                let refresh_at = issued
+                    .iter()
+                    .map(|(_, l)| {
+                        let life = l.lease.expires_at.saturating_sub(l.lease.created_at);
+                        l.lease.created_at + life * REFRESH_AFTER_NUM / REFRESH_AFTER_DEN
+                    })
+                    .min()
+                    .unwrap_or_else(|| self.now());
+                tracing::info!(task = %ctx.task_id(), upstream = %spec.name, leases = issued.len(), "credentials minted for the task's upstream connection");
+                Ok(Injection::new(
+                    issued.into_iter().map(|(_, l)| l.lease.id).collect(),
+                    refresh_at,
+                    values,
+                ))
             }
-            let minted = match self.issue_lease(ctx, &c.role).await {
-                Ok(lease) => self.lease_url(ctx, &c.role, &lease).map(|url| (lease, url)),
-                Err(e) => Err(e),
-            };
-            match minted {
-                Ok((lease, url)) => issued.push((c.role.clone(), lease, url)),
-                Err(e) => {
-                    for (_, lease, _) in &issued {
-                        let _ = self.revoke_own_lease(ctx, &lease.lease.id).await;
-                    }
-                    return Err(e);
+            Err(e) => {
+                for (_, lease) in &issued {
+                    let _ = self.revoke_own_lease(ctx, &lease.lease.id).await;
                 }
+                Err(e)
             }
         }
-        let now = self.now();
-        let refresh_at = issued
-            .iter()
-            .map(|(_, l, _)| {
-                let life = l.lease.expires_at.saturating_sub(l.lease.created_at);
-                l.lease.created_at + life * REFRESH_AFTER_NUM / REFRESH_AFTER_DEN
-            })
-            .min()
-            .unwrap_or(now);
-        let values = spec
-            .credentials
-            .iter()
-            .filter_map(|c| {
-                let (_, lease, url) = issued.iter().find(|(role, ..)| *role == c.role)?;
-                let value = match c.value {
-                    InjectValue::Url => url.clone(),
-                    InjectValue::Username => SecretString::from(lease.lease.principal.clone()),
-                    InjectValue::Password => lease.password.clone(),
-                };
-                Some(Injected {
-                    target: c.target.clone(),
-                    value,
-                })
-            })
-            .collect();
-        tracing::info!(task = %ctx.task_id(), upstream = %spec.name, leases = issued.len(), "credentials minted for the task's upstream connection");
-        Ok(Injection::new(
-            issued.into_iter().map(|(_, l, _)| l.lease.id).collect(),
-            refresh_at,
-            values,
-        ))
+    }
+
+    async fn issue_and_build(
+        &self,
+        ctx: &TaskContext,
+        spec: &UpstreamSpec,
+        issued: &mut Vec<(String, IssuedLease)>,
+    ) -> Result<Vec<Injected>, BrokerError> {
+        let mut values = Vec::with_capacity(spec.credentials.len());
+        for c in &spec.credentials {
+            if !issued.iter().any(|(role, _)| *role == c.role) {
+                let lease = self.issue_lease(ctx, &c.role).await?;
+                issued.push((c.role.clone(), lease));
+            }
+            let Some((_, lease)) = issued.iter().find(|(role, _)| *role == c.role) else {
+                continue;
+            };
+            let value = match c.value {
+                InjectValue::Url => self.lease_url(ctx, &c.role, lease)?,
+                InjectValue::Username => SecretString::from(lease.lease.principal.clone()),
+                InjectValue::Password | InjectValue::Token => lease.password.clone(),
+            };
+            values.push(Injected {
+                target: c.target.clone(),
+                value,
+            });
+        }
+        Ok(values)
     }
 
     /// The connection URL of an issued lease: its role's admin URL with the lease's user and
@@ -282,11 +328,7 @@ impl Broker {
             .get(role)
             .ok_or_else(|| BrokerError::NotFound(format!("credential role `{role}`")))?;
         let admin = self.admin_url(role, entry)?;
-        let kind = match entry.spec.engine {
-            custos_core::CredentialEngine::Postgres => EngineKind::Postgres,
-            custos_core::CredentialEngine::Mysql => EngineKind::Mysql,
-            custos_core::CredentialEngine::Redis => EngineKind::Redis,
-        };
+        let kind = crate::leases::engine_kind(entry.spec.engine);
         let principal = PrincipalName::parse(&lease.lease.principal)
             .map_err(|_| BrokerError::Unavailable("lease principal"))?;
         custos_credentials::connection_url(kind, &admin, &principal, &lease.password).map_err(|e| {

@@ -22,10 +22,10 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::{CredentialEngine, Decision, Lease, LeaseState, Reason, TaskId, TaskState};
 use custos_credentials::{
-    CredentialError, Engine, MysqlConfig, MysqlEngine, PostgresConfig, PostgresEngine,
-    PrincipalName, PrincipalPrefix, RedisConfig, RedisEngine,
+    ClaimsSigner, CredentialError, Engine, EngineKind, Grant, JwtEngine, MysqlConfig, MysqlEngine,
+    PostgresConfig, PostgresEngine, PrincipalName, PrincipalPrefix, RedisConfig, RedisEngine,
 };
-use custos_crypto::new_id;
+use custos_crypto::{TokenIssuer, new_id};
 use secrecy::SecretString;
 
 use crate::call::TaskContext;
@@ -131,6 +131,8 @@ enum Cause {
     Reconcile,
     /// Its agent was suspended.
     AgentSuspended,
+    /// The tool call it was minted for ended (`lease: call`).
+    CallEnd,
 }
 
 impl Cause {
@@ -141,6 +143,7 @@ impl Cause {
             Cause::Revoked => "revoked",
             Cause::Reconcile => "reconcile",
             Cause::AgentSuspended => "agent_suspended",
+            Cause::CallEnd => "call_end",
         }
     }
 }
@@ -198,15 +201,37 @@ fn at_ms(t: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-fn build_engine(
-    engine: CredentialEngine,
-    url: SecretString,
-) -> Result<Arc<dyn Engine>, CredentialError> {
-    Ok(match engine {
-        CredentialEngine::Postgres => Arc::new(PostgresEngine::new(PostgresConfig::new(url))?),
-        CredentialEngine::Mysql => Arc::new(MysqlEngine::new(MysqlConfig::new(url))?),
-        CredentialEngine::Redis => Arc::new(RedisEngine::new(RedisConfig::new(url))?),
-    })
+/// The credential engine kind of a role's engine.
+pub(crate) fn engine_kind(engine: CredentialEngine) -> EngineKind {
+    match engine {
+        CredentialEngine::Postgres => EngineKind::Postgres,
+        CredentialEngine::Mysql => EngineKind::Mysql,
+        CredentialEngine::Redis => EngineKind::Redis,
+        CredentialEngine::Jwt => EngineKind::Jwt,
+    }
+}
+
+/// Signs `jwt` roles' tokens with the task-token key (served in the JWKS).
+struct TokenSigner(Arc<TokenIssuer>);
+
+impl ClaimsSigner for TokenSigner {
+    fn issuer(&self) -> &str {
+        self.0.issuer()
+    }
+
+    fn forbidden_audience(&self, audience: &str) -> bool {
+        audience == self.0.audience() || audience.starts_with(self.0.issuer())
+    }
+
+    fn sign(&self, claims: &serde_json::Value) -> Result<SecretString, CredentialError> {
+        self.0
+            .sign_claims(claims)
+            .map(SecretString::from)
+            .map_err(|_| CredentialError::InvalidConfig {
+                engine: EngineKind::Jwt,
+                reason: "signing the token failed".into(),
+            })
+    }
 }
 
 fn lease_event(kind: EventKind, l: &Lease) -> AuditEvent {
@@ -253,8 +278,23 @@ impl Broker {
         {
             return Ok(engine.clone());
         }
-        let url = self.admin_url(name, entry)?;
-        let engine = build_engine(entry.spec.engine, url).map_err(|e| {
+        let built: Result<Arc<dyn Engine>, CredentialError> = match entry.spec.engine {
+            CredentialEngine::Jwt => Ok(Arc::new(JwtEngine::new(Arc::new(TokenSigner(
+                self.inner.tokens.clone(),
+            ))))),
+            server => {
+                let url = self.admin_url(name, entry)?;
+                match server {
+                    CredentialEngine::Mysql => MysqlEngine::new(MysqlConfig::new(url))
+                        .map(|e| Arc::new(e) as Arc<dyn Engine>),
+                    CredentialEngine::Redis => RedisEngine::new(RedisConfig::new(url))
+                        .map(|e| Arc::new(e) as Arc<dyn Engine>),
+                    _ => PostgresEngine::new(PostgresConfig::new(url))
+                        .map(|e| Arc::new(e) as Arc<dyn Engine>),
+                }
+            }
+        };
+        let engine = built.map_err(|e| {
             BrokerError::CredentialUnavailable(format!("credential role `{name}`: {e}"))
         })?;
         if let Ok(mut g) = engines.by_role.lock() {
@@ -272,7 +312,12 @@ impl Broker {
         name: &str,
         entry: &CredentialRoleEntry,
     ) -> Result<SecretString, BrokerError> {
-        let env_name = &entry.spec.connection_env;
+        let Some(env_name) = &entry.spec.connection_env else {
+            return Err(BrokerError::CredentialUnavailable(format!(
+                "credential role `{name}`: a `{}` role has no server connection",
+                entry.spec.engine
+            )));
+        };
         self.inner.config.credential_env.get(env_name).ok_or_else(|| {
             BrokerError::CredentialUnavailable(format!(
                 "credential role `{name}`: environment variable `{env_name}` (its connection_env) is not set on the server"
@@ -407,8 +452,15 @@ impl Broker {
         };
         // INVARIANT: the intent is durable before the credential can exist.
         self.inner.store.insert_lease(&lease).await?;
+        let grant = Grant {
+            task: ctx.task_id(),
+            agent: &lease.agent,
+            agent_id: lease.agent_id.as_str(),
+            initiator: &lease.initiator,
+            lease: &lease.id,
+        };
         let minted = match engine
-            .mint(&principal, at_ms(lease.expires_at), &entry.role)
+            .mint_for(&principal, at_ms(lease.expires_at), &entry.role, &grant)
             .await
         {
             Ok(m) => m,
@@ -628,12 +680,17 @@ impl Broker {
             engine
                 .renew(&principal, at_ms(after), &entry.role)
                 .await
-                .map_err(|e| {
-                    BrokerError::CredentialUnavailable(format!(
+                .map_err(|e| match e {
+                    // A signed token's expiry is part of it: Vault's answer for a lease that
+                    // cannot be renewed, a 400.
+                    CredentialError::NotRenewable(_) => {
+                        BrokerError::Invalid(format!("lease `{}` is not renewable: {e}", lease.id))
+                    }
+                    e => BrokerError::CredentialUnavailable(format!(
                         "renewing lease `{}`: {}",
                         lease.id,
                         bounded_error(&e)
-                    ))
+                    )),
                 })?;
         }
         let renewed_before = lease.renewed_at;
@@ -677,6 +734,30 @@ impl Broker {
             return Ok(());
         }
         self.revoke_to_completion(lease).await
+    }
+
+    /// Revokes the leases minted for one tool call, now that it ended (run to its end
+    /// whether or not the caller still waits; a failure is retried by the expiry worker).
+    pub(crate) async fn revoke_call_leases(&self, ids: &[String]) {
+        for id in ids {
+            let lease = match self.inner.store.get_lease(id).await {
+                Ok(Some(l)) if l.state != LeaseState::Revoked => l,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(lease = %id, error = %e, "a per-call lease could not be read to revoke it; it is revoked at its expiry");
+                    continue;
+                }
+            };
+            let broker = self.clone();
+            let done = self
+                .to_completion("per-call credential revocation", async move {
+                    broker.revoke_lease_now(&lease, Cause::CallEnd).await
+                })
+                .await;
+            if let Err(e) | Ok(Err(e)) = done {
+                tracing::warn!(lease = %id, error = %e, "a per-call lease was not revoked yet; retrying in the background");
+            }
+        }
     }
 
     /// [`Broker::revoke_lease_now`] run to its end whether or not the caller still waits.
@@ -879,7 +960,10 @@ impl Broker {
         let snap = self.snapshot().await?;
         let mut servers = HashSet::new();
         for (name, entry) in &snap.credential_roles {
-            if !servers.insert((entry.spec.engine, entry.spec.connection_env.clone())) {
+            // Signed tokens leave nothing on any server to reconcile.
+            if !entry.spec.engine.has_server()
+                || !servers.insert((entry.spec.engine, entry.spec.connection_env.clone()))
+            {
                 continue;
             }
             let engine = match self.engine_for(name, entry) {

@@ -109,7 +109,7 @@ pub struct Broker {
 struct Inner {
     store: Store,
     audit: AuditLog,
-    tokens: TokenIssuer,
+    tokens: Arc<TokenIssuer>,
     clock: Arc<dyn Clock>,
     config: BrokerConfig,
     registry: registry::RegistryCache,
@@ -175,7 +175,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                tokens,
+                tokens: Arc::new(tokens),
                 clock,
                 config,
                 registry,

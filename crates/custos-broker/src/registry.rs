@@ -344,10 +344,12 @@ impl Broker {
                         c.name
                     ))
                 })?;
-                if !self.inner.config.credential_env.is_set(&c.connection_env) {
+                if let Some(env) = &c.connection_env
+                    && !self.inner.config.credential_env.is_set(env)
+                {
                     tracing::warn!(
                         role = %c.name,
-                        connection_env = %c.connection_env,
+                        connection_env = %env,
                         "credential role applied, but its connection_env is not set on this server: minting will fail until it is"
                     );
                 }
@@ -369,8 +371,28 @@ impl Broker {
                     }
                 }
             }
+            let role_engine = |c: &str| {
+                resources
+                    .iter()
+                    .find_map(|r| match r {
+                        Resource::CredentialRole(spec) if spec.name == c => Some(spec.engine),
+                        _ => None,
+                    })
+                    .or_else(|| snap.credential_roles.get(c).map(|e| e.spec.engine))
+            };
             if let Resource::Upstream(u) = r {
                 for c in &u.credentials {
+                    if c.value == custos_core::InjectValue::Url
+                        && role_engine(&c.role).is_some_and(|e| !e.has_server())
+                    {
+                        return Err(BrokerError::Invalid(format!(
+                            "document {} (Upstream `{}`): field `credentials`: credential role `{}` is a `{}` role, which has no connection URL: inject `value: token`",
+                            i + 1,
+                            u.name,
+                            c.role,
+                            role_engine(&c.role).map_or("", |e| e.as_str()),
+                        )));
+                    }
                     if !role_exists(&c.role) {
                         return Err(BrokerError::Invalid(format!(
                             "document {} (Upstream `{}`): field `credentials`: credential role `{}` does not exist",

@@ -7,7 +7,7 @@
 //! ```yaml
 //! kind: CredentialRole
 //! name: pg-readonly
-//! engine: postgres            # postgres, mysql (or mariadb), redis
+//! engine: postgres            # postgres, mysql (or mariadb), redis, jwt
 //! default_ttl: 5m             # 1s to 1h, at most max_ttl
 //! max_ttl: 15m                # 1s to 1h
 //! connection_env: APP_PG_ADMIN_URL   # the server's environment variable holding the admin URL
@@ -64,6 +64,9 @@ pub enum CredentialEngine {
     Mysql,
     /// A Redis ACL user per lease.
     Redis,
+    /// A short-lived JWT per lease, signed by Custos with the audience and claims the role
+    /// names, for HTTP APIs that trust Custos's JWKS (no server, no `connection_env`).
+    Jwt,
 }
 
 impl CredentialEngine {
@@ -73,7 +76,14 @@ impl CredentialEngine {
             CredentialEngine::Postgres => "postgres",
             CredentialEngine::Mysql => "mysql",
             CredentialEngine::Redis => "redis",
+            CredentialEngine::Jwt => "jwt",
         }
+    }
+
+    /// Whether leases of this engine are principals on a server reached with an admin
+    /// connection (`connection_env`).
+    pub fn has_server(self) -> bool {
+        !matches!(self, CredentialEngine::Jwt)
     }
 }
 
@@ -101,8 +111,10 @@ pub struct CredentialRoleSpec {
     /// The longest lease (1s to 1h); `default_ttl` may not exceed it.
     pub max_ttl: MaxLeaseTtl,
     /// The name of an environment variable of the server process that holds the admin
-    /// connection URL. The URL itself is never stored, returned or logged.
-    pub connection_env: String,
+    /// connection URL (for the engines with a server; a `jwt` role has none). The URL itself
+    /// is never stored, returned or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_env: Option<String>,
     /// The engine's own fields, read by the broker into the engine's role spec (unknown
     /// fields are refused when applied).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -155,12 +167,27 @@ impl CredentialRoleSpec {
                 self.default_ttl, self.max_ttl
             ));
         }
-        if !is_env_name(&self.connection_env) {
-            return Err(format!(
-                "field `connection_env`: `{}` is not an environment variable name \
-                 (letters, digits and `_`, not starting with a digit, at most {MAX_ENV_NAME})",
-                crate::text::for_display(&self.connection_env, 64)
-            ));
+        match (&self.connection_env, self.engine.has_server()) {
+            (None, true) => {
+                return Err(format!(
+                    "field `connection_env`: an `{}` role names the environment variable holding its admin URL",
+                    self.engine
+                ));
+            }
+            (Some(_), false) => {
+                return Err(format!(
+                    "field `connection_env`: a `{}` role is signed by Custos itself and has no server",
+                    self.engine
+                ));
+            }
+            (Some(env), true) if !is_env_name(env) => {
+                return Err(format!(
+                    "field `connection_env`: `{}` is not an environment variable name \
+                     (letters, digits and `_`, not starting with a digit, at most {MAX_ENV_NAME})",
+                    crate::text::for_display(env, 64)
+                ));
+            }
+            _ => {}
         }
         if self.role.contains_key("engine") {
             return Err("field `role`: `engine` is set once, at the top level".into());
@@ -189,7 +216,7 @@ mod tests {
             engine: CredentialEngine::Postgres,
             default_ttl: default_ttl.parse().expect("default"),
             max_ttl: max_ttl.parse().expect("max"),
-            connection_env: "PG_ADMIN".into(),
+            connection_env: Some("PG_ADMIN".into()),
             role: serde_json::Map::new(),
         }
     }

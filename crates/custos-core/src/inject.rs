@@ -9,13 +9,15 @@
 //! scope: task                 # required: a credential serves one task only
 //! credentials:
 //!   - role: pg-readonly       # a CredentialRole the task's template lists
-//!     value: url              # url (default), username or password
+//!     value: url              # url (default), username, password or token
 //!     arg: true               # appended to the command line, in the order written
 //!   - role: pg-readonly       # the same role again: the same lease
 //!     value: password
 //!     env: PGPASSWORD         # or an environment variable of the process
 //! ```
-//! On an HTTP upstream: `header: Authorization` with an optional `prefix: "Bearer "`.
+//! On an HTTP upstream: `header: Authorization` with an optional `prefix: "Bearer "`. With
+//! `lease: call` on any entry, every entry's lease is minted for one tool call, on a
+//! connection of its own, and revoked after it.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +58,33 @@ pub enum InjectValue {
     Username,
     /// The lease's password.
     Password,
+    /// The lease's secret as one value: the signed token of a `jwt` role (the password of
+    /// the others).
+    Token,
 }
 
 impl InjectValue {
     fn is_url(&self) -> bool {
         *self == InjectValue::Url
+    }
+}
+
+/// How long the lease behind an injected value lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseScope {
+    /// One set of leases per task connection, renewed as it ages, revoked when the task ends
+    /// (`lease: task`, the default).
+    #[default]
+    Task,
+    /// A set of leases per tool call, minted before it on a connection of its own and revoked
+    /// after it (`lease: call`).
+    Call,
+}
+
+impl LeaseScope {
+    fn is_task(&self) -> bool {
+        *self == LeaseScope::Task
     }
 }
 
@@ -90,6 +114,8 @@ pub struct UpstreamCredential {
     pub value: InjectValue,
     /// Where it goes.
     pub target: InjectTarget,
+    /// Whether its lease serves the task's connection or one call.
+    pub lease: LeaseScope,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -106,6 +132,8 @@ struct RawUpstreamCredential {
     header: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "LeaseScope::is_task")]
+    lease: LeaseScope,
 }
 
 impl TryFrom<RawUpstreamCredential> for UpstreamCredential {
@@ -153,6 +181,7 @@ impl TryFrom<RawUpstreamCredential> for UpstreamCredential {
             role: raw.role,
             value: raw.value,
             target,
+            lease: raw.lease,
         })
     }
 }
@@ -176,6 +205,7 @@ impl From<UpstreamCredential> for RawUpstreamCredential {
             arg,
             header,
             prefix,
+            lease: c.lease,
         }
     }
 }
@@ -269,7 +299,7 @@ mod tests {
             ),
             ("role: pg\nenv: A\nprefix: x\n", "only a `header`"),
             ("role: PG\nenv: A\n", "credentials.role"),
-            ("role: pg\nenv: A\nvalue: token\n", "unknown variant"),
+            ("role: pg\nenv: A\nvalue: secret\n", "unknown variant"),
             ("role: pg\nenv: A\nextra: 1\n", "unknown field"),
         ] {
             let err = read(yaml).expect_err(yaml);

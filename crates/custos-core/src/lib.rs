@@ -31,7 +31,7 @@ pub use credential::{CredentialEngine, CredentialRoleSpec};
 pub use decision::{Decision, Outcome};
 pub use duration::{BoundedDuration, parse_duration};
 pub use ids::{AgentId, ApprovalId, TaskId};
-pub use inject::{InjectTarget, InjectValue, UpstreamCredential};
+pub use inject::{InjectTarget, InjectValue, LeaseScope, UpstreamCredential};
 pub use lease::{Lease, LeaseState};
 pub use names::{ExposedTool, NameError};
 pub use reason::Reason;

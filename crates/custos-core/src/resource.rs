@@ -416,6 +416,13 @@ impl UpstreamSpec {
         self.tiers.get(tool).copied().unwrap_or(self.default_tier)
     }
 
+    /// Whether its credentials are minted per tool call (`lease: call` on any entry).
+    pub fn credentials_per_call(&self) -> bool {
+        self.credentials
+            .iter()
+            .any(|c| c.lease == crate::inject::LeaseScope::Call)
+    }
+
     /// The call timeout: `timeout`, else [`DEFAULT_CALL_TIMEOUT`].
     pub fn call_timeout(&self) -> Duration {
         self.timeout

@@ -32,6 +32,22 @@ pub struct MintedCredential {
     pub server_expires_at: Option<OffsetDateTime>,
 }
 
+/// Whom a credential is for. Engines whose credential names its holder (signed tokens) read
+/// it; no engine puts any of it into SQL or ACL text.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The task id.
+    pub task: &'a str,
+    /// The agent's name.
+    pub agent: &'a str,
+    /// The agent's immutable id.
+    pub agent_id: &'a str,
+    /// The human or event on whose behalf the task runs.
+    pub initiator: &'a str,
+    /// The lease id.
+    pub lease: &'a str,
+}
+
 /// One server on which Custos mints per-lease principals.
 ///
 /// Implementations are cheap to share (`Arc<dyn Engine>`) and safe to call concurrently.
@@ -59,6 +75,22 @@ pub trait Engine: Send + Sync {
         expires_at: OffsetDateTime,
         role: &'a RoleSpec,
     ) -> EngineFuture<'a, MintedCredential>;
+
+    /// [`Engine::mint`] for `grant`'s holder: what the lease manager calls. Engines whose
+    /// credential names its holder override it; the others mint as [`Engine::mint`] does.
+    ///
+    /// # Errors
+    /// As [`Engine::mint`].
+    fn mint_for<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+        grant: &'a Grant<'a>,
+    ) -> EngineFuture<'a, MintedCredential> {
+        let _ = grant;
+        self.mint(principal, expires_at, role)
+    }
 
     /// Extends `principal` (made for `role`) to `expires_at`, where the server enforces expiry
     /// itself (PostgreSQL `VALID UNTIL`, plus the role's grace): the server's new expiry, or

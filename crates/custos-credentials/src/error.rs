@@ -13,6 +13,8 @@ pub enum EngineKind {
     Mysql,
     /// Redis ACL users.
     Redis,
+    /// JWTs signed by Custos.
+    Jwt,
 }
 
 impl EngineKind {
@@ -23,6 +25,7 @@ impl EngineKind {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::Redis => "redis",
+            Self::Jwt => "jwt",
         }
     }
 }
@@ -117,6 +120,9 @@ pub enum CredentialError {
     /// The system random number generator failed.
     #[error("random number generator failed")]
     Random,
+    /// The engine's credentials cannot be extended (a signed token's expiry is fixed).
+    #[error("{0} credentials cannot be renewed: request a new one")]
+    NotRenewable(EngineKind),
 }
 
 impl CredentialError {
@@ -133,6 +139,7 @@ impl CredentialError {
             Self::AlreadyExists { .. } => "already_exists",
             Self::CleanupFailed { .. } => "cleanup_failed",
             Self::Random => "random_failed",
+            Self::NotRenewable(_) => "not_renewable",
         }
     }
 

@@ -1,5 +1,5 @@
 //! Credential engines: mint, revoke and list per-lease principals on PostgreSQL, MariaDB/MySQL
-//! and Redis.
+//! and Redis, and sign per-lease JWTs for HTTP APIs.
 //!
 //! An engine knows one kind of server and nothing about leases, tasks or storage: the lease
 //! manager (elsewhere) decides *when* to mint and revoke, writes the lease intent first, and
@@ -44,6 +44,7 @@
 mod connection_url;
 mod engine;
 mod error;
+mod jwt;
 mod mysql;
 mod pg_connections;
 mod postgres;
@@ -57,8 +58,9 @@ mod sql;
 mod template;
 
 pub use connection_url::{connection_url, percent_encoded};
-pub use engine::{Engine, EngineFuture, MintedCredential};
+pub use engine::{Engine, EngineFuture, Grant, MintedCredential};
 pub use error::{CredentialError, EngineKind};
+pub use jwt::{ClaimsSigner, JwtEngine, JwtRole};
 pub use mysql::{MysqlConfig, MysqlEngine, MysqlRole};
 pub use postgres::{PostgresConfig, PostgresEngine, PostgresRole};
 pub use principal::{MAX_LEASE_ID_LEN, PRINCIPAL_PREFIX, PrincipalName, PrincipalPrefix};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{CredentialError, EngineKind};
+use crate::jwt::JwtRole;
 use crate::mysql::MysqlRole;
 use crate::postgres::PostgresRole;
 use crate::redis_engine::RedisRole;
@@ -21,6 +22,8 @@ pub enum RoleSpec {
     Mysql(MysqlRole),
     /// A Redis ACL user.
     Redis(RedisRole),
+    /// A JWT signed by Custos.
+    Jwt(JwtRole),
 }
 
 impl RoleSpec {
@@ -31,6 +34,7 @@ impl RoleSpec {
             Self::Postgres(_) => EngineKind::Postgres,
             Self::Mysql(_) => EngineKind::Mysql,
             Self::Redis(_) => EngineKind::Redis,
+            Self::Jwt(_) => EngineKind::Jwt,
         }
     }
 
@@ -44,6 +48,7 @@ impl RoleSpec {
             Self::Postgres(r) => r.validate().map(drop),
             Self::Mysql(r) => r.validate().map(drop),
             Self::Redis(r) => r.validate().map(drop),
+            Self::Jwt(r) => r.validate(),
         }
     }
 }

@@ -198,7 +198,20 @@ impl TokenIssuer {
         Ok((token, claims))
     }
 
-    /// Verifies a task token: signature, `kid`, issuer, audience and time.
+    /// Signs the claims of a credential token for a downstream service (`typ: JWT`) with the
+    /// key the JWKS serves. Such a token is never a task token: its `typ` is not `at+jwt`
+    /// and its audience is not this Custos's (the caller checks the latter).
+    ///
+    /// # Errors
+    /// [`TokenError::Signing`] if signing fails.
+    pub fn sign_claims(&self, claims: &serde_json::Value) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.kid().to_owned());
+        header.typ = Some("JWT".to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|_| TokenError::Signing)
+    }
+
+    /// Verifies a task token: type, signature, `kid`, issuer, audience and time.
     ///
     /// # Errors
     /// A [`TokenError`] saying which check failed (for logs and metrics only).
@@ -206,6 +219,10 @@ impl TokenIssuer {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA || header.kid.as_deref() != Some(self.key.kid()) {
             return Err(TokenError::Signature);
+        }
+        // Credential tokens for downstream services are signed with the same key.
+        if header.typ.as_deref() != Some("at+jwt") {
+            return Err(TokenError::Malformed);
         }
         let data = jsonwebtoken::decode::<TaskClaims>(token, &self.decoding, &validation())
             .map_err(map_decode_error)?;
@@ -421,7 +438,27 @@ mod tests {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(iss.key.kid().to_owned());
+        header.typ = Some("at+jwt".to_owned());
         jsonwebtoken::encode(&header, &claims, &iss.encoding).expect("sign")
+    }
+
+    #[test]
+    fn a_credential_token_signed_with_the_same_key_is_never_a_task_token() {
+        let iss = issuer();
+        let now = 1_700_000_000;
+        let good = task_token_with(&iss, now, now, now + 60);
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                good.split('.').nth(1).expect("payload"),
+            )
+            .expect("base64"),
+        )
+        .expect("claims");
+        // The very claims of a valid task token, signed as a credential: refused by type.
+        let credential = iss.sign_claims(&claims).expect("signed");
+        assert_eq!(iss.verify(&credential, now), Err(TokenError::Malformed));
+        assert!(iss.verify(&good, now).is_ok());
     }
 
     const AUD: &str = "http://127.0.0.1:8470";

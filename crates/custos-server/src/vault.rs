@@ -158,7 +158,7 @@ impl<T: Serialize> Secret<T> {
         ("X-Vault-Token" = Option<String>, Header, description = "the task token (or `Authorization: Bearer`)"),
     ),
     responses(
-        (status = 200, description = "Vault's secret shape: `lease_id`, `lease_duration` (seconds), `renewable` (true), `data.username`, `data.password`", body = Object),
+        (status = 200, description = "Vault's secret shape: `lease_id`, `lease_duration` (seconds), `renewable` (false for a `jwt` role, whose token cannot be extended), `data.username`, `data.password` (a `jwt` role: the signed token)", body = Object),
         (status = 400, description = "unknown role, or the task has no time left: `{\"errors\": [..]}`", body = Object),
         (status = 403, description = "`permission denied` (bad token), or the template does not allow the role", body = Object),
         (status = 429, description = "too many failed authentications", body = Object),
@@ -178,7 +178,7 @@ pub async fn creds(
     let body = Secret::new(
         vault_lease_id(&lease.role, &lease.id),
         (lease.expires_at - lease.created_at).div_euclid(1000),
-        true,
+        renewable(lease),
         Creds {
             username: &lease.principal,
             password: issued.password.expose_secret(),
@@ -190,6 +190,11 @@ pub async fn creds(
         axum::http::HeaderValue::from_static("no-store"),
     );
     Ok(resp)
+}
+
+/// Whether a lease's engine can extend it (a signed token's expiry is part of the token).
+fn renewable(lease: &custos_core::Lease) -> bool {
+    lease.engine != custos_core::CredentialEngine::Jwt.as_str()
 }
 
 /// The body of `PUT /v1/sys/leases/lookup` and `/revoke`.
@@ -248,7 +253,7 @@ pub async fn lookup(
             "issue_time": rfc3339(lease.created_at),
             "expire_time": rfc3339(lease.expires_at),
             "last_renewal": lease.renewed_at.map(rfc3339),
-            "renewable": lease.state == custos_core::LeaseState::Active,
+            "renewable": lease.state == custos_core::LeaseState::Active && renewable(&lease),
             "ttl": ttl,
         }),
     )))

@@ -392,3 +392,218 @@ fn an_http_upstream_gets_each_tasks_own_credential_in_its_headers() {
     }
     exec(&format!("DROP ROLE IF EXISTS {group}"));
 }
+
+#[test]
+fn a_jwt_role_signs_a_token_naming_the_task_that_downstreams_verify_with_the_jwks() {
+    let s = TestServer::start();
+    let upstream = super::python_client::HttpUpstream::start(s.dir.path());
+    let (key, public) = s.keygen("agent-jwt");
+    s.apply(&format!(
+        "kind: CredentialRole\nname: billing-api\nengine: jwt\ndefault_ttl: 5m\nmax_ttl: 15m\nrole:\n  audience: https://billing.internal\n  claims: {{ scope: 'invoices:read' }}\n---\n\
+         kind: Upstream\nname: api\nurl: {url}\nscope: task\ntiers: {{ shout: 1 }}\ncredentials:\n  - {{ role: billing-api, value: token, header: Authorization, prefix: 'Bearer ' }}\n---\n\
+         kind: Template\nname: biller\nttl: 10m\ntools: [api__shout]\ncredentials: [billing-api]\n---\n{}",
+        agent_yaml("agent-jwt", "biller", &public),
+        url = upstream.url,
+    ));
+    let task = s.start_task("agent-jwt", "biller");
+    let token = s.task_token(&task, &key);
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "api__shout", "arguments": {"text": "pay"}}),
+    );
+    assert!(r.body.to_string().contains("PAY"), "{}", r.body);
+
+    // What the upstream received verifies with Custos's JWKS, for its audience, and names
+    // the initiator, the agent and the task.
+    let auth = upstream
+        .requests()
+        .iter()
+        .find(|r| r["rpc"] == "tools/call")
+        .and_then(|r| r["authorization"].as_str().map(str::to_owned))
+        .expect("the call carried a credential");
+    let jwt = auth.strip_prefix("Bearer ").expect("bearer");
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        reqwest::blocking::get(format!("{}/.well-known/jwks.json", s.addr))
+            .and_then(reqwest::blocking::Response::json)
+            .expect("jwks");
+    let header = jsonwebtoken::decode_header(jwt).expect("header");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("the signing key is in the JWKS");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["https://billing.internal"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key"),
+        &validation,
+    )
+    .expect("the token verifies")
+    .claims;
+    assert_eq!(claims["sub"], "alice@example.com");
+    assert_eq!(claims["act"]["sub"], "agent-jwt");
+    assert_eq!(claims["task_id"], task.as_str());
+    assert_eq!(claims["scope"], "invoices:read");
+    let life = claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0);
+    assert!((299..=301).contains(&life), "the role's 5m: {life}");
+    let leases = s.cli_json(&["lease", "list", "--task", &task, "--json"]);
+    assert_eq!(leases[0]["principal"], claims["jti"], "{leases}");
+    assert_eq!(leases[0]["engine"], "jwt");
+
+    // It is no task token: the gateway refuses it.
+    let forged = RawMcp::new(&s.mcp_url(), Some(jwt));
+    let r = forged.post(
+        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}}),
+        &[],
+    );
+    assert_eq!(r.status, 401);
+
+    // Over the Vault API: the same kind of token, not renewable.
+    let http = reqwest::blocking::Client::new();
+    let creds: Value = http
+        .get(format!("{}/v1/database/creds/billing-api", s.addr))
+        .header("X-Vault-Token", &token)
+        .send()
+        .and_then(reqwest::blocking::Response::json)
+        .expect("creds");
+    assert_eq!(creds["renewable"], false, "{creds}");
+    assert_eq!(
+        creds["data"]["password"]
+            .as_str()
+            .map(|p| p.split('.').count()),
+        Some(3),
+        "{creds}"
+    );
+    let renew = http
+        .put(format!("{}/v1/sys/leases/renew", s.addr))
+        .header("X-Vault-Token", &token)
+        .json(&json!({"lease_id": creds["lease_id"]}))
+        .send()
+        .expect("renew");
+    assert_eq!(renew.status().as_u16(), 400);
+
+    // A jwt role takes no connection_env (one whose audience is Custos's own is refused at
+    // mint, in the engine's tests), and no upstream can ask it for a connection URL.
+    let own = s.cli(&[
+        "apply",
+        "-f",
+        &write(
+            &s,
+            "own.yaml",
+            &format!(
+                "kind: CredentialRole\nname: own-aud\nengine: jwt\ndefault_ttl: 5m\nmax_ttl: 5m\nconnection_env: X\nrole:\n  audience: {}/mcp\n",
+                s.addr
+            ),
+        ),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&own.stderr).contains("has no server"),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let url = s.cli(&[
+        "apply",
+        "-f",
+        &write(
+            &s,
+            "url.yaml",
+            &format!(
+                "kind: Upstream\nname: api2\nurl: {}\nscope: task\ncredentials: [{{ role: billing-api, arg: true }}]\n",
+                upstream.url
+            ),
+        ),
+    ]);
+    assert!(!url.status.success(), "`arg` on an HTTP upstream");
+    let url = s.cli(&[
+        "apply",
+        "-f",
+        &write(
+            &s,
+            "url.yaml",
+            &format!(
+                "kind: Upstream\nname: api2\nurl: {}\nscope: task\ncredentials: [{{ role: billing-api, header: X-Key }}]\n",
+                upstream.url
+            ),
+        ),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&url.stderr).contains("has no connection URL"),
+        "{}",
+        String::from_utf8_lossy(&url.stderr)
+    );
+    assert!(s.cli(&["task", "end", &task]).status.success());
+}
+
+fn write(s: &TestServer, name: &str, text: &str) -> String {
+    let path = s.dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+#[test]
+fn a_per_call_credential_lives_for_one_call_on_a_process_of_its_own() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let group = format!("it_call_{}_{}", std::process::id(), db.url().len());
+    let count = |sql: &str| rt.block_on(custos_test_support::tamper::sql_at(db.url(), sql));
+    rt.block_on(custos_test_support::tamper::exec_at(
+        db.url(),
+        &format!("CREATE ROLE {group} NOLOGIN"),
+    ));
+    let s = TestServer::start_with_env(&[], &[(PG_ENV, db.url())]);
+    let (key, public) = s.keygen("agent-call");
+    let script = fixture("leaky_upstream.py");
+    s.apply(&format!(
+        "kind: CredentialRole\nname: pg-once\nengine: postgres\ndefault_ttl: 10m\nmax_ttl: 1h\nconnection_env: {PG_ENV}\nrole:\n  groups: [{group}]\n---\n\
+         kind: Upstream\nname: once\ncommand: [python3, \"{script}\", \"-\"]\nscope: task\ntiers: {{ leak: 1 }}\ncredentials:\n  - {{ role: pg-once, value: password, env: SECRET, lease: call }}\n---\n\
+         kind: Template\nname: once\nttl: 10m\ntools: [once__leak]\ncredentials: [pg-once]\n---\n{}",
+        agent_yaml("agent-call", "once", &public),
+        script = script.display(),
+    ));
+    let task = s.start_task("agent-call", "once");
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&s.task_token(&task, &key)));
+    let sid = mcp.initialize();
+    // The tools are listed on the task's connection, which holds no credential.
+    let list = mcp.call(&sid, "tools/list", json!({})).body;
+    assert_eq!(list["result"]["tools"][0]["name"], "once__leak", "{list}");
+    assert!(
+        s.cli_json(&["lease", "list", "--task", &task, "--json"])
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+    for _ in 0..2 {
+        let r = mcp
+            .call(
+                &sid,
+                "tools/call",
+                json!({"name": "once__leak", "arguments": {}}),
+            )
+            .body;
+        assert!(r.to_string().contains("[REDACTED]"), "{r}");
+    }
+    // Two calls, two leases, each revoked before its call answered; no process left of them.
+    let leases = s.cli_json(&["lease", "list", "--task", &task, "--json"]);
+    let leases = leases.as_array().expect("leases");
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for l in leases {
+        assert_eq!(l["state"], "revoked", "{l}");
+        let user = l["principal"].as_str().expect("principal");
+        assert_eq!(
+            count(&format!(
+                "SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"
+            )),
+            Some(0)
+        );
+    }
+    let trace = s.cli_json(&["audit", "trace", &task, "--json"]).to_string();
+    assert_eq!(trace.matches("call_end").count(), 2, "{trace}");
+    // Only the task's listing process runs.
+    assert_eq!(processes_with(&script.display().to_string()).len(), 1);
+    assert!(s.cli(&["task", "end", &task]).status.success());
+    rt.block_on(custos_test_support::tamper::exec_at(
+        db.url(),
+        &format!("DROP ROLE IF EXISTS {group}"),
+    ));
+}

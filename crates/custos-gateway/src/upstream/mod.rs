@@ -284,6 +284,21 @@ impl UpstreamPool {
                 "the task has ended".into(),
             ));
         }
+        let entry = Arc::new(self.new_entry(conn)?);
+        // A changed spec replaces every connection to this upstream, whatever its scope (a
+        // scope change included); new credentials replace this connection.
+        let mut stale = g.take(|(name, _), e| *name == spec.name && e.spec != *spec);
+        stale.extend(g.by_key.insert(key, entry.clone()));
+        drop(g);
+        for old in stale {
+            tokio::spawn(async move { old.client.shutdown().await });
+        }
+        Ok(entry)
+    }
+
+    /// A client for `conn`, not yet started (it starts on its first request).
+    fn new_entry(&self, conn: &Connection<'_>) -> Result<Entry, UpstreamError> {
+        let spec = conn.upstream();
         let injection = conn.injection().cloned();
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
@@ -301,22 +316,13 @@ impl UpstreamPool {
                 .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?,
             ),
         };
-        let entry = Arc::new(Entry {
+        Ok(Entry {
             spec: spec.clone(),
             injection,
             client: Arc::new(client),
             tools: Mutex::new(None),
             last_used: std::sync::Mutex::new(Instant::now()),
-        });
-        // A changed spec replaces every connection to this upstream, whatever its scope (a
-        // scope change included); new credentials replace this connection.
-        let mut stale = g.take(|(name, _), e| *name == spec.name && e.spec != *spec);
-        stale.extend(g.by_key.insert(key, entry.clone()));
-        drop(g);
-        for old in stale {
-            tokio::spawn(async move { old.client.shutdown().await });
-        }
-        Ok(entry)
+        })
     }
 
     /// Stops `task`'s connections to `scope: task` upstreams (their processes are killed and
@@ -415,14 +421,34 @@ impl Upstreams for UpstreamPool {
         conn: &Connection<'_>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Value, UpstreamError> {
+        let params = json!({ "name": call.tool().tool, "arguments": call.arguments() });
+        if conn.one_call() {
+            // Made for this call with credentials minted for it: shared with nothing, and
+            // stopped (its process reaped) before the call's credentials are revoked.
+            if self
+                .entries
+                .lock()
+                .await
+                .ended
+                .contains(&conn.task().to_owned())
+            {
+                return Err(UpstreamError::Failed(
+                    conn.upstream().name.clone(),
+                    "the task has ended".into(),
+                ));
+            }
+            let entry = self.new_entry(conn)?;
+            let result = entry
+                .client
+                .request_cancellable("tools/call", Some(params), Some(cancel))
+                .await;
+            entry.client.shutdown().await;
+            return result;
+        }
         let entry = self.entry(conn).await?;
         entry
             .client
-            .request_cancellable(
-                "tools/call",
-                Some(json!({ "name": call.tool().tool, "arguments": call.arguments() })),
-                Some(cancel),
-            )
+            .request_cancellable("tools/call", Some(params), Some(cancel))
             .await
     }
 }
