@@ -57,6 +57,8 @@ pub enum EventKind {
     /// A tool's definition pinned the first time a task's connection saw it (first-use
     /// pinning, the `--dev` default), attributed to that task.
     ToolPinned,
+    /// An operator stored the value of a static credential role (the value is never recorded).
+    SecretWritten,
 }
 
 impl EventKind {
@@ -85,6 +87,7 @@ impl EventKind {
             EventKind::ToolChanged => "tool_changed",
             EventKind::ToolsPinned => "tools_pinned",
             EventKind::ToolPinned => "tool_pinned",
+            EventKind::SecretWritten => "secret_written",
         }
     }
 }
@@ -173,6 +176,13 @@ pub enum Detail {
         tool: String,
         /// The digest of the definition now pinned.
         digest: String,
+    },
+    /// A static secret stored: which role's, and under which key-encryption key.
+    SecretWritten {
+        /// The credential role.
+        role: String,
+        /// The id of the key-encryption key that sealed it.
+        kek: String,
     },
     /// An upstream's tools pinned.
     ToolsPinned {

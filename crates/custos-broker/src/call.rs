@@ -493,18 +493,7 @@ impl Broker {
         ctx: &'a TaskContext,
         spec: &'a UpstreamSpec,
     ) -> Result<Connection<'a>, UpstreamError> {
-        let injection = self.injection(ctx, spec).await.map_err(|e| {
-            UpstreamError::Failed(
-                spec.name.clone(),
-                format!("its credentials could not be issued: {e}"),
-            )
-        })?;
-        Ok(Connection {
-            upstream: spec,
-            task: ctx.task_id(),
-            injection,
-            one_call: false,
-        })
+        Self::connected(ctx, spec, self.injection(ctx, spec).await, false)
     }
 
     /// The connection one permitted call is made on: the task's (as
@@ -518,7 +507,17 @@ impl Broker {
         ctx: &'a TaskContext,
         spec: &'a UpstreamSpec,
     ) -> Result<Connection<'a>, UpstreamError> {
-        let injection = self.call_injection(ctx, spec).await.map_err(|e| {
+        let injection = self.call_injection(ctx, spec).await;
+        Self::connected(ctx, spec, injection, spec.credentials_per_call())
+    }
+
+    fn connected<'a>(
+        ctx: &'a TaskContext,
+        spec: &'a UpstreamSpec,
+        injection: Result<Option<Arc<Injection>>, BrokerError>,
+        one_call: bool,
+    ) -> Result<Connection<'a>, UpstreamError> {
+        let injection = injection.map_err(|e| {
             UpstreamError::Failed(
                 spec.name.clone(),
                 format!("its credentials could not be issued: {e}"),
@@ -528,7 +527,7 @@ impl Broker {
             upstream: spec,
             task: ctx.task_id(),
             injection,
-            one_call: spec.credentials_per_call(),
+            one_call,
         })
     }
 

@@ -295,14 +295,16 @@ impl Broker {
         let mut values = Vec::with_capacity(spec.credentials.len());
         for c in &spec.credentials {
             if !issued.iter().any(|(role, _)| *role == c.role) {
-                let lease = self.issue_lease(ctx, &c.role).await?;
+                let lease = self
+                    .issue_lease_to(ctx, &c.role, crate::leases::Recipient::Upstream)
+                    .await?;
                 issued.push((c.role.clone(), lease));
             }
             let Some((_, lease)) = issued.iter().find(|(role, _)| *role == c.role) else {
                 continue;
             };
             let value = match c.value {
-                InjectValue::Url => self.lease_url(ctx, &c.role, lease)?,
+                InjectValue::Url => self.lease_url(ctx, &c.role, lease).await?,
                 InjectValue::Username => SecretString::from(lease.lease.principal.clone()),
                 InjectValue::Password | InjectValue::Token => lease.password.clone(),
             };
@@ -316,7 +318,7 @@ impl Broker {
 
     /// The connection URL of an issued lease: its role's admin URL with the lease's user and
     /// password.
-    fn lease_url(
+    async fn lease_url(
         &self,
         ctx: &TaskContext,
         role: &str,
@@ -327,7 +329,7 @@ impl Broker {
             .credential_roles
             .get(role)
             .ok_or_else(|| BrokerError::NotFound(format!("credential role `{role}`")))?;
-        let admin = self.admin_url(role, entry)?;
+        let admin = self.admin_url(role, entry).await?;
         let kind = crate::leases::engine_kind(entry.spec.engine);
         let principal = PrincipalName::parse(&lease.lease.principal)
             .map_err(|_| BrokerError::Unavailable("lease principal"))?;

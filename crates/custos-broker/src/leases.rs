@@ -118,6 +118,15 @@ pub(crate) struct Engines {
     by_role: Mutex<HashMap<String, CachedEngine>>,
 }
 
+/// Who a lease's credential is handed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recipient {
+    /// The task, over the Vault-compatible API.
+    Task,
+    /// An upstream, by injection: the task never sees it.
+    Upstream,
+}
+
 /// Why a lease is revoked, as audited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
@@ -208,6 +217,7 @@ pub(crate) fn engine_kind(engine: CredentialEngine) -> EngineKind {
         CredentialEngine::Mysql => EngineKind::Mysql,
         CredentialEngine::Redis => EngineKind::Redis,
         CredentialEngine::Jwt => EngineKind::Jwt,
+        CredentialEngine::Static => EngineKind::Static,
     }
 }
 
@@ -266,7 +276,7 @@ fn with_cause(mut e: AuditEvent, cause: Option<Cause>, error: Option<String>) ->
 impl Broker {
     /// The engine of a credential role, built from the role and its admin URL on first use and
     /// rebuilt when the role changes.
-    fn engine_for(
+    async fn engine_for(
         &self,
         name: &str,
         entry: &CredentialRoleEntry,
@@ -282,8 +292,13 @@ impl Broker {
             CredentialEngine::Jwt => Ok(Arc::new(JwtEngine::new(Arc::new(TokenSigner(
                 self.inner.tokens.clone(),
             ))))),
+            CredentialEngine::Static => Ok(Arc::new(crate::secrets::StaticEngine {
+                store: self.inner.store.clone(),
+                kek: self.inner.config.kek.clone(),
+                role: name.to_owned(),
+            })),
             server => {
-                let url = self.admin_url(name, entry)?;
+                let url = self.admin_url(name, entry).await?;
                 match server {
                     CredentialEngine::Mysql => MysqlEngine::new(MysqlConfig::new(url))
                         .map(|e| Arc::new(e) as Arc<dyn Engine>),
@@ -303,20 +318,30 @@ impl Broker {
         Ok(engine)
     }
 
-    /// The admin connection URL of a credential role, read from the server's environment.
+    /// The admin connection URL of a credential role: from the server's environment
+    /// (`connection_env`), or, for a role without one, the value an admin stored for it with
+    /// `custos secret put` (sealed at rest).
     ///
     /// # Errors
-    /// [`BrokerError::CredentialUnavailable`] when its `connection_env` is not set.
-    pub(crate) fn admin_url(
+    /// [`BrokerError::CredentialUnavailable`] when its variable is not set, or no value is
+    /// stored (or it does not open).
+    pub(crate) async fn admin_url(
         &self,
         name: &str,
         entry: &CredentialRoleEntry,
     ) -> Result<SecretString, BrokerError> {
-        let Some(env_name) = &entry.spec.connection_env else {
+        if !entry.spec.engine.has_server() {
             return Err(BrokerError::CredentialUnavailable(format!(
                 "credential role `{name}`: a `{}` role has no server connection",
                 entry.spec.engine
             )));
+        }
+        let Some(env_name) = &entry.spec.connection_env else {
+            return self.stored_secret(name).await.map_err(|e| {
+                BrokerError::CredentialUnavailable(format!(
+                    "credential role `{name}`: its admin connection URL: {e}"
+                ))
+            });
         };
         self.inner.config.credential_env.get(env_name).ok_or_else(|| {
             BrokerError::CredentialUnavailable(format!(
@@ -330,7 +355,7 @@ impl Broker {
     async fn engine_for_lease(&self, lease: &Lease) -> Result<Arc<dyn Engine>, BrokerError> {
         let snap = self.snapshot().await?;
         if let Some(entry) = snap.credential_roles.get(&lease.role) {
-            return self.engine_for(&lease.role, entry);
+            return self.engine_for(&lease.role, entry).await;
         }
         self.inner
             .engines
@@ -378,17 +403,33 @@ impl Broker {
         ctx: &TaskContext,
         role: &str,
     ) -> Result<IssuedLease, BrokerError> {
+        self.issue_lease_to(ctx, role, Recipient::Task).await
+    }
+
+    /// [`Broker::issue_lease`] for `recipient`: the task itself, or an upstream the gateway
+    /// injects the credential into (the only way a static secret is handed out).
+    pub(crate) async fn issue_lease_to(
+        &self,
+        ctx: &TaskContext,
+        role: &str,
+        recipient: Recipient,
+    ) -> Result<IssuedLease, BrokerError> {
         // Run to its end even if the client hangs up: a mint under way is activated and
         // audited, or revoked, never left pending for the reconciler.
         let (broker, ctx, role) = (self.clone(), ctx.clone(), role.to_owned());
         self.to_completion("credential issuance", async move {
-            broker.mint_lease(&ctx, &role).await
+            broker.mint_lease(&ctx, &role, recipient).await
         })
         .await?
     }
 
     /// The issuance itself: intent, mint, activation, audit (or refusal, or revocation).
-    async fn mint_lease(&self, ctx: &TaskContext, role: &str) -> Result<IssuedLease, BrokerError> {
+    async fn mint_lease(
+        &self,
+        ctx: &TaskContext,
+        role: &str,
+        recipient: Recipient,
+    ) -> Result<IssuedLease, BrokerError> {
         let snap = ctx.snapshot();
         let allowed = snap
             .templates
@@ -410,6 +451,14 @@ impl Broker {
                 .await;
             return Err(BrokerError::NotFound(message));
         };
+        if entry.spec.engine == CredentialEngine::Static && recipient == Recipient::Task {
+            let message = format!(
+                "credential role `{role_text}` is a static secret: it is handed out only by injection into an upstream"
+            );
+            self.refuse_lease(ctx, &role_text, Reason::CredentialNotAllowed, &message)
+                .await;
+            return Err(BrokerError::Forbidden(message));
+        }
         let task_id = TaskId::parse(ctx.task_id()).ok_or(BrokerError::Unauthenticated)?;
         let now = self.inner.clock.now_ms();
         let task = self
@@ -423,7 +472,7 @@ impl Broker {
         let ttl = entry.spec.lease_ttl(left).ok_or_else(|| {
             BrokerError::Invalid(format!("task `{task_id}` has no time left for a lease"))
         })?;
-        let engine = match self.engine_for(role, entry) {
+        let engine = match self.engine_for(role, entry).await {
             Ok(e) => e,
             Err(e) => {
                 self.refuse_lease(ctx, role, Reason::CredentialFailed, &e.to_string())
@@ -674,7 +723,7 @@ impl Broker {
                 tracing::error!(lease = %lease.id, error = %e, "stored principal is not a custos principal");
                 BrokerError::Unavailable("store")
             })?;
-            let engine = self.engine_for(&lease.role, entry)?;
+            let engine = self.engine_for(&lease.role, entry).await?;
             // The server's expiry first: if the lease's cannot follow, the lease still ends
             // (and is revoked) at its old expiry.
             engine
@@ -961,12 +1010,16 @@ impl Broker {
         let mut servers = HashSet::new();
         for (name, entry) in &snap.credential_roles {
             // Signed tokens leave nothing on any server to reconcile.
-            if !entry.spec.engine.has_server()
-                || !servers.insert((entry.spec.engine, entry.spec.connection_env.clone()))
-            {
+            // Roles reading one variable share a server; a stored URL is each role's own.
+            let server = entry
+                .spec
+                .connection_env
+                .clone()
+                .unwrap_or_else(|| format!("stored:{name}"));
+            if !entry.spec.engine.has_server() || !servers.insert((entry.spec.engine, server)) {
                 continue;
             }
-            let engine = match self.engine_for(name, entry) {
+            let engine = match self.engine_for(name, entry).await {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(role = %name, error = %e, "cannot reconcile credentials of this role's server");

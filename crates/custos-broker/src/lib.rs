@@ -15,6 +15,7 @@ mod open;
 mod operators;
 mod pins;
 mod registry;
+mod secrets;
 mod tasks;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub use open::{Durability, OpenError};
 pub use operators::{CreatedOperator, Operator};
 pub use pins::{PinMode, PinnedUpstream};
 pub use registry::{ApplyOutcome, CredentialRoleEntry, Snapshot};
+pub use secrets::MAX_STATIC_SECRET;
 pub use tasks::{
     JWT_TOKEN_TYPE, StartTask, TASK_ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, TokenRequest,
     TokenResponse,
@@ -75,6 +77,9 @@ pub struct BrokerConfig {
     pub approvals: ApprovalConfig,
     /// How upstream tool definitions are pinned.
     pub tool_pinning: PinMode,
+    /// The key-encryption key static secrets are sealed under; without one, static roles
+    /// cannot be written or minted.
+    pub kek: Option<Arc<custos_crypto::Kek>>,
 }
 
 impl Default for BrokerConfig {
@@ -89,6 +94,7 @@ impl Default for BrokerConfig {
             revoke_on_start: true,
             approvals: ApprovalConfig::default(),
             tool_pinning: PinMode::default(),
+            kek: None,
         }
     }
 }

@@ -83,6 +83,11 @@ impl Client {
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.send(Method::POST, path, Body::Json(body)).await
     }
+
+    /// `PUT` with a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(Method::PUT, path, Body::Json(body)).await
+    }
 }
 
 /// A request body.

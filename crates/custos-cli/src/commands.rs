@@ -89,6 +89,9 @@ enum Command {
     /// List and revoke credential leases.
     #[command(subcommand)]
     Lease(LeaseCmd),
+    /// Store the values of static credential roles (sealed at rest, never shown again).
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Explain decisions.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -174,6 +177,28 @@ enum ApprovalsCmd {
         /// Why (kept with the approval and in the audit record).
         #[arg(long)]
         reason: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCmd {
+    /// Store the value of a `static` credential role, read from standard input (or
+    /// `--from-file`); a final newline is dropped. Admin only.
+    Put {
+        /// The credential role.
+        role: String,
+        /// Read the value from this file instead of standard input.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The static secrets stored: `role`, `updated`, `updated_by` (never values).
+    List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -290,6 +315,12 @@ struct ServeArgs {
     /// restoring the database from a backup. Expired leases are still revoked.
     #[arg(long)]
     no_revoke_on_start: bool,
+    /// A file holding the key-encryption key static secrets are sealed under (the base64 of
+    /// 32 random bytes; `CUSTOS_KEK` holds the key itself and wins). With --dev and neither,
+    /// `<data-dir>/kek.key` is generated on first start; without any, static roles are
+    /// unavailable.
+    #[arg(long, env = "CUSTOS_KEK_FILE")]
+    kek_file: Option<PathBuf>,
     /// How long a held (Tier 3) call waits for an approval before the agent is told
     /// `approval_pending` (the identical call may be retried), e.g. `25s`.
     #[arg(long, env = "CUSTOS_APPROVAL_HOLD", default_value = "25s", value_parser = custos_core::parse_duration)]
@@ -543,6 +574,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     PinArg::FirstUse => custos_broker::PinMode::FirstUse,
                     PinArg::Off => custos_broker::PinMode::Off,
                 }),
+                kek_file: a.kek_file,
             };
             custos_server::run(config).await?;
             Ok(ExitCode::SUCCESS)
@@ -747,6 +779,51 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             done(json, &out, || {
                 println!("lease {id} revoked ({})", text(&out["principal"]));
+            })
+        }
+        Command::Secret(SecretCmd::Put {
+            role,
+            from_file,
+            json,
+        }) => {
+            custos_core::names::check_resource_name(&role)
+                .map_err(|e| anyhow::anyhow!("`{role}`: {e}"))?;
+            let mut value = zeroize::Zeroizing::new(String::new());
+            match &from_file {
+                Some(path) => {
+                    *value = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                }
+                None => {
+                    use std::io::Read as _;
+                    std::io::stdin()
+                        .take(custos_broker::MAX_STATIC_SECRET as u64 + 2)
+                        .read_to_string(&mut value)
+                        .context("cannot read the value from standard input")?;
+                }
+            }
+            let trimmed = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value);
+            let out = operator_client(&conn)?
+                .put(&format!("/v1/secrets/{role}"), json!({ "value": trimmed }))
+                .await?;
+            done(json, &out, || {
+                println!("secret of {role} stored ({})", text(&out["updated"]));
+            })
+        }
+        Command::Secret(SecretCmd::List { json }) => {
+            let out = operator_client(&conn)?.get("/v1/secrets").await?;
+            done(json, &out, || {
+                for s in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {} {}",
+                        text(&s["role"]),
+                        text(&s["updated"]),
+                        text(&s["updated_by"])
+                    );
+                }
             })
         }
         Command::Approvals(cmd) => approvals(&conn, cmd).await,

@@ -7,7 +7,7 @@
 //! ```yaml
 //! kind: CredentialRole
 //! name: pg-readonly
-//! engine: postgres            # postgres, mysql (or mariadb), redis, jwt
+//! engine: postgres            # postgres, mysql (or mariadb), redis, jwt, static
 //! default_ttl: 5m             # 1s to 1h, at most max_ttl
 //! max_ttl: 15m                # 1s to 1h
 //! connection_env: APP_PG_ADMIN_URL   # the server's environment variable holding the admin URL
@@ -67,6 +67,9 @@ pub enum CredentialEngine {
     /// A short-lived JWT per lease, signed by Custos with the audience and claims the role
     /// names, for HTTP APIs that trust Custos's JWKS (no server, no `connection_env`).
     Jwt,
+    /// A value an operator stored (encrypted at rest), handed out only by injection into an
+    /// upstream (no server, no `connection_env`).
+    Static,
 }
 
 impl CredentialEngine {
@@ -77,13 +80,14 @@ impl CredentialEngine {
             CredentialEngine::Mysql => "mysql",
             CredentialEngine::Redis => "redis",
             CredentialEngine::Jwt => "jwt",
+            CredentialEngine::Static => "static",
         }
     }
 
     /// Whether leases of this engine are principals on a server reached with an admin
     /// connection (`connection_env`).
     pub fn has_server(self) -> bool {
-        !matches!(self, CredentialEngine::Jwt)
+        !matches!(self, CredentialEngine::Jwt | CredentialEngine::Static)
     }
 }
 
@@ -91,6 +95,17 @@ impl std::fmt::Display for CredentialEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What is known of a static role's stored value without opening it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaticSecret {
+    /// The credential role it belongs to.
+    pub role: String,
+    /// When it was last written (Unix ms).
+    pub updated_at: i64,
+    /// The operator who wrote it.
+    pub updated_by: String,
 }
 
 /// A credential role: the engine, its lease TTLs, where the admin connection comes from, and
@@ -111,8 +126,9 @@ pub struct CredentialRoleSpec {
     /// The longest lease (1s to 1h); `default_ttl` may not exceed it.
     pub max_ttl: MaxLeaseTtl,
     /// The name of an environment variable of the server process that holds the admin
-    /// connection URL (for the engines with a server; a `jwt` role has none). The URL itself
-    /// is never stored, returned or logged.
+    /// connection URL (for the engines with a server; `jwt` and `static` roles have none).
+    /// Without it, the URL is the value an admin stored for the role (`custos secret put`,
+    /// sealed at rest). The URL is never returned or logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_env: Option<String>,
     /// The engine's own fields, read by the broker into the engine's role spec (unknown
@@ -168,15 +184,9 @@ impl CredentialRoleSpec {
             ));
         }
         match (&self.connection_env, self.engine.has_server()) {
-            (None, true) => {
-                return Err(format!(
-                    "field `connection_env`: an `{}` role names the environment variable holding its admin URL",
-                    self.engine
-                ));
-            }
             (Some(_), false) => {
                 return Err(format!(
-                    "field `connection_env`: a `{}` role is signed by Custos itself and has no server",
+                    "field `connection_env`: a `{}` role has no server (Custos signs or stores its credential itself)",
                     self.engine
                 ));
             }

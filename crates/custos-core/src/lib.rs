@@ -27,7 +27,7 @@ pub mod yaml_limits;
 
 pub use approval::{Approval, ApprovalState};
 pub use clock::{Clock, SystemClock, UnixMillis};
-pub use credential::{CredentialEngine, CredentialRoleSpec};
+pub use credential::{CredentialEngine, CredentialRoleSpec, StaticSecret};
 pub use decision::{Decision, Outcome};
 pub use duration::{BoundedDuration, parse_duration};
 pub use ids::{AgentId, ApprovalId, TaskId};

@@ -48,6 +48,21 @@ pub struct Grant<'a> {
     pub lease: &'a str,
 }
 
+impl MintedCredential {
+    /// A credential an engine outside this crate made.
+    pub fn new(
+        principal: PrincipalName,
+        password: SecretString,
+        server_expires_at: Option<OffsetDateTime>,
+    ) -> Self {
+        Self {
+            principal,
+            password,
+            server_expires_at,
+        }
+    }
+}
+
 /// One server on which Custos mints per-lease principals.
 ///
 /// Implementations are cheap to share (`Arc<dyn Engine>`) and safe to call concurrently.

@@ -15,6 +15,8 @@ pub enum EngineKind {
     Redis,
     /// JWTs signed by Custos.
     Jwt,
+    /// Values an operator stored.
+    Static,
 }
 
 impl EngineKind {
@@ -26,6 +28,7 @@ impl EngineKind {
             Self::Mysql => "mysql",
             Self::Redis => "redis",
             Self::Jwt => "jwt",
+            Self::Static => "static",
         }
     }
 }

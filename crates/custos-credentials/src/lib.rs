@@ -66,4 +66,4 @@ pub use postgres::{PostgresConfig, PostgresEngine, PostgresRole};
 pub use principal::{MAX_LEASE_ID_LEN, PRINCIPAL_PREFIX, PrincipalName, PrincipalPrefix};
 pub use redact::{REDACTED, Redactor};
 pub use redis_engine::{RedisConfig, RedisEngine, RedisRole};
-pub use role::RoleSpec;
+pub use role::{RoleSpec, StaticRole};

@@ -24,7 +24,14 @@ pub enum RoleSpec {
     Redis(RedisRole),
     /// A JWT signed by Custos.
     Jwt(JwtRole),
+    /// A value an operator stored; no fields.
+    Static(StaticRole),
 }
+
+/// A `static` role: its value is stored with `custos secret put`, not written here.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRole {}
 
 impl RoleSpec {
     /// The engine this role is for.
@@ -35,6 +42,7 @@ impl RoleSpec {
             Self::Mysql(_) => EngineKind::Mysql,
             Self::Redis(_) => EngineKind::Redis,
             Self::Jwt(_) => EngineKind::Jwt,
+            Self::Static(_) => EngineKind::Static,
         }
     }
 
@@ -49,6 +57,7 @@ impl RoleSpec {
             Self::Mysql(r) => r.validate().map(drop),
             Self::Redis(r) => r.validate().map(drop),
             Self::Jwt(r) => r.validate(),
+            Self::Static(_) => Ok(()),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{ApiError, body_error};
 use crate::response::{
     ApplyBody, ApprovalBody, ChangeBody, CreatedOperatorBody, ErrorBody, ExplanationBody,
     HealthBody, LeaseBody, OperatorBody, PinnedUpstreamBody, ResourceBody, RoleBody,
-    SuspensionBody, TaskBody, VerifyBody,
+    StaticSecretBody, SuspensionBody, TaskBody, VerifyBody,
 };
 use crate::{AppState, Peer};
 
@@ -555,6 +555,81 @@ pub async fn revoke_lease(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseBody>, ApiError> {
     Ok(Json(s.broker.revoke_lease(&op, &id).await?.into()))
+}
+
+/// The body of `PUT /v1/secrets/{role}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    /// The value (1 byte to 64 KiB of text); sealed at rest, never returned.
+    #[schema(value_type = String)]
+    #[serde(deserialize_with = "secret_string")]
+    value: secrecy::SecretString,
+}
+
+fn secret_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<secrecy::SecretString, D::Error> {
+    let text = zeroize::Zeroizing::new(String::deserialize(d)?);
+    Ok(secrecy::SecretString::from(text.as_str()))
+}
+
+/// `PUT /v1/secrets/{role}`
+#[utoipa::path(
+    put,
+    path = "/v1/secrets/{role}",
+    tag = "credentials",
+    summary = "Store the value of a static credential role (sealed at rest; never returned)",
+    security(("operatorToken" = [])),
+    params(("role" = String, Path, description = "a credential role with `engine: static`")),
+    request_body = PutSecret,
+    responses(
+        (status = 200, description = "stored", body = StaticSecretBody),
+        (status = 400, description = "not a static role, or an empty or oversized value", body = ErrorBody),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this (admin only)", body = ErrorBody),
+        (status = 404, description = "unknown credential role", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 502, description = "no key-encryption key is configured", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn put_secret(
+    State(s): State<AppState>,
+    Op(op): Op,
+    Path(role): Path<String>,
+    body: Result<Json<PutSecret>, JsonRejection>,
+) -> Result<Json<StaticSecretBody>, ApiError> {
+    let req = json_body(body)?;
+    Ok(Json(
+        s.broker
+            .put_static_secret(&op, &role, req.value)
+            .await?
+            .into(),
+    ))
+}
+
+/// `GET /v1/secrets`
+#[utoipa::path(
+    get,
+    path = "/v1/secrets",
+    tag = "credentials",
+    summary = "The static secrets stored: roles and when, never values",
+    security(("operatorToken" = [])),
+    responses(
+        (status = 200, description = "by role", body = Vec<StaticSecretBody>),
+        (status = 401, description = "authentication required (no detail)", body = ErrorBody),
+        (status = 403, description = "the role may not do this", body = ErrorBody),
+        (status = 429, description = "too many failed authentications", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable; refused", body = ErrorBody),
+    )
+)]
+pub async fn list_secrets(
+    State(s): State<AppState>,
+    Op(op): Op,
+) -> Result<Json<Vec<StaticSecretBody>>, ApiError> {
+    let all = s.broker.list_static_secrets(&op).await?;
+    Ok(Json(all.into_iter().map(StaticSecretBody::from).collect()))
 }
 
 /// Filters for `GET /v1/approvals`.

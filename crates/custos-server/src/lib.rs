@@ -114,6 +114,8 @@ fn routes(body_timeout: Duration) -> OpenApiRouter<AppState> {
         .routes(routes!(api::end_task))
         .routes(routes!(api::list_leases))
         .routes(routes!(api::revoke_lease))
+        .routes(routes!(api::put_secret))
+        .routes(routes!(api::list_secrets))
         .routes(routes!(api::list_approvals))
         .routes(routes!(api::get_approval))
         .routes(routes!(api::approve))

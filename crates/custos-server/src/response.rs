@@ -477,7 +477,7 @@ pub struct LeaseBody {
     pub id: String,
     /// The credential role.
     pub role: String,
-    /// `postgres`, `mysql` or `redis`.
+    /// `postgres`, `mysql`, `redis`, `jwt` or `static`.
     pub engine: String,
     /// The task it was minted for.
     pub task: String,
@@ -520,6 +520,28 @@ impl From<custos_core::Lease> for LeaseBody {
             renewed: l.renewed_at.map(rfc3339),
             attempts: l.attempts,
             last_error: l.last_error,
+        }
+    }
+}
+
+/// A stored static secret: which role's, and when it was written (never its value).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = StaticSecret)]
+pub struct StaticSecretBody {
+    /// The `static` credential role.
+    pub role: String,
+    /// When it was last written (RFC 3339).
+    pub updated: String,
+    /// The operator who wrote it.
+    pub updated_by: String,
+}
+
+impl From<custos_core::StaticSecret> for StaticSecretBody {
+    fn from(s: custos_core::StaticSecret) -> Self {
+        Self {
+            role: s.role,
+            updated: rfc3339(s.updated_at),
+            updated_by: s.updated_by,
         }
     }
 }

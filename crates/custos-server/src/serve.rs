@@ -62,6 +62,10 @@ pub struct ServeConfig {
     /// How upstream tool definitions are pinned; `None`: first use with `--dev`, operator
     /// approval otherwise.
     pub tool_pinning: Option<custos_broker::PinMode>,
+    /// A file holding the key-encryption key static secrets are sealed under (base64 of 32
+    /// bytes); `CUSTOS_KEK` in the environment wins; with `--dev` and neither,
+    /// `<data-dir>/kek.key`, generated on first start.
+    pub kek_file: Option<PathBuf>,
 }
 
 /// `examples/tiers.yaml`: the four tiers over the reference MCP servers, a template per
@@ -90,6 +94,7 @@ impl ServeConfig {
             approval_webhook: None,
             default_bundle: true,
             tool_pinning: None,
+            kek_file: None,
         }
     }
 }
@@ -129,6 +134,40 @@ fn load_or_create_key(dir: &Path) -> anyhow::Result<AgentKey> {
     write_private(&path, &key.to_pkcs8_pem())?;
     tracing::info!(path = %path.display(), "generated the token-signing key");
     Ok(key)
+}
+
+/// The key-encryption key: `CUSTOS_KEK` (base64), else `kek_file`, else (with `--dev`)
+/// `<data-dir>/kek.key`, generated on first start; else none (static secrets unavailable).
+fn load_kek(config: &ServeConfig) -> anyhow::Result<Option<custos_crypto::Kek>> {
+    use custos_crypto::Kek;
+    if let Ok(text) = std::env::var("CUSTOS_KEK") {
+        let text = zeroize::Zeroizing::new(text);
+        return Kek::from_base64(&text)
+            .map(Some)
+            .context("CUSTOS_KEK is not the base64 of 32 bytes");
+    }
+    let read = |path: &Path| -> anyhow::Result<Kek> {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        Kek::from_base64(&text)
+            .with_context(|| format!("{} is not the base64 of 32 bytes", path.display()))
+    };
+    if let Some(path) = &config.kek_file {
+        return read(path).map(Some);
+    }
+    if !config.dev {
+        return Ok(None);
+    }
+    let path = config.data_dir.join("kek.key");
+    if path.exists() {
+        return read(&path).map(Some);
+    }
+    let kek = Kek::generate();
+    write_private(&path, &kek.to_base64())?;
+    tracing::info!(path = %path.display(), kek = kek.id(), "generated the key-encryption key");
+    Ok(Some(kek))
 }
 
 /// Everything a running server holds, built but not yet listening. Tests use it directly.
@@ -194,6 +233,7 @@ pub async fn build_with_clock(
         } else {
             custos_broker::PinMode::Approve
         }),
+        kek: load_kek(config)?.map(Arc::new),
     };
     let tokens = TokenIssuer::new(ServerKey::new(key), issuer, broker_config.audience());
     // The broker opens the store (migrating it) and the audit writer; its error names the

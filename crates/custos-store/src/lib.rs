@@ -9,6 +9,7 @@ mod identity;
 mod leases;
 mod pins;
 mod resources;
+mod secrets;
 mod tasks;
 
 use std::str::FromStr;

@@ -536,6 +536,27 @@ fn a_jwt_role_signs_a_token_naming_the_task_that_downstreams_verify_with_the_jwk
     assert!(s.cli(&["task", "end", &task]).status.success());
 }
 
+/// `custos secret put ROLE --json` with `value` on standard input.
+fn secret_put(s: &TestServer, token: &str, role: &str, value: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(super::support::custos_bin())
+        .args(["secret", "put", role, "--json"])
+        .env("CUSTOS_ADDR", &s.addr)
+        .env("CUSTOS_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("secret put");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
 fn write(s: &TestServer, name: &str, text: &str) -> String {
     let path = s.dir.path().join(name);
     std::fs::write(&path, text).expect("write");
@@ -602,6 +623,183 @@ fn a_per_call_credential_lives_for_one_call_on_a_process_of_its_own() {
     // Only the task's listing process runs.
     assert_eq!(processes_with(&script.display().to_string()).len(), 1);
     assert!(s.cli(&["task", "end", &task]).status.success());
+    rt.block_on(custos_test_support::tamper::exec_at(
+        db.url(),
+        &format!("DROP ROLE IF EXISTS {group}"),
+    ));
+}
+
+#[test]
+fn a_static_secret_is_sealed_at_rest_and_handed_out_only_by_injection() {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-static");
+    let script = fixture("leaky_upstream.py");
+    let yaml = format!(
+        "kind: CredentialRole\nname: stripe-key\nengine: static\ndefault_ttl: 10m\nmax_ttl: 1h\n---\n\
+         kind: Upstream\nname: pay\ncommand: [python3, \"{script}\", \"-\"]\nscope: task\ntiers: {{ leak: 1 }}\ncredentials:\n  - {{ role: stripe-key, value: token, env: SECRET }}\n---\n\
+         kind: Template\nname: payer\nttl: 10m\ntools: [pay__leak]\ncredentials: [stripe-key]\n---\n{}",
+        agent_yaml("agent-static", "payer", &public),
+        script = script.display(),
+    );
+    s.apply(&yaml);
+    let secret = "sk_live_0123456789abcdefghijklmnopqrstuv";
+
+    // Nothing is stored yet: the call fails clearly, naming the command that fixes it.
+    let task = s.start_task("agent-static", "payer");
+    let token = s.task_token(&task, &key);
+    let call = |token: &str| {
+        let mcp = RawMcp::new(&s.mcp_url(), Some(token));
+        let sid = mcp.initialize();
+        mcp.call(
+            &sid,
+            "tools/call",
+            json!({"name": "pay__leak", "arguments": {}}),
+        )
+        .body
+    };
+    let r = call(&token).to_string();
+    assert!(r.contains("custos secret put stripe-key"), "{r}");
+
+    // Stored from standard input (a final newline dropped), by an admin only.
+    let put = |token: &str| secret_put(&s, token, "stripe-key", &format!("{secret}\n"));
+    let auditor = s.cli_json(&[
+        "operator", "create", "audrey", "--role", "auditor", "--json",
+    ]);
+    let refused = put(auditor["token"].as_str().expect("token"));
+    assert!(!refused.status.success());
+    let stored = put(&s.admin_token);
+    assert!(
+        stored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stored.stderr)
+    );
+    let listed = s.cli_json(&["secret", "list", "--json"]);
+    assert_eq!(listed[0]["role"], "stripe-key", "{listed}");
+    assert_eq!(listed[0]["updated_by"], "admin", "{listed}");
+    assert!(!listed.to_string().contains(secret));
+
+    // The upstream gets it (a new task: the first one's connection failed to start).
+    let task = s.start_task("agent-static", "payer");
+    let token = s.task_token(&task, &key);
+    let r = call(&token);
+    assert!(r.to_string().contains("[REDACTED]"), "{r}");
+    let procs = processes_with(&script.display().to_string());
+    let environ = std::fs::read(format!("/proc/{}/environ", procs[0].0)).expect("environ");
+    assert!(
+        String::from_utf8_lossy(&environ).contains(&format!("SECRET={secret}")),
+        "the process got the value"
+    );
+    // Never over the Vault API, never in the store, the log or the audit in clear.
+    let vault = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/database/creds/stripe-key", s.addr))
+        .header("X-Vault-Token", &token)
+        .send()
+        .expect("creds");
+    assert_eq!(vault.status().as_u16(), 403);
+    let kept = everything_kept(&s, &task);
+    assert!(!kept.contains(secret), "the value is sealed at rest");
+    assert!(kept.contains("secret_written"));
+    assert!(s.cli(&["task", "end", &task]).status.success());
+
+    // After a restart (the dev key-encryption key kept in the data directory) it still opens.
+    let dir = s.stop();
+    let s = TestServer::start_in(dir, &[]);
+    let task = s.start_task("agent-static", "payer");
+    let r = {
+        let mcp = RawMcp::new(&s.mcp_url(), Some(&s.task_token(&task, &key)));
+        let sid = mcp.initialize();
+        mcp.call(
+            &sid,
+            "tools/call",
+            json!({"name": "pay__leak", "arguments": {}}),
+        )
+        .body
+    };
+    assert!(r.to_string().contains("[REDACTED]"), "{r}");
+    // A wrong key opens nothing: the call fails closed, naming why.
+    let dir = s.stop();
+    let wrong = custos_crypto::Kek::generate();
+    let s = TestServer::start_in_with_env(dir, &[], &[("CUSTOS_KEK", wrong.to_base64().as_str())]);
+    let task = s.start_task("agent-static", "payer");
+    let mcp = RawMcp::new(&s.mcp_url(), Some(&s.task_token(&task, &key)));
+    let sid = mcp.initialize();
+    let r = mcp
+        .call(
+            &sid,
+            "tools/call",
+            json!({"name": "pay__leak", "arguments": {}}),
+        )
+        .body
+        .to_string();
+    assert!(r.contains("does not open") && !r.contains(secret), "{r}");
+}
+
+#[test]
+fn a_roles_admin_url_can_be_stored_sealed_instead_of_read_from_the_environment() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(custos_test_support::fresh_pg_db());
+    let group = format!("it_stored_{}_{}", std::process::id(), db.url().len());
+    rt.block_on(custos_test_support::tamper::exec_at(
+        db.url(),
+        &format!("CREATE ROLE {group} NOLOGIN"),
+    ));
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-stored");
+    s.apply(&format!(
+        "kind: CredentialRole\nname: pg-stored\nengine: postgres\ndefault_ttl: 10m\nmax_ttl: 1h\nrole:\n  groups: [{group}]\n---\n\
+         kind: Template\nname: stored\nttl: 10m\ntools: []\ncredentials: [pg-stored]\n---\n{}",
+        agent_yaml("agent-stored", "stored", &public),
+    ));
+    let task = s.start_task("agent-stored", "stored");
+    let token = s.task_token(&task, &key);
+    let creds = || {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/v1/database/creds/pg-stored", s.addr))
+            .header("X-Vault-Token", &token)
+            .send()
+            .expect("creds")
+    };
+    // Nothing stored: a clear error, nothing minted.
+    let r = creds();
+    assert_eq!(r.status().as_u16(), 500);
+    assert!(
+        r.text()
+            .unwrap_or_default()
+            .contains("custos secret put pg-stored")
+    );
+    assert!(
+        secret_put(&s, &s.admin_token, "pg-stored", db.url())
+            .status
+            .success()
+    );
+    let r = creds();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().expect("json");
+    let user = body["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
+    assert_eq!(
+        rt.block_on(custos_test_support::tamper::sql_at(
+            db.url(),
+            &format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"),
+        )),
+        Some(1),
+        "minted through the stored admin URL"
+    );
+    // The URL is sealed at rest and shown nowhere.
+    let kept = everything_kept(&s, &task);
+    assert!(
+        !kept.contains(db.url()),
+        "the admin URL is in the clear somewhere"
+    );
+    assert!(s.cli(&["task", "end", &task]).status.success());
+    eventually("the user is dropped with its task", || {
+        rt.block_on(custos_test_support::tamper::sql_at(
+            db.url(),
+            &format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"),
+        )) == Some(0)
+    });
     rt.block_on(custos_test_support::tamper::exec_at(
         db.url(),
         &format!("DROP ROLE IF EXISTS {group}"),

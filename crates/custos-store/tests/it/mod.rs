@@ -5,5 +5,6 @@ mod identity;
 mod leases;
 mod pins;
 mod resources;
+mod secrets;
 mod tamper;
 mod tasks;
