@@ -382,12 +382,11 @@ async fn drain_stderr(
     mut stderr: impl tokio::io::AsyncRead + Unpin,
     injection: Option<Arc<Injection>>,
 ) {
-    let clean = |text: String| match &injection {
-        Some(i) => i.redactor().redact(&text).into_owned(),
-        None => text,
-    };
     let mut chunk = vec![0u8; STDERR_CHUNK];
-    let mut line = StderrLine::default();
+    let mut line = StderrLine {
+        injection,
+        ..StderrLine::default()
+    };
     loop {
         let n = match stderr.read(&mut chunk).await {
             Ok(0) => break,
@@ -398,11 +397,11 @@ async fn drain_stderr(
             }
         };
         for text in line.push(&chunk[..n]) {
-            tracing::debug!(upstream = %name, line = %clean(text), "upstream stderr");
+            tracing::debug!(upstream = %name, line = %text, "upstream stderr");
         }
     }
     if let Some(text) = line.finish() {
-        tracing::debug!(upstream = %name, line = %clean(text), "upstream stderr");
+        tracing::debug!(upstream = %name, line = %text, "upstream stderr");
     }
 }
 
@@ -412,6 +411,9 @@ struct StderrLine {
     kept: Vec<u8>,
     /// The line outgrew `kept` and was logged already: drop bytes until the next newline.
     skipping: bool,
+    /// Credentials injected into the process, cut out of each line before it is escaped or
+    /// truncated (either would leave a part of one behind).
+    injection: Option<Arc<Injection>>,
 }
 
 impl StderrLine {
@@ -456,6 +458,10 @@ impl StderrLine {
     fn take(&mut self, truncated: bool) -> String {
         let kept = self.kept.strip_suffix(b"\r").unwrap_or(&self.kept);
         let text = String::from_utf8_lossy(kept);
+        let text = match &self.injection {
+            Some(i) => std::borrow::Cow::Owned(i.redactor().redact(&text).into_owned()),
+            None => text,
+        };
         let mut out = String::new();
         let mut chars = text.chars();
         for c in chars.by_ref().take(STDERR_LOGGED_CHARS) {
