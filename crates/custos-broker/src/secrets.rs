@@ -9,8 +9,8 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::{CredentialEngine, StaticSecret};
 use custos_credentials::{
-    CredentialError, Engine, EngineFuture, EngineKind, MintedCredential, PrincipalName,
-    PrincipalPrefix, RoleSpec,
+    CredentialError, EngineFuture, EngineKind, Grant, MintedCredential, PrincipalName, RoleSpec,
+    Serverless,
 };
 use custos_crypto::Kek;
 use custos_store::Store;
@@ -103,36 +103,25 @@ impl StaticEngine {
     }
 }
 
-impl Engine for StaticEngine {
+impl Serverless for StaticEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Static
     }
 
-    fn mint<'a>(
+    // The value stays valid however long the lease lives.
+    fn renewable(&self) -> bool {
+        true
+    }
+
+    fn issue<'a>(
         &'a self,
         principal: &'a PrincipalName,
         expires_at: OffsetDateTime,
         role: &'a RoleSpec,
+        grant: Option<&'a Grant<'a>>,
     ) -> EngineFuture<'a, MintedCredential> {
-        let _ = (expires_at, role);
+        let _ = (expires_at, role, grant);
         Box::pin(self.open(principal))
-    }
-
-    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()> {
-        let _ = principal;
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn list_principals<'a>(
-        &'a self,
-        prefix: &'a PrincipalPrefix,
-    ) -> EngineFuture<'a, Vec<PrincipalName>> {
-        let _ = prefix;
-        Box::pin(std::future::ready(Ok(Vec::new())))
-    }
-
-    fn check(&self) -> EngineFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
     }
 }
 

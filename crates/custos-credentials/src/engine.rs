@@ -149,6 +149,87 @@ pub trait Engine: Send + Sync {
     fn check(&self) -> EngineFuture<'_, ()>;
 }
 
+/// An engine without a server: Custos makes the credential itself (a signed token, a stored
+/// value), so there is nothing to revoke it on, to list or to check. Implementing this
+/// implements [`Engine`]: revocation, listing and the check succeed with nothing to do, and a
+/// renewal moves no server expiry (or is refused when [`Serverless::renewable`] says so).
+pub trait Serverless: Send + Sync {
+    /// Which kind this is.
+    fn kind(&self) -> EngineKind;
+
+    /// Whether a lease of it may be renewed.
+    fn renewable(&self) -> bool;
+
+    /// Makes the credential, for `grant`'s holder when the lease manager names one.
+    ///
+    /// # Errors
+    /// As [`Engine::mint`].
+    fn issue<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+        grant: Option<&'a Grant<'a>>,
+    ) -> EngineFuture<'a, MintedCredential>;
+}
+
+impl<T: Serverless> Engine for T {
+    fn kind(&self) -> EngineKind {
+        Serverless::kind(self)
+    }
+
+    fn mint<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+    ) -> EngineFuture<'a, MintedCredential> {
+        self.issue(principal, expires_at, role, None)
+    }
+
+    fn mint_for<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+        grant: &'a Grant<'a>,
+    ) -> EngineFuture<'a, MintedCredential> {
+        self.issue(principal, expires_at, role, Some(grant))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        principal: &'a PrincipalName,
+        expires_at: OffsetDateTime,
+        role: &'a RoleSpec,
+    ) -> EngineFuture<'a, Option<OffsetDateTime>> {
+        let _ = (principal, expires_at, role);
+        let renewed = if self.renewable() {
+            Ok(None)
+        } else {
+            Err(CredentialError::NotRenewable(Serverless::kind(self)))
+        };
+        Box::pin(std::future::ready(renewed))
+    }
+
+    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()> {
+        let _ = principal;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn list_principals<'a>(
+        &'a self,
+        prefix: &'a PrincipalPrefix,
+    ) -> EngineFuture<'a, Vec<PrincipalName>> {
+        let _ = prefix;
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    fn check(&self) -> EngineFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 /// Implements [`Engine`] for an engine type by boxing its inherent `mint_inner`,
 /// `revoke_inner`, `list_inner` and `check_inner` async methods (and, with `renew = name`, that
 /// method for [`Engine::renew`]; without, the server has no expiry to move); `$kind` is its

@@ -25,9 +25,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use crate::engine::{EngineFuture, Grant, MintedCredential};
+use crate::engine::{EngineFuture, Grant, MintedCredential, Serverless};
 use crate::error::{CredentialError, EngineKind};
-use crate::principal::{PrincipalName, PrincipalPrefix};
+use crate::principal::PrincipalName;
 use crate::role::{RoleSpec, invalid_role};
 
 const KIND: EngineKind = EngineKind::Jwt;
@@ -198,62 +198,31 @@ impl JwtEngine {
     }
 }
 
-impl crate::engine::Engine for JwtEngine {
+impl Serverless for JwtEngine {
     fn kind(&self) -> EngineKind {
         KIND
     }
 
-    fn mint<'a>(
+    // A token's expiry is part of it.
+    fn renewable(&self) -> bool {
+        false
+    }
+
+    fn issue<'a>(
         &'a self,
         principal: &'a PrincipalName,
         expires_at: OffsetDateTime,
         role: &'a RoleSpec,
+        grant: Option<&'a Grant<'a>>,
     ) -> EngineFuture<'a, MintedCredential> {
-        let _ = (principal, expires_at, role);
-        Box::pin(std::future::ready(Err(invalid_role(
-            KIND,
-            "-",
-            "a token names who holds it: mint it with a grant",
-        ))))
-    }
-
-    fn mint_for<'a>(
-        &'a self,
-        principal: &'a PrincipalName,
-        expires_at: OffsetDateTime,
-        role: &'a RoleSpec,
-        grant: &'a Grant<'a>,
-    ) -> EngineFuture<'a, MintedCredential> {
-        Box::pin(std::future::ready(
-            self.token(principal, expires_at, role, grant),
-        ))
-    }
-
-    fn renew<'a>(
-        &'a self,
-        principal: &'a PrincipalName,
-        expires_at: OffsetDateTime,
-        role: &'a RoleSpec,
-    ) -> EngineFuture<'a, Option<OffsetDateTime>> {
-        let _ = (principal, expires_at, role);
-        Box::pin(std::future::ready(Err(CredentialError::NotRenewable(KIND))))
-    }
-
-    fn revoke<'a>(&'a self, principal: &'a PrincipalName) -> EngineFuture<'a, ()> {
-        let _ = principal;
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn list_principals<'a>(
-        &'a self,
-        prefix: &'a PrincipalPrefix,
-    ) -> EngineFuture<'a, Vec<PrincipalName>> {
-        let _ = prefix;
-        Box::pin(std::future::ready(Ok(Vec::new())))
-    }
-
-    fn check(&self) -> EngineFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(match grant {
+            Some(grant) => self.token(principal, expires_at, role, grant),
+            None => Err(invalid_role(
+                KIND,
+                "-",
+                "a token names who holds it: mint it with a grant",
+            )),
+        }))
     }
 }
 

@@ -58,7 +58,7 @@ mod sql;
 mod template;
 
 pub use connection_url::{connection_url, percent_encoded};
-pub use engine::{Engine, EngineFuture, Grant, MintedCredential};
+pub use engine::{Engine, EngineFuture, Grant, MintedCredential, Serverless};
 pub use error::{CredentialError, EngineKind};
 pub use jwt::{ClaimsSigner, JwtEngine, JwtRole};
 pub use mysql::{MysqlConfig, MysqlEngine, MysqlRole};
