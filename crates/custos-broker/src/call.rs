@@ -11,7 +11,9 @@
 //!   -> Permit: commit the decision record (durable, write-ahead)
 //!        -> connection: the task's credentials for the upstream, issued on first use, or
 //!           a call's own, minted for it (module `inject`)
-//!        -> call upstream, bounded by its timeout
+//!        -> call upstream, bounded by its timeout; its notifications about the call
+//!           (progress, log messages) relayed to the agent, scrubbed like the result
+//!           (module `relay`)
 //!        -> redact: injected credentials cut out of the result or error
 //!        -> a call's own credentials revoked
 //!        -> [scan result]                     (scanners)
@@ -33,12 +35,12 @@ use custos_crypto::{TaskClaims, new_id};
 use custos_policy::{CallRequest, PermittedCall, PolicyView, Refusal, Verdict};
 use serde_json::Value;
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 
 use crate::approvals::HoldOutcome;
 use crate::inject::Injection;
 use crate::pins::PinStatus;
 use crate::registry::Snapshot;
+use crate::relay::CallChannel;
 use crate::{Broker, BrokerError};
 
 /// The longest tool name stored in an audit record.
@@ -85,6 +87,14 @@ impl TaskContext {
     /// The human or event on whose behalf the task runs.
     pub fn initiator(&self) -> &str {
         &self.claims.sub
+    }
+
+    /// The name policy and the audit log give the tool the agent called `name`
+    /// ([`Snapshot::canonical_tool`]).
+    pub fn canonical_tool(&self, name: &str) -> String {
+        self.snapshot
+            .canonical_tool(&self.claims.template, name)
+            .into_owned()
     }
 
     /// The registry snapshot this request is decided against.
@@ -237,13 +247,15 @@ pub trait Upstreams: Send + Sync + 'static {
     }
 
     /// Makes one permitted call on `conn`; the result is the raw MCP `CallToolResult`. When
-    /// `cancel` fires first, the upstream is sent `notifications/cancelled` for it and the
-    /// answer is [`UpstreamError::Cancelled`].
+    /// the channel's cancellation fires first, the upstream is sent `notifications/cancelled`
+    /// for it and the answer is [`UpstreamError::Cancelled`]. The upstream's notifications
+    /// about the call go to [`CallChannel::notify`]; when the channel
+    /// [wants progress](CallChannel::wants_progress), the upstream is asked for it.
     fn call_tool(
         &self,
         call: &PermittedCall<'_>,
         conn: &Connection<'_>,
-        cancel: &CancellationToken,
+        channel: &CallChannel,
     ) -> impl Future<Output = Result<Value, UpstreamError>> + Send;
 }
 
@@ -331,14 +343,8 @@ impl Broker {
             .spec;
         let mut out = Vec::new();
         for (name, up) in &ctx.snapshot.upstreams {
-            let prefix = format!("{name}__");
             // Only ask upstreams some pattern could match.
-            let wanted = template.tools.iter().any(|e| {
-                let p = &e.tool;
-                p.starts_with(&prefix)
-                    || custos_core::glob::glob_match(p.split("__").next().unwrap_or(""), name)
-            });
-            if !wanted {
+            if !template.may_reach(name) {
                 continue;
             }
             // Definitions come with injected credentials cut out (by the implementation).
@@ -361,6 +367,17 @@ impl Broker {
                     tracing::debug!(upstream = %name, tool = %custos_core::text::for_display(&tool_name, 80), "tool name cannot be exposed; skipped");
                     continue;
                 };
+                // What the agent calls it: `upstream__tool`, or for an upstream exposed
+                // without a prefix its own name — unless that name would be read as another
+                // upstream's tool (then it cannot be called, and is not listed).
+                let agent_name = if up.spec.prefix {
+                    exposed.clone()
+                } else if ctx.snapshot.canonical_tool(ctx.template(), &tool_name) == exposed {
+                    tool_name.clone()
+                } else {
+                    tracing::debug!(upstream = %name, tool = %custos_core::text::for_display(&tool_name, 80), "tool name reads as another upstream's tool; skipped");
+                    continue;
+                };
                 if !custos_policy::lists(template, &up.spec, &exposed, &tool_name)
                     || ctx.snapshot.compiled.forbids_outright(
                         &template.name,
@@ -379,7 +396,7 @@ impl Broker {
                 {
                     PinStatus::Pinned => {
                         let mut tool = listed.definition;
-                        tool["name"] = Value::String(exposed);
+                        tool["name"] = Value::String(agent_name);
                         out.push(tool);
                     }
                     // Changed since approved, or never approved: hidden (and refused on call).
@@ -405,12 +422,13 @@ impl Broker {
         name: String,
         arguments: Value,
         upstreams: Arc<U>,
-        cancel: CancellationToken,
+        channel: CallChannel,
     ) -> CallResult {
         let broker = self.clone();
         self.to_completion("call pipeline", async move {
+            let name = ctx.canonical_tool(&name);
             broker
-                .run_call(&ctx, &name, arguments, upstreams.as_ref(), &cancel)
+                .run_call(&ctx, &name, arguments, upstreams.as_ref(), &channel)
                 .await
         })
         .await
@@ -424,7 +442,7 @@ impl Broker {
         name: &str,
         arguments: Value,
         upstreams: &U,
-        cancel: &CancellationToken,
+        channel: &CallChannel,
     ) -> CallResult {
         let proposed = self
             .proposed_tier(&ctx.snapshot, Some(ctx), ctx.task_id(), name, upstreams)
@@ -446,7 +464,9 @@ impl Broker {
             }
         };
         self.commit_decision(&mut call, &permitted).await?;
-        let result = self.call_upstream(ctx, &permitted, upstreams, cancel).await;
+        let result = self
+            .call_upstream(ctx, &permitted, upstreams, channel)
+            .await;
         // [Result scanning: a later stage, after the call.]
         let result = self.taint(ctx, &permitted, result).await;
         let ending = Ending::Called {
@@ -601,10 +621,13 @@ impl Broker {
         ctx: &TaskContext,
         permitted: &PermittedCall<'_>,
         upstreams: &U,
-        cancel: &CancellationToken,
+        channel: &CallChannel,
     ) -> Result<Value, UpstreamError> {
         let conn = self.call_connection(ctx, permitted.upstream()).await?;
-        let result = self.invoke(permitted, &conn, upstreams, cancel).await;
+        // Notices are scrubbed like the result; a call whose content would taint the task
+        // relays no content before the taint is recorded.
+        let channel = channel.for_call(conn.injection(), permitted.taints() && !ctx.tainted);
+        let result = self.invoke(permitted, &conn, upstreams, &channel).await;
         let result = redact(&conn, result);
         self.end_call_injection(conn.upstream(), conn.injection().map(AsRef::as_ref))
             .await;
@@ -617,10 +640,10 @@ impl Broker {
         permitted: &PermittedCall<'_>,
         conn: &Connection<'_>,
         upstreams: &U,
-        cancel: &CancellationToken,
+        channel: &CallChannel,
     ) -> Result<Value, UpstreamError> {
         let started = Instant::now();
-        let result = upstreams.call_tool(permitted, conn, cancel).await;
+        let result = upstreams.call_tool(permitted, conn, channel).await;
         self.inner
             .metrics
             .upstream_latency(&permitted.upstream().name, started.elapsed().as_secs_f64());

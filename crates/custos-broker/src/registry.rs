@@ -1,6 +1,7 @@
 //! The registry: applying, reading and deleting resources, and the in-memory snapshot the hot
 //! path reads (reloaded after every change made here, and when older than the cache TTL).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
@@ -8,8 +9,8 @@ use custos_audit::{AuditEvent, Detail, EventKind};
 use custos_core::operator::Permission;
 use custos_core::resource::parse_documents;
 use custos_core::{
-    AgentId, AgentSpec, AgentStatus, Change, ChangeOp, CredentialRoleSpec, Kind, Resource,
-    StoredResource, TemplateSpec, UpstreamSpec,
+    AgentId, AgentSpec, AgentStatus, Change, ChangeOp, CredentialRoleSpec, ExposedTool, Kind,
+    Resource, StoredResource, TemplateSpec, UpstreamSpec,
 };
 use custos_credentials::RoleSpec;
 use custos_crypto::{new_id, parse_public_key_pem};
@@ -96,6 +97,87 @@ pub struct Snapshot {
     pub compiled: Arc<custos_policy::Compiled>,
     /// The raw Cedar policies (`kind: Policy`) of this version.
     pub policies: Vec<custos_core::PolicySpec>,
+    /// Per template, the one upstream it reaches that is exposed without a prefix (computed
+    /// once per snapshot: every call's name is resolved against it).
+    pub bare: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// The one upstream `template` reaches whose tools agents see by their own names
+    /// (`prefix: false`), if any.
+    pub fn bare_upstream(&self, template: &str) -> Option<&str> {
+        self.bare.get(template).map(String::as_str)
+    }
+
+    fn find_bare_upstreams(&mut self) {
+        self.bare = self
+            .templates
+            .iter()
+            .filter_map(|(t, spec)| {
+                self.upstreams
+                    .iter()
+                    .find(|(name, up)| !up.spec.prefix && spec.spec.may_reach(name))
+                    .map(|(name, _)| (t.clone(), name.clone()))
+            })
+            .collect();
+    }
+
+    /// The name policy, tiers and the audit log give the tool an agent of `template` called
+    /// `name`: `upstream__tool`. A name that is not a prefixed upstream's exposed tool is the
+    /// template's bare upstream's own tool name, when it has one.
+    pub fn canonical_tool<'a>(&self, template: &str, name: &'a str) -> Cow<'a, str> {
+        let Some(bare) = self.bare_upstream(template) else {
+            return Cow::Borrowed(name);
+        };
+        let prefixed = ExposedTool::parse(name)
+            .ok()
+            .and_then(|t| self.upstreams.get(&t.upstream))
+            .is_some_and(|up| up.spec.prefix);
+        if prefixed {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(format!(
+                "{bare}{}{name}",
+                custos_core::names::TOOL_SEPARATOR
+            ))
+        }
+    }
+}
+
+/// A template that would reach two upstreams exposed without a prefix, once `resources` are
+/// applied over `snap`: their tools could share names.
+fn two_bare_upstreams(snap: &Snapshot, resources: &[Resource]) -> Option<(String, String, String)> {
+    let mut upstreams: BTreeMap<&str, &UpstreamSpec> = snap
+        .upstreams
+        .iter()
+        .map(|(n, u)| (n.as_str(), &u.spec))
+        .collect();
+    let mut templates: BTreeMap<&str, &TemplateSpec> = snap
+        .templates
+        .iter()
+        .map(|(n, t)| (n.as_str(), &t.spec))
+        .collect();
+    for r in resources {
+        match r {
+            Resource::Upstream(u) => {
+                upstreams.insert(&u.name, u);
+            }
+            Resource::Template(t) => {
+                templates.insert(&t.name, t);
+            }
+            _ => {}
+        }
+    }
+    templates.values().find_map(|t| {
+        let mut bare = upstreams
+            .iter()
+            .filter(|(n, u)| !u.prefix && t.may_reach(n))
+            .map(|(n, _)| *n);
+        match (bare.next(), bare.next()) {
+            (Some(a), Some(b)) => Some((t.name.clone(), a.to_owned(), b.to_owned())),
+            _ => None,
+        }
+    })
 }
 
 pub(crate) struct RegistryCache {
@@ -204,6 +286,7 @@ async fn load_snapshot(
     snap.policies = policies;
     // One query for every suspension, not one per agent (the snapshot is re-read each second).
     snap.suspended = store.suspended_agents().await?.into_iter().collect();
+    snap.find_bare_upstreams();
     Ok(snap)
 }
 
@@ -435,6 +518,11 @@ impl Broker {
                     }
                 }
             }
+        }
+        if let Some((template, a, b)) = two_bare_upstreams(&snap, &resources) {
+            return Err(BrokerError::Invalid(format!(
+                "Template `{template}` would reach upstreams `{a}` and `{b}`, both exposed without a prefix (`prefix: false`): their tools could share names; give one of them a prefix or keep it out of the template"
+            )));
         }
         let mut ordered = resources;
         ordered.sort_by_key(|r| Kind::ALL.iter().position(|k| *k == r.kind()));

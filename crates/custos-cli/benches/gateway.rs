@@ -25,7 +25,9 @@
 //! `tools/list` latency is measured first), `BENCH_BASELINE_BIN` another `custos` binary to run
 //! side by side as `baseline/…` targets (to compare two builds under the same conditions),
 //! `BENCH_GATEWAY_ENV` and `BENCH_BASELINE_ENV` extra environment for either gateway process
-//! (`K=V,K2=V2`, e.g. `TOKIO_WORKER_THREADS=1`).
+//! (`K=V,K2=V2`, e.g. `TOKIO_WORKER_THREADS=1`), `BENCH_PROGRESS` (N > 0: a call that asks for
+//! progress is answered with N `notifications/progress` on an event stream before its result,
+//! and the latency each relayed notification adds is measured first).
 
 #![allow(
     clippy::unwrap_used,
@@ -81,7 +83,11 @@ async fn upstream_mcp(headers: HeaderMap, body: Bytes) -> Response {
                 .pointer("/params/arguments/text")
                 .cloned()
                 .unwrap_or(Value::Null);
-            json!({ "content": [{ "type": "text", "text": text }], "isError": false, "resultType": "complete" })
+            let result = json!({ "content": [{ "type": "text", "text": text }], "isError": false, "resultType": "complete" });
+            if let Some(token) = msg.pointer("/params/_meta/progressToken") {
+                return progress_stream(&id, token, result);
+            }
+            result
         }
         _ => {
             return (
@@ -92,6 +98,20 @@ async fn upstream_mcp(headers: HeaderMap, body: Bytes) -> Response {
         }
     };
     axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
+}
+
+/// `BENCH_PROGRESS` progress notifications, then the result, as one event stream.
+fn progress_stream(id: &Value, token: &Value, result: Value) -> Response {
+    let n: u64 = env_or("BENCH_PROGRESS", 0);
+    let mut body = String::new();
+    for i in 1..=n {
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                          "params": {"progressToken": token, "progress": i, "total": n}});
+        body.push_str(&format!("event: message\ndata: {note}\n\n"));
+    }
+    let answer = json!({ "jsonrpc": "2.0", "id": id, "result": result });
+    body.push_str(&format!("event: message\ndata: {answer}\n\n"));
+    ([("content-type", "text/event-stream")], body).into_response()
 }
 
 /// The upstream's tools: `echo`, plus `BENCH_LIST - 1` more (`tool_1`, …) when `BENCH_LIST`
@@ -242,6 +262,64 @@ impl Client {
         Ok(elapsed)
     }
 
+    /// One `tools/call` asking for progress; `Ok(elapsed)` when the answer is an event stream
+    /// of `notices` progress notifications under the client's token, then the result.
+    async fn call_progress(
+        &self,
+        target: &Target,
+        id: u64,
+        notices: usize,
+    ) -> Result<Duration, String> {
+        let params = json!({ "name": target.tool, "arguments": { "text": "hello, custos" },
+                             "_meta": { "progressToken": "bench" } });
+        let mut body: Value =
+            serde_json::from_str(&Self::body(target, id, "tools/call", params)).unwrap();
+        if target.session.is_none() {
+            body["params"]["_meta"]["progressToken"] = "bench".into();
+        }
+        let started = Instant::now();
+        let mut req = self
+            .http
+            .post(&target.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(&*target.token)
+            .body(body.to_string());
+        req = match &target.session {
+            Some(sid) => req
+                .header("mcp-session-id", sid.as_str())
+                .header("mcp-protocol-version", SESSION_VERSION),
+            None => req
+                .header("mcp-protocol-version", MODERN)
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", target.tool),
+        };
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let elapsed = started.elapsed();
+        let messages: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim_start()).ok())
+            .collect();
+        let progress = messages
+            .iter()
+            .filter(|m| {
+                m["method"] == "notifications/progress" && m["params"]["progressToken"] == "bench"
+            })
+            .count();
+        let answered = messages
+            .last()
+            .is_some_and(|m| m.pointer("/result/content/0/text").is_some());
+        if progress != notices || !answered {
+            return Err(format!(
+                "{progress} of {notices} notifications; {text:.300}"
+            ));
+        }
+        target.ok.fetch_add(1, Ordering::Relaxed);
+        Ok(elapsed)
+    }
+
     async fn initialize(&self, url: &str, token: &str) -> String {
         let resp = self
             .http
@@ -366,6 +444,61 @@ async fn list_latency(client: &Client, targets: &[Target], tools: usize) {
             "  {:<20} p50 {p50:.3}  p99 {p99:.3}  added p50 {:.3}",
             tg.label,
             p50 - direct
+        );
+    }
+}
+
+/// A call that streams `notices` progress notifications against a plain call, one at a time,
+/// targets alternating: what each relayed notification adds (medians over 5 rounds of 200).
+async fn progress_latency(client: &Client, targets: &[Target], notices: usize) {
+    let mut id = 7_000_000u64;
+    for _ in 0..50 {
+        for t in targets {
+            id += 2;
+            client.call_progress(t, id, notices).await.unwrap();
+            client.call(t, id + 1).await.unwrap();
+        }
+    }
+    let mut streamed: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut plain: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for _ in 0..5 {
+        let mut s: Vec<Vec<u64>> = vec![Vec::new(); targets.len()];
+        let mut p: Vec<Vec<u64>> = vec![Vec::new(); targets.len()];
+        for i in 0..200 {
+            for k in 0..targets.len() {
+                let t = (i + k) % targets.len();
+                id += 2;
+                let d = client
+                    .call_progress(&targets[t], id, notices)
+                    .await
+                    .unwrap();
+                s[t].push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                let d = client.call(&targets[t], id + 1).await.unwrap();
+                p[t].push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            }
+        }
+        for t in 0..targets.len() {
+            s[t].sort_unstable();
+            p[t].sort_unstable();
+            streamed[t].push(ms(percentile(&s[t], 50.0)));
+            plain[t].push(ms(percentile(&p[t], 50.0)));
+        }
+    }
+    println!(
+        "a call streaming {notices} progress notifications vs a plain call (p50 ms, median over 5 rounds of 200):"
+    );
+    let d_streamed = median_f(&mut streamed[0].clone());
+    let d_plain = median_f(&mut plain[0].clone());
+    for (t, tg) in targets.iter().enumerate() {
+        let st = median_f(&mut streamed[t]);
+        let pl = median_f(&mut plain[t]);
+        #[allow(clippy::cast_precision_loss, reason = "a count")]
+        let per = ((st - d_streamed) - (pl - d_plain)) * 1000.0 / notices as f64;
+        println!(
+            "  {:<20} streamed {st:.3}  plain {pl:.3}  added {:.3} / {:.3}  per notification {per:.2} us",
+            tg.label,
+            st - d_streamed,
+            pl - d_plain
         );
     }
 }
@@ -642,6 +775,16 @@ async fn bench_one(durability: &str, upstream_url: &str) {
     let list_n: usize = env_or("BENCH_LIST", 1);
     if list_n > 1 {
         list_latency(&client, &targets, list_n).await;
+    }
+    let progress_n: usize = env_or("BENCH_PROGRESS", 0);
+    if progress_n > 0 {
+        // A baseline build may predate the relay: measured on this build only.
+        let relaying: Vec<Target> = targets
+            .iter()
+            .filter(|t| !t.label.starts_with("baseline"))
+            .cloned()
+            .collect();
+        progress_latency(&client, &relaying, progress_n).await;
     }
     let seq = sequential(&client, &targets, n, rounds).await;
     let seq_cost: Vec<String> = gw_pids

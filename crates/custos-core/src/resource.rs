@@ -298,6 +298,12 @@ pub struct UpstreamSpec {
     /// Credentials minted for each task's connection and injected into it (`credentials`;
     /// only with `scope: task`).
     pub credentials: Vec<UpstreamCredential>,
+    /// Whether agents see its tools as `<name>__<tool>` (`prefix: true`, the default) or by
+    /// the upstream's own names (`prefix: false`), so agents and tests written against the
+    /// server itself work unchanged. Templates, tiers, policies and the audit log name its
+    /// tools `<name>__<tool>` either way; a template may reach at most one such upstream
+    /// (checked on apply), so no two of its tools share a name.
+    pub prefix: bool,
 }
 
 /// [`UpstreamSpec`] as written: the YAML and JSON keys, checked into the typed spec.
@@ -328,8 +334,20 @@ struct RawUpstreamSpec {
     tainted_tiers: BTreeMap<String, Tier>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     trusted: bool,
+    // Left out when true, so specs written before `prefix` existed read and print as before.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    prefix: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     credentials: Vec<UpstreamCredential>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
@@ -360,6 +378,7 @@ impl TryFrom<RawUpstreamSpec> for UpstreamSpec {
             untrusted: raw.untrusted,
             tainted_tiers: raw.tainted_tiers,
             trusted: raw.trusted,
+            prefix: raw.prefix,
             credentials: raw.credentials,
         })
     }
@@ -384,6 +403,7 @@ impl From<UpstreamSpec> for RawUpstreamSpec {
             untrusted: spec.untrusted,
             tainted_tiers: spec.tainted_tiers,
             trusted: spec.trusted,
+            prefix: spec.prefix,
             credentials: spec.credentials,
         }
     }
@@ -526,6 +546,17 @@ pub struct TemplateSpec {
 }
 
 impl TemplateSpec {
+    /// Whether some tool pattern of this template could name a tool of `upstream`: only
+    /// those upstreams are asked for their tools, and only they count as reached.
+    pub fn may_reach(&self, upstream: &str) -> bool {
+        let prefix = format!("{upstream}{TOOL_SEPARATOR}");
+        self.tools.iter().any(|e| {
+            let p = &e.tool;
+            p.starts_with(&prefix)
+                || crate::glob::glob_match(p.split(TOOL_SEPARATOR).next().unwrap_or(""), upstream)
+        })
+    }
+
     /// The template's maximum task TTL.
     pub fn max_ttl(&self) -> Duration {
         self.ttl.get()

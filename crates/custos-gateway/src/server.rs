@@ -9,14 +9,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use custos_broker::{Broker, BrokerError, CallError, Source, TaskContext, UpstreamError};
+use custos_broker::{
+    Broker, BrokerError, CallChannel, CallError, LogLevel, Notice, NoticeKind, Source, TaskContext,
+    UpstreamError,
+};
 use custos_core::Reason;
 use custos_crypto::new_id;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::jsonrpc::{self, META_CAPABILITIES, META_SERVER_INFO, META_VERSION, Message};
-use crate::sessions::{SessionMetrics, Sessions};
+use crate::jsonrpc::{
+    self, META_CAPABILITIES, META_LOG_LEVEL, META_SERVER_INFO, META_VERSION, Message,
+};
+use crate::sessions::{SessionMetrics, SessionState, Sessions};
 use crate::upstream::UpstreamPool;
 use crate::{HANDSHAKE_VERSIONS, MODERN_VERSION};
 
@@ -115,6 +120,16 @@ impl GatewayReply {
 enum Era {
     Session,
     Modern,
+}
+
+/// Who sent a request, as far as answering it goes.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'a> {
+    /// Its session (empty in the stateless era): what `notifications/cancelled` is scoped to.
+    scope: &'a str,
+    era: Era,
+    /// The lowest log level it wants messages of; none: no log messages.
+    log_level: Option<LogLevel>,
 }
 
 /// How long a task-scoped upstream connection may go unused before it is stopped: long enough
@@ -561,7 +576,7 @@ impl McpGateway {
             return refuse("batches are not part of this protocol version");
         }
         let version = match self.session_of(ctx, req) {
-            Ok(v) => v,
+            Ok(s) => s.version,
             Err(reply) => return reply,
         };
         if version != BATCH_VERSION {
@@ -612,28 +627,33 @@ impl McpGateway {
     /// The session a session-era message belongs to, touched (its idle timer restarts); its
     /// negotiated version. Missing: 400; unknown, expired or another task's: 404; a
     /// `MCP-Protocol-Version` header other than the negotiated version: 400.
-    fn session_of(&self, ctx: &TaskContext, req: &McpRequest<'_>) -> Result<String, GatewayReply> {
+    fn session_of(
+        &self,
+        ctx: &TaskContext,
+        req: &McpRequest<'_>,
+    ) -> Result<SessionState, GatewayReply> {
         let Some(sid) = req.session_id else {
             return Err(missing_session());
         };
-        let version = self
+        let state = self
             .sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .use_session(sid, ctx.task_id(), self.broker.clock().now_ms())
-            .filter(|v| !v.is_empty())
+            .filter(|s| !s.version.is_empty())
             .ok_or_else(unknown_session)?;
         match req.protocol_version {
-            Some(v) if v != version => Err(GatewayReply::rpc_error(
+            Some(v) if v != state.version => Err(GatewayReply::rpc_error(
                 400,
                 &Value::Null,
                 jsonrpc::INVALID_REQUEST,
                 &format!(
-                    "Bad Request: MCP-Protocol-Version does not match the session's negotiated version `{version}`"
+                    "Bad Request: MCP-Protocol-Version does not match the session's negotiated version `{}`",
+                    state.version
                 ),
                 None,
             )),
-            _ => Ok(version),
+            _ => Ok(state),
         }
     }
 
@@ -667,7 +687,7 @@ impl McpGateway {
                 );
             let result = json!({
                 "protocolVersion": version,
-                "capabilities": { "tools": { "listChanged": false } },
+                "capabilities": { "tools": { "listChanged": false }, "logging": {} },
                 "serverInfo": server_info(),
                 "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.template()),
             });
@@ -675,46 +695,50 @@ impl McpGateway {
             reply.headers.push(("mcp-session-id", sid));
             return reply;
         }
-        if let Err(reply) = self.session_of(ctx, req) {
-            return reply;
-        }
-        if method == "tools/call"
-            && let Some(token) = progress_token(req, params)
-        {
-            return self.streamed_call(
-                ctx,
-                req.session_id.unwrap_or(""),
-                id,
-                params,
-                Era::Session,
-                token,
-            );
-        }
+        let session = match self.session_of(ctx, req) {
+            Ok(s) => s,
+            Err(reply) => return reply,
+        };
+        let scope = req.session_id.unwrap_or("");
         let body = match method {
             "ping" => jsonrpc::result(id, json!({})),
-            _ => {
-                self.dispatch(
-                    ctx,
-                    req.session_id.unwrap_or(""),
+            "logging/setLevel" => match params
+                .and_then(|p| p.get("level"))
+                .and_then(Value::as_str)
+                .and_then(LogLevel::parse)
+            {
+                Some(level) => {
+                    self.sessions
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .set_log_level(scope, ctx.task_id(), level);
+                    jsonrpc::result(id, json!({}))
+                }
+                None => jsonrpc::error(
                     id,
-                    method,
-                    params,
-                    Era::Session,
-                )
-                .await
+                    jsonrpc::INVALID_PARAMS,
+                    "Invalid params: level must be one of debug, info, notice, warning, error, critical, alert, emergency",
+                    None,
+                ),
+            },
+            "tools/call" => {
+                return self
+                    .tool_call(
+                        ctx,
+                        req,
+                        Caller {
+                            scope,
+                            era: Era::Session,
+                            log_level: Some(session.log_level),
+                        },
+                        id,
+                        params,
+                    )
+                    .await;
             }
+            _ => self.dispatch(ctx, id, method, params, Era::Session).await,
         };
-        let status = if body
-            .get("error")
-            .and_then(|e| e.get("code"))
-            .and_then(Value::as_i64)
-            == Some(jsonrpc::UNAVAILABLE)
-        {
-            503
-        } else {
-            200
-        };
-        GatewayReply::json(status, body)
+        answered(Era::Session, body)
     }
 
     async fn modern_request(
@@ -774,11 +798,6 @@ impl McpGateway {
                 None,
             );
         }
-        if method == "tools/call"
-            && let Some(token) = progress_token(req, params)
-        {
-            return self.streamed_call(ctx, "", id, params, Era::Modern, token);
-        }
         let body = match method {
             "server/discover" => jsonrpc::result(
                 id,
@@ -791,85 +810,116 @@ impl McpGateway {
                     "_meta": { META_SERVER_INFO: server_info() },
                 }),
             ),
-            _ => {
-                self.dispatch(ctx, "", id, method, params, Era::Modern)
-                    .await
+            "tools/call" => {
+                let level = modern_log_level(params);
+                return self
+                    .tool_call(
+                        ctx,
+                        req,
+                        Caller {
+                            scope: "",
+                            era: Era::Modern,
+                            log_level: level,
+                        },
+                        id,
+                        params,
+                    )
+                    .await;
             }
+            _ => self.dispatch(ctx, id, method, params, Era::Modern).await,
         };
-        let code = body
-            .get("error")
-            .and_then(|e| e.get("code"))
-            .and_then(Value::as_i64);
-        let status = match code {
-            Some(jsonrpc::UNAVAILABLE) => 503,
-            Some(c) => modern_status(c),
-            None => 200,
-        };
-        GatewayReply::json(status, body)
+        answered(Era::Modern, body)
     }
 
-    /// A `tools/call` whose client asked for progress: answered as an event stream that
-    /// carries a `notifications/progress` every [`PROGRESS_EVERY`] while the call runs or
-    /// waits for a human approval, then the response. The call runs to its end whether or
-    /// not the client keeps listening.
-    fn streamed_call(
+    /// A `tools/call`, in either era. The call runs to its end (and its records are written)
+    /// whether or not the client keeps listening. A client that accepts an event stream gets
+    /// one as soon as there is something to tell it before the answer: the upstream's
+    /// progress and log messages about the call, and, when it asked for progress, a
+    /// `notifications/progress` of Custos's own every [`PROGRESS_EVERY`] while the call waits
+    /// for a human approval or the upstream has reported none; otherwise the answer is plain
+    /// JSON, as for a client that accepts no stream.
+    async fn tool_call(
         &self,
         ctx: &TaskContext,
-        scope: &str,
+        req: &McpRequest<'_>,
+        caller: Caller<'_>,
         id: &Value,
         params: Option<&Value>,
-        era: Era,
-        token: Value,
     ) -> GatewayReply {
+        let Caller {
+            scope,
+            era,
+            log_level,
+        } = caller;
         let (name, arguments) = match call_params(id, params) {
             Ok(p) => p,
-            Err(error) => return GatewayReply::json(200, error),
+            Err(error) => return answered(era, error),
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
         let (cancel, guard) = self.track_call(ctx, scope, id);
-        let broker = self.broker.clone();
         let upstreams = self.upstreams.clone();
-        let ctx = ctx.clone();
+        if !accepts_stream(req) {
+            let channel = CallChannel::new(cancel);
+            let result = self
+                .broker
+                .call_tool(ctx.clone(), name, arguments, upstreams, channel)
+                .await;
+            return answered(era, call_answer(id, result, era));
+        }
+        let token = progress_token(params);
+        let (notices_tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+        let channel = CallChannel::new(cancel)
+            .with_notices(notices_tx, token.is_some())
+            .with_log_level(log_level);
+        let mut relay = Relay::new(
+            &self.broker,
+            ctx,
+            &ctx.canonical_tool(&name),
+            token,
+            notices,
+        );
+        let broker = self.broker.clone();
+        let owned = ctx.clone();
+        let mut call = Box::pin(async move {
+            broker
+                .call_tool(owned, name, arguments, upstreams, channel)
+                .await
+        });
+        let first = tokio::select! {
+            biased;
+            result = &mut call => {
+                // Notices that came with the answer go before it, on a stream.
+                let queued = relay.queued();
+                if queued.is_empty() {
+                    return answered(era, call_answer(id, result, era));
+                }
+                let (tx, rx) = tokio::sync::mpsc::channel(queued.len() + 1);
+                for m in queued {
+                    let _ = tx.try_send(m);
+                }
+                let _ = tx.try_send(call_answer(id, result, era));
+                return GatewayReply::stream(rx);
+            }
+            first = relay.next() => first,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
         let id = id.clone();
-        let mut approvals = broker.approval_events();
         tokio::spawn(async move {
-            let task = ctx.task_id().to_owned();
-            let tool = name.clone();
             let _guard = guard;
-            let call = broker.call_tool(ctx, name, arguments, upstreams, cancel);
-            tokio::pin!(call);
-            let mut tick = tokio::time::interval(PROGRESS_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            let mut waiting_on: Option<String> = None;
-            let mut sent = 0u64;
+            let _ = tx.try_send(first);
             loop {
                 tokio::select! {
+                    biased;
                     result = &mut call => {
+                        for m in relay.queued() {
+                            let _ = tx.try_send(m);
+                        }
                         let _ = tx.send(call_answer(&id, result, era)).await;
                         return;
                     }
-                    event = approvals.recv() => {
-                        if let Ok(custos_broker::ApprovalEvent::Requested(a)) = event
-                            && a.task.as_str() == task
-                            && a.tool == tool
-                        {
-                            waiting_on = Some(a.id.to_string());
-                        }
-                    }
-                    _ = tick.tick() => {
-                        sent += 1;
-                        let message = match &waiting_on {
-                            Some(a) => format!("custos: waiting for a human to answer approval {a}"),
-                            None => "custos: the call is still running".to_owned(),
-                        };
-                        let progress = json!({
-                            "jsonrpc": "2.0",
-                            "method": "notifications/progress",
-                            "params": { "progressToken": token, "progress": sent, "message": message },
-                        });
-                        // A client that stopped listening: the call still runs to its end.
-                        let _ = tx.try_send(progress);
+                    message = relay.next() => {
+                        // Never waits on a slow client: the call is polled here, and must
+                        // not stall behind it. A notice that does not fit is dropped.
+                        let _ = tx.try_send(message);
                     }
                 }
             }
@@ -880,7 +930,6 @@ impl McpGateway {
     async fn dispatch(
         &self,
         ctx: &TaskContext,
-        scope: &str,
         id: &Value,
         method: &str,
         params: Option<&Value>,
@@ -909,18 +958,6 @@ impl McpGateway {
                 }
                 Err(e) => broker_error(id, &e),
             },
-            "tools/call" => {
-                let (name, arguments) = match call_params(id, params) {
-                    Ok(p) => p,
-                    Err(error) => return error,
-                };
-                let (cancel, _guard) = self.track_call(ctx, scope, id);
-                let result = self
-                    .broker
-                    .call_tool(ctx.clone(), name, arguments, self.upstreams.clone(), cancel)
-                    .await;
-                call_answer(id, result, era)
-            }
             _ => jsonrpc::error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
@@ -988,11 +1025,14 @@ fn call_answer(id: &Value, result: custos_broker::CallResult, era: Era) -> Value
     }
 }
 
-/// The progress token of a request that asked for progress and accepts an event stream.
-fn progress_token(req: &McpRequest<'_>, params: Option<&Value>) -> Option<Value> {
-    let accepts_stream = req
-        .accept
-        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"));
+/// Whether the client accepts an event stream as the answer to its request.
+fn accepts_stream(req: &McpRequest<'_>) -> bool {
+    req.accept
+        .is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// The progress token of a request that asked for progress.
+fn progress_token(params: Option<&Value>) -> Option<Value> {
     let token = params?.get("_meta")?.get("progressToken")?;
     // The specification allows a string or an integer; anything else is not a token.
     let valid = match token {
@@ -1000,7 +1040,188 @@ fn progress_token(req: &McpRequest<'_>, params: Option<&Value>) -> Option<Value>
         Value::Number(n) => n.is_i64() || n.is_u64(),
         _ => false,
     };
-    (accepts_stream && valid).then(|| token.clone())
+    valid.then(|| token.clone())
+}
+
+/// The lowest log level a stateless-era request opts in to (`_meta`; none without: no log
+/// messages).
+fn modern_log_level(params: Option<&Value>) -> Option<LogLevel> {
+    params?
+        .get("_meta")?
+        .get(META_LOG_LEVEL)?
+        .as_str()
+        .and_then(LogLevel::parse)
+}
+
+/// The HTTP answer carrying one JSON-RPC answer: 503 when Custos could not decide or record,
+/// and in the stateless era the status its error code calls for.
+fn answered(era: Era, body: Value) -> GatewayReply {
+    let code = body
+        .get("error")
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_i64);
+    let status = match (code, era) {
+        (Some(jsonrpc::UNAVAILABLE), _) => 503,
+        (Some(c), Era::Modern) => modern_status(c),
+        _ => 200,
+    };
+    GatewayReply::json(status, body)
+}
+
+/// How many messages for the agent are queued per call before more are dropped.
+const NOTICE_QUEUE: usize = 64;
+
+/// The messages for the agent about one call in flight, before its answer: the upstream's
+/// notices, and Custos's own progress while the call is held or the upstream reports none.
+struct Relay {
+    task: String,
+    tool: String,
+    token: Option<Value>,
+    notices: tokio::sync::mpsc::Receiver<Notice>,
+    /// Custos's own progress, for a client that asked for progress: a tick, and the approval
+    /// requests that say what the call waits for.
+    own_progress: Option<OwnProgress>,
+    waiting_on: Option<String>,
+    /// Progress notifications Custos sent of its own.
+    own: u64,
+    /// Whether the upstream reported progress: Custos's own then stops, and the upstream's
+    /// are shifted by `own` so the values the agent sees keep increasing.
+    upstream_reports: bool,
+}
+
+impl Relay {
+    fn new(
+        broker: &Broker,
+        ctx: &TaskContext,
+        tool: &str,
+        token: Option<Value>,
+        notices: tokio::sync::mpsc::Receiver<Notice>,
+    ) -> Self {
+        let own_progress = token.is_some().then(|| {
+            let start = tokio::time::Instant::now() + PROGRESS_EVERY;
+            let mut tick = tokio::time::interval_at(start, PROGRESS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            OwnProgress {
+                tick,
+                approvals: broker.approval_events(),
+            }
+        });
+        Self {
+            task: ctx.task_id().to_owned(),
+            tool: tool.to_owned(),
+            token,
+            notices,
+            own_progress,
+            waiting_on: None,
+            own: 0,
+            upstream_reports: false,
+        }
+    }
+
+    /// The next message for the agent (waits until there is one).
+    async fn next(&mut self) -> Value {
+        loop {
+            let ticking = !self.upstream_reports;
+            let (tick, approvals) = match self.own_progress.as_mut() {
+                Some(o) => (
+                    futures_util::future::Either::Left(o.tick.tick()),
+                    futures_util::future::Either::Left(o.approvals.recv()),
+                ),
+                None => (
+                    futures_util::future::Either::Right(std::future::pending()),
+                    futures_util::future::Either::Right(std::future::pending()),
+                ),
+            };
+            tokio::select! {
+                notice = self.notices.recv() => match notice {
+                    Some(n) => {
+                        if let Some(m) = self.relayed(n) {
+                            return m;
+                        }
+                    }
+                    // The call is over: its answer comes next.
+                    None => std::future::pending::<()>().await,
+                },
+                event = approvals => {
+                    if let Ok(custos_broker::ApprovalEvent::Requested(a)) = event
+                        && a.task.as_str() == self.task
+                        && a.tool == self.tool
+                    {
+                        self.waiting_on = Some(a.id.to_string());
+                    }
+                }
+                _ = tick, if ticking => {
+                    self.own += 1;
+                    let message = match &self.waiting_on {
+                        Some(a) => format!("custos: waiting for a human to answer approval {a}"),
+                        None => "custos: the call is still running".to_owned(),
+                    };
+                    return notification(
+                        NoticeKind::Progress.method(),
+                        json!({ "progressToken": self.token, "progress": self.own, "message": message }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The notices already queued, as the agent gets them (the call is over: they go before
+    /// its answer).
+    fn queued(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(n) = self.notices.try_recv() {
+            out.extend(self.relayed(n));
+        }
+        out
+    }
+
+    /// An upstream notice as the agent gets it: progress under the agent's own token.
+    fn relayed(&mut self, notice: Notice) -> Option<Value> {
+        let params = match notice.kind {
+            NoticeKind::Progress => {
+                let params = progress_for_agent(notice.params, self.token.clone()?, self.own)?;
+                self.upstream_reports = true;
+                params
+            }
+            NoticeKind::Log => notice.params,
+        };
+        Some(notification(notice.kind.method(), params))
+    }
+}
+
+/// An upstream's progress params as the agent gets them: under the agent's `token`, and
+/// shifted by the `own` progress notifications Custos sent before (so the values the agent
+/// sees keep increasing, as the specification requires). None when they carry no number.
+fn progress_for_agent(mut params: Value, token: Value, own: u64) -> Option<Value> {
+    let obj = params.as_object_mut()?;
+    if !obj.get("progress").is_some_and(Value::is_number) {
+        return None;
+    }
+    if own > 0 {
+        for key in ["progress", "total"] {
+            if let Some(v) = obj.get_mut(key)
+                && let Some(n) = v.as_f64()
+            {
+                // Progress values and counts are small: f64 holds them exactly.
+                #[allow(clippy::cast_precision_loss)]
+                let shifted = n + own as f64;
+                if let Some(x) = serde_json::Number::from_f64(shifted) {
+                    *v = Value::Number(x);
+                }
+            }
+        }
+    }
+    obj.insert("progressToken".into(), token);
+    Some(params)
+}
+
+struct OwnProgress {
+    tick: tokio::time::Interval,
+    approvals: tokio::sync::broadcast::Receiver<custos_broker::ApprovalEvent>,
+}
+
+fn notification(method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "method": method, "params": params })
 }
 
 fn broker_error(id: &Value, e: &BrokerError) -> Value {
@@ -1106,6 +1327,25 @@ mod tests {
         assert!(legacy.get("resultType").is_none() && legacy.get("structuredContent").is_none());
         let modern = adapt_result(json!({"content": []}), Era::Modern);
         assert_eq!(modern["resultType"], "complete");
+    }
+
+    #[test]
+    fn relayed_progress_takes_the_agents_token_and_keeps_increasing() {
+        let up = json!({"progressToken": 17, "progress": 1, "total": 4, "message": "m"});
+        assert_eq!(
+            progress_for_agent(up.clone(), json!("agent"), 0),
+            Some(json!({"progressToken": "agent", "progress": 1, "total": 4, "message": "m"}))
+        );
+        // After two progress notifications of Custos's own (an approval wait).
+        assert_eq!(
+            progress_for_agent(up, json!(5), 2),
+            Some(json!({"progressToken": 5, "progress": 3.0, "total": 6.0, "message": "m"}))
+        );
+        assert_eq!(
+            progress_for_agent(json!({"progress": "x"}), json!(1), 0),
+            None
+        );
+        assert_eq!(progress_for_agent(json!([1]), json!(1), 0), None);
     }
 
     #[test]

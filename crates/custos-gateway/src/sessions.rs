@@ -1,6 +1,7 @@
 //! Session-era MCP sessions: which task each belongs to, bounded per task and in all, expired
 //! when idle. One agent opening sessions in a loop evicts only its own task's oldest ones.
 
+use custos_broker::LogLevel;
 use std::collections::{HashMap, VecDeque};
 
 use prometheus_client::metrics::counter::Counter;
@@ -46,8 +47,18 @@ impl SessionMetrics {
 #[derive(Debug, Clone)]
 struct Session {
     task_id: String,
-    version: String,
+    state: SessionState,
     last_used_ms: i64,
+}
+
+/// What a session agreed on.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionState {
+    /// The negotiated protocol version.
+    pub(crate) version: String,
+    /// The lowest log level its client wants messages of (`logging/setLevel`; every level
+    /// until it sets one).
+    pub(crate) log_level: LogLevel,
 }
 
 /// The session table.
@@ -98,7 +109,10 @@ impl Sessions {
             sid,
             Session {
                 task_id: task.to_owned(),
-                version: version.to_owned(),
+                state: SessionState {
+                    version: version.to_owned(),
+                    log_level: LogLevel::Debug,
+                },
                 last_used_ms: now_ms,
             },
         );
@@ -106,9 +120,20 @@ impl Sessions {
         self.set_open();
     }
 
-    /// The negotiated version of `sid` when it belongs to `task` and is not idle-expired; marks
-    /// it used.
-    pub(crate) fn use_session(&mut self, sid: &str, task: &str, now_ms: i64) -> Option<String> {
+    /// Sets the log level of `sid` if it belongs to `task`.
+    pub(crate) fn set_log_level(&mut self, sid: &str, task: &str, level: LogLevel) {
+        if let Some(s) = self.by_id.get_mut(sid).filter(|s| s.task_id == task) {
+            s.state.log_level = level;
+        }
+    }
+
+    /// What `sid` agreed on, when it belongs to `task` and is not idle-expired; marks it used.
+    pub(crate) fn use_session(
+        &mut self,
+        sid: &str,
+        task: &str,
+        now_ms: i64,
+    ) -> Option<SessionState> {
         let s = self.by_id.get_mut(sid)?;
         if s.task_id != task {
             return None;
@@ -118,14 +143,14 @@ impl Sessions {
             return None;
         }
         s.last_used_ms = now_ms;
-        let version = s.version.clone();
+        let state = s.state.clone();
         if let Some(q) = self.by_task.get_mut(task)
             && let Some(i) = q.iter().position(|x| x == sid)
         {
             q.remove(i);
             q.push_back(sid.to_owned());
         }
-        Some(version)
+        Some(state)
     }
 
     /// Ends `sid` if it belongs to `task`.

@@ -470,6 +470,7 @@ mod tests {
                 tainted_tiers: BTreeMap::new(),
                 trusted: false,
                 credentials: Vec::new(),
+                prefix: true,
             },
         )])
     }

@@ -82,6 +82,7 @@ fn stateless_era_discover_list_and_call() {
             "fx__fail",
             "fx__hang",
             "fx__ns.tool/v2",
+            "fx__progress",
             "fx__publish",
             "fx__sleep",
             "fx__touch",
@@ -243,7 +244,7 @@ fn session_era_negotiation_and_termination() {
         assert_eq!(r.body["result"]["protocolVersion"], answered);
         assert_eq!(
             r.body["result"]["capabilities"],
-            json!({"tools": {"listChanged": false}})
+            json!({"tools": {"listChanged": false}, "logging": {}})
         );
     }
     let sid = mcp.initialize();

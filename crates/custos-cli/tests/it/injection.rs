@@ -237,6 +237,23 @@ fn everything_an_upstream_echoes_of_its_credentials_is_cut_out() {
             json!({"name": "leaky__fail", "arguments": {}}),
         )
         .body;
+    // Asked for progress, it leaks into a progress message and a log message too.
+    let streamed = Value::Array(mcp.call_streamed(
+        &sid,
+        "tools/call",
+        json!({"name": "leaky__leak", "arguments": {}, "_meta": {"progressToken": "p"}}),
+    ));
+    let notices: Vec<&str> = streamed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["method"].as_str())
+        .collect();
+    assert_eq!(
+        notices,
+        ["notifications/progress", "notifications/message"],
+        "{streamed}"
+    );
 
     // The process got the lease's password in SECRET and its URL as the last argument.
     let procs = processes_with(&script.display().to_string());
@@ -260,7 +277,12 @@ fn everything_an_upstream_echoes_of_its_credentials_is_cut_out() {
             base64::engine::general_purpose::URL_SAFE.encode(format!("use:{s}")),
         ]
     };
-    for (what, body) in [("tools/list", &list), ("leak", &leak), ("fail", &fail)] {
+    for (what, body) in [
+        ("tools/list", &list),
+        ("leak", &leak),
+        ("fail", &fail),
+        ("notices", &streamed),
+    ] {
         let text = body.to_string();
         assert!(text.contains("[REDACTED]"), "{what}: {text}");
         for needle in encodings(&password).iter().chain(encodings(&url).iter()) {

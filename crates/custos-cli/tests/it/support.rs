@@ -52,6 +52,12 @@ pub struct Deps {
     pub chromium: String,
     /// Its ChromeDriver.
     pub chromedriver: String,
+    /// Node 22 (the conformance suite's).
+    pub node22: String,
+    /// The MCP conformance suite's entry script.
+    pub conformance: String,
+    /// The suite's reference server, its packages installed.
+    pub conformance_server: String,
 }
 
 pub fn deps() -> &'static Deps {
@@ -66,12 +72,15 @@ pub fn deps() -> &'static Deps {
             "CUSTOS_PG_SERVER",
             "CUSTOS_CHROMIUM",
             "CUSTOS_CHROMEDRIVER",
+            "CUSTOS_NODE22",
+            "CUSTOS_CONFORMANCE",
+            "CUSTOS_CONFORMANCE_SERVER",
         ] {
             if let Ok(v) = std::env::var(k) {
                 vars.insert(k.to_owned(), v);
             }
         }
-        if vars.len() < 7 {
+        if vars.len() < 10 {
             let out = Command::new("bash")
                 .arg(repo_root().join("scripts/install-test-deps.sh"))
                 .stderr(Stdio::inherit())
@@ -100,6 +109,9 @@ pub fn deps() -> &'static Deps {
             pg_server: get("CUSTOS_PG_SERVER"),
             chromium: get("CUSTOS_CHROMIUM"),
             chromedriver: get("CUSTOS_CHROMEDRIVER"),
+            node22: get("CUSTOS_NODE22"),
+            conformance: get("CUSTOS_CONFORMANCE"),
+            conformance_server: get("CUSTOS_CONFORMANCE_SERVER"),
         }
     })
 }
@@ -481,6 +493,30 @@ impl RawMcp {
         r.headers.get("mcp-session-id").expect("session id").clone()
     }
 
+    /// Sends a request in an initialized session and reads the answer as an event stream:
+    /// every JSON-RPC message on it (the notifications, then the answer).
+    pub fn call_streamed(&self, session: &str, method: &str, params: Value) -> Vec<Value> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(
+                serde_json::json!({"jsonrpc":"2.0","id":8,"method":method,"params":params})
+                    .to_string(),
+            );
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let text = req.send().expect("POST /mcp").text().unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("JSON data"))
+            .collect()
+    }
+
     /// Sends a request in an initialized session.
     pub fn call(&self, session: &str, method: &str, params: Value) -> RawReply {
         self.post(
@@ -508,7 +544,7 @@ pub fn fixture_yaml(agent: &str, public_key: &str, timeout: &str) -> String {
 name: fx
 command: [python3, "{script}"]
 timeout: {timeout}
-tiers: {{ echo: 1, hang: 1, crash: 1, whoami: 2, wipe: 4, publish: 3, sleep: 1, touch: 1, fail: 1, "ns.tool/v2": 1 }}
+tiers: {{ echo: 1, hang: 1, crash: 1, whoami: 2, wipe: 4, publish: 3, sleep: 1, touch: 1, fail: 1, "ns.tool/v2": 1, progress: 1 }}
 default_tier: 3
 ---
 kind: Template

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use custos_broker::{Injection, UpstreamError};
+use custos_broker::{CallChannel, Injection, NoticeKind, UpstreamError};
 use custos_core::InjectTarget;
 use futures_util::StreamExt as _;
 use secrecy::ExposeSecret;
@@ -104,8 +104,10 @@ impl HttpUpstream {
         self.request_cancellable(method, params, None).await
     }
 
-    /// [`HttpUpstream::request`], abandoned when `cancel` fires first: the upstream is then
-    /// sent `notifications/cancelled` for the request in flight.
+    /// [`HttpUpstream::request`] for a call the agent is waiting on: abandoned when the
+    /// channel's cancellation fires first (the upstream is then sent `notifications/cancelled`
+    /// for the request in flight); the upstream's notifications about it, on the response's
+    /// event stream, relayed into the channel.
     ///
     /// # Errors
     /// As [`HttpUpstream::request`], and [`UpstreamError::Cancelled`].
@@ -113,7 +115,7 @@ impl HttpUpstream {
         &self,
         method: &str,
         params: Option<Value>,
-        cancel: Option<&tokio_util::sync::CancellationToken>,
+        channel: Option<&CallChannel>,
     ) -> Result<Value, UpstreamError> {
         let in_flight = std::sync::atomic::AtomicI64::new(-1);
         let work = async {
@@ -121,8 +123,15 @@ impl HttpUpstream {
                 let session = self.session().await?;
                 let id = self.next_id.fetch_add(1, Ordering::SeqCst);
                 in_flight.store(id, Ordering::SeqCst);
-                let msg = jsonrpc::request(id, method, session.era.wrap_params(params.clone()));
-                match self.post(&session, &msg, method, params.as_ref()).await? {
+                let mut sent = session.era.wrap_params(params.clone());
+                super::ask_for(&mut sent, id, channel, &session.era);
+                let msg = jsonrpc::request(id, method, sent);
+                let relay = channel.filter(|c| c.relays());
+                match self
+                    .post_raw(&session, &msg, method, params.as_ref(), relay)
+                    .await?
+                    .0
+                {
                     Reply::Message(m) => return into_result(&self.name, m),
                     Reply::Status(404, _) if session.id.is_some() && attempt == 0 => {
                         tracing::info!(upstream = %self.name, "upstream session expired; reconnecting");
@@ -138,11 +147,11 @@ impl HttpUpstream {
             Err(self.fail("session could not be re-established"))
         };
         let bounded = tokio::time::timeout(self.timeout, work);
-        let outcome = match cancel {
+        let outcome = match channel {
             None => bounded.await,
             Some(c) => tokio::select! {
                 r = bounded => r,
-                () = c.cancelled() => {
+                () = c.cancel().cancelled() => {
                     let id = in_flight.load(Ordering::SeqCst);
                     if id >= 0
                         && let Ok(session) = self.session().await
@@ -192,7 +201,9 @@ impl HttpUpstream {
                 era: Era::Session(String::new()),
                 id: None,
             };
-            let (reply, sid) = self.post_raw(&fresh, &init, "initialize", None).await?;
+            let (reply, sid) = self
+                .post_raw(&fresh, &init, "initialize", None, None)
+                .await?;
             let result = match reply {
                 Reply::Message(m) => into_result(&self.name, m)?,
                 Reply::Status(s, _) => {
@@ -223,15 +234,18 @@ impl HttpUpstream {
         method: &str,
         params: Option<&Value>,
     ) -> Result<Reply, UpstreamError> {
-        Ok(self.post_raw(s, msg, method, params).await?.0)
+        Ok(self.post_raw(s, msg, method, params, None).await?.0)
     }
 
+    /// Posts one message; a response on an event stream is read to the answer, the
+    /// notifications before it relayed into `relay`.
     async fn post_raw(
         &self,
         s: &Session,
         msg: &Value,
         method: &str,
         params: Option<&Value>,
+        relay: Option<&CallChannel>,
     ) -> Result<(Reply, Option<String>), UpstreamError> {
         let url = self
             .url
@@ -282,7 +296,7 @@ impl HttpUpstream {
         }
         let want_id = msg.get("id").cloned();
         let body = if is_sse {
-            self.read_sse(resp, want_id.as_ref()).await?
+            self.read_sse(s, resp, want_id.as_ref(), relay).await?
         } else {
             let bytes = self.read_body(resp).await?;
             if bytes.is_empty() {
@@ -315,11 +329,15 @@ impl HttpUpstream {
         Ok(out)
     }
 
-    /// Reads server-sent events until the response to `want_id` arrives.
+    /// Reads server-sent events until the response to `want_id` arrives. Notifications on the
+    /// stream are about that request: relayed into `relay`. Requests from the upstream are
+    /// answered (`ping`; the rest refused: the gateway offers the upstream no client features).
     async fn read_sse(
         &self,
+        session: &Session,
         resp: reqwest::Response,
         want_id: Option<&Value>,
+        relay: Option<&CallChannel>,
     ) -> Result<Option<Value>, UpstreamError> {
         let mut buf: Vec<u8> = Vec::new();
         let mut stream = resp.bytes_stream();
@@ -333,15 +351,30 @@ impl HttpUpstream {
             while let Some((event, rest)) = split_event(&buf) {
                 let data = event_data(&event);
                 buf = rest;
-                if let Ok(msg) = serde_json::from_str::<Value>(&data)
-                    && msg.get("method").is_none()
-                    && (want_id.is_none() || msg.get("id") == want_id)
-                {
-                    return Ok(Some(msg));
+                let Ok(msg) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                match (msg.get("method").and_then(Value::as_str), msg.get("id")) {
+                    (None, id) if want_id.is_none() || id == want_id => return Ok(Some(msg)),
+                    (None, _) => {}
+                    (Some(method), Some(id)) => self.answer_upstream(session, method, id).await,
+                    (Some(method), None) => relay_notice(relay, want_id, method, msg.get("params")),
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Answers a request the upstream sent on a response stream.
+    async fn answer_upstream(&self, session: &Session, method: &str, id: &Value) {
+        let answer = if method == "ping" {
+            jsonrpc::result(id, serde_json::json!({}))
+        } else {
+            jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "Method not found", None)
+        };
+        // Boxed: posting reads a response, which can hold a request again.
+        let post = Box::pin(self.post(session, &answer, "", None));
+        let _ = tokio::time::timeout(Duration::from_secs(5), post).await;
     }
 
     /// Ends the session (best effort).
@@ -357,6 +390,25 @@ impl HttpUpstream {
                 .await;
         }
     }
+}
+
+/// Relays a notification from a response's event stream: progress when it carries the token
+/// this client gave the request (its id), a log message as it is.
+fn relay_notice(
+    relay: Option<&CallChannel>,
+    request: Option<&Value>,
+    method: &str,
+    params: Option<&Value>,
+) {
+    let (Some(channel), Some(params)) = (relay, params) else {
+        return;
+    };
+    let kind = match method {
+        "notifications/progress" if params.get("progressToken") == request => NoticeKind::Progress,
+        "notifications/message" => NoticeKind::Log,
+        _ => return,
+    };
+    channel.notify(kind, params.clone());
 }
 
 /// `Mcp-Name` values that are not plain visible ASCII are sent base64-encoded.

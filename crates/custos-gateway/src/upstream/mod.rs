@@ -9,12 +9,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custos_broker::{Connection, Injection, ListedTool, PermittedCall, UpstreamError, Upstreams};
+use custos_broker::{
+    CallChannel, Connection, Injection, ListedTool, PermittedCall, UpstreamError, Upstreams,
+};
 use custos_core::{Transport, UpstreamScope, UpstreamSpec};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::jsonrpc::{META_CAPABILITIES, META_CLIENT_INFO, META_VERSION};
+use crate::jsonrpc::{META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_VERSION};
 use crate::{HANDSHAKE_VERSIONS, MODERN_VERSION};
 
 pub use http::HttpUpstream;
@@ -96,6 +98,36 @@ pub(crate) fn negotiated(result: &Value, upstream: &str) -> Result<String, Upstr
     }
 }
 
+/// Asks the upstream, in a request's `_meta`, for what the call's channel relays: progress on
+/// request `id` (`progressToken` set to the id, a token of this client's own — agents' tokens
+/// can collide on a shared connection; the gateway puts the agent's back on each relayed
+/// notice), and in the stateless era log messages at the level asked for (no stateless-era
+/// server sends any unasked).
+pub(crate) fn ask_for(
+    params: &mut Option<Value>,
+    id: i64,
+    channel: Option<&CallChannel>,
+    era: &Era,
+) {
+    let Some(channel) = channel else { return };
+    let level = channel.log_level().filter(|_| *era == Era::Modern);
+    if !channel.wants_progress() && level.is_none() {
+        return;
+    }
+    let p = params.get_or_insert_with(|| json!({}));
+    if let Some(obj) = p.as_object_mut() {
+        let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            if channel.wants_progress() {
+                m.insert("progressToken".into(), id.into());
+            }
+            if let Some(l) = level {
+                m.insert(META_LOG_LEVEL.into(), l.as_str().into());
+            }
+        }
+    }
+}
+
 /// The largest upstream error `data` relayed to the agent, as JSON bytes; larger is dropped.
 const MAX_ERROR_DATA: usize = 4096;
 
@@ -141,11 +173,11 @@ impl Client {
         &self,
         method: &str,
         params: Option<Value>,
-        cancel: Option<&tokio_util::sync::CancellationToken>,
+        channel: Option<&CallChannel>,
     ) -> Result<Value, UpstreamError> {
         match self {
-            Client::Stdio(c) => c.request_cancellable(method, params, cancel).await,
-            Client::Http(c) => c.request_cancellable(method, params, cancel).await,
+            Client::Stdio(c) => c.request_cancellable(method, params, channel).await,
+            Client::Http(c) => c.request_cancellable(method, params, channel).await,
         }
     }
 
@@ -303,7 +335,8 @@ impl UpstreamPool {
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
                 StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
-                    .with_injection(injection.clone()),
+                    .with_injection(injection.clone())
+                    .relaying_logs(conn.one_call() || spec.scope == UpstreamScope::Task),
             ),
             Transport::Http { url } => Client::Http(
                 HttpUpstream::new(
@@ -419,7 +452,7 @@ impl Upstreams for UpstreamPool {
         &self,
         call: &PermittedCall<'_>,
         conn: &Connection<'_>,
-        cancel: &tokio_util::sync::CancellationToken,
+        channel: &CallChannel,
     ) -> Result<Value, UpstreamError> {
         let params = json!({ "name": call.tool().tool, "arguments": call.arguments() });
         if conn.one_call() {
@@ -440,7 +473,7 @@ impl Upstreams for UpstreamPool {
             let entry = self.new_entry(conn)?;
             let result = entry
                 .client
-                .request_cancellable("tools/call", Some(params), Some(cancel))
+                .request_cancellable("tools/call", Some(params), Some(channel))
                 .await;
             entry.client.shutdown().await;
             return result;
@@ -448,7 +481,7 @@ impl Upstreams for UpstreamPool {
         let entry = self.entry(conn).await?;
         entry
             .client
-            .request_cancellable("tools/call", Some(params), Some(cancel))
+            .request_cancellable("tools/call", Some(params), Some(channel))
             .await
     }
 }

@@ -7,9 +7,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
-use custos_broker::{Injection, UpstreamError};
+use custos_broker::{CallChannel, Injection, NoticeKind, UpstreamError};
 use custos_core::{InjectTarget, StdioCommand};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -36,7 +35,13 @@ const STDERR_CHUNK: usize = 64 * 1024;
 /// Environment passed to children: enough to run, nothing of Custos's own.
 const PASSED_ENV: [&str; 7] = ["PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "TZ"];
 
-type Pending = Arc<std::sync::Mutex<HashMap<i64, oneshot::Sender<Value>>>>;
+/// A request waiting for its answer, and where the upstream's notifications about it go.
+struct Waiting {
+    answer: oneshot::Sender<Value>,
+    channel: Option<CallChannel>,
+}
+
+type Pending = Arc<std::sync::Mutex<HashMap<i64, Waiting>>>;
 
 struct Conn {
     stdin: Mutex<ChildStdin>,
@@ -87,14 +92,24 @@ impl Conn {
         &self,
         name: &str,
         method: &str,
-        params: Option<Value>,
+        mut params: Option<Value>,
         timeout: Duration,
-        cancel: Option<&CancellationToken>,
+        channel: Option<&CallChannel>,
     ) -> Result<Value, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
+        if let Some(c) = channel {
+            let era = self.era.lock().map(|e| e.clone()).unwrap_or(Era::Modern);
+            super::ask_for(&mut params, id, Some(c), &era);
+        }
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(id, tx);
+            p.insert(
+                id,
+                Waiting {
+                    answer: tx,
+                    channel: channel.filter(|c| c.relays()).cloned(),
+                },
+            );
         }
         let msg = jsonrpc::request(id, method, params);
         if let Err(e) = self.send(&msg).await {
@@ -106,11 +121,11 @@ impl Conn {
             ));
         }
         let answer = tokio::time::timeout(timeout, rx);
-        let answer = match cancel {
+        let answer = match channel {
             None => answer.await,
             Some(c) => tokio::select! {
                 a = answer => a,
-                () = c.cancelled() => {
+                () = c.cancel().cancelled() => {
                     // The upstream is told; its late answer, if any, finds no one waiting.
                     self.forget(id);
                     let note = jsonrpc::notification(
@@ -150,6 +165,9 @@ pub struct StdioUpstream {
     /// Credentials put into the process's environment and arguments, and cut out of what it
     /// writes to stderr.
     injection: Option<Arc<Injection>>,
+    /// Whether log messages go to the one call in flight: only on a connection that serves
+    /// one task, where they cannot be another task's.
+    relay_logs: bool,
     conn: Mutex<Slot>,
 }
 
@@ -168,8 +186,17 @@ impl StdioUpstream {
             command,
             timeout,
             injection: None,
+            relay_logs: false,
             conn: Mutex::new(Slot::default()),
         }
+    }
+
+    /// The same upstream, relaying the server's log messages to the one call in flight when
+    /// `relay` (a connection that serves one task: its messages cannot be another task's).
+    #[must_use]
+    pub fn relaying_logs(mut self, relay: bool) -> Self {
+        self.relay_logs = relay;
+        self
     }
 
     /// The same upstream, its processes started with `injection`'s credentials: environment
@@ -193,7 +220,9 @@ impl StdioUpstream {
         self.request_cancellable(method, params, None).await
     }
 
-    /// [`StdioUpstream::request`], cancelled (the upstream told) when `cancel` fires first.
+    /// [`StdioUpstream::request`] for a call the agent is waiting on: cancelled (the upstream
+    /// told) when the channel's cancellation fires first, the upstream's notifications about
+    /// it relayed into the channel.
     ///
     /// # Errors
     /// As [`StdioUpstream::request`], and [`UpstreamError::Cancelled`].
@@ -201,7 +230,7 @@ impl StdioUpstream {
         &self,
         method: &str,
         params: Option<Value>,
-        cancel: Option<&CancellationToken>,
+        channel: Option<&CallChannel>,
     ) -> Result<Value, UpstreamError> {
         let conn = self.connection().await?;
         let era = conn
@@ -215,7 +244,7 @@ impl StdioUpstream {
                 method,
                 era.wrap_params(params),
                 self.timeout,
-                cancel,
+                channel,
             )
             .await;
         if let Err(UpstreamError::Timeout(..)) = &result {
@@ -302,6 +331,7 @@ impl StdioUpstream {
             pending,
             alive,
             Arc::downgrade(&conn),
+            self.relay_logs,
         ));
         if let Some(stderr) = stderr {
             tokio::spawn(drain_stderr(
@@ -485,6 +515,7 @@ async fn read_loop(
     pending: Pending,
     alive: Arc<AtomicBool>,
     conn: std::sync::Weak<Conn>,
+    relay_logs: bool,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut buf = Vec::new();
@@ -516,9 +547,9 @@ async fn read_loop(
             let Some(id) = msg.get("id").and_then(Value::as_i64) else {
                 continue;
             };
-            let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
-            if let Some(tx) = tx {
-                let _ = tx.send(msg);
+            let waiting = pending.lock().ok().and_then(|mut p| p.remove(&id));
+            if let Some(w) = waiting {
+                let _ = w.answer.send(msg);
             }
         } else if let (Some(id), Some(method)) =
             (msg.get("id"), msg.get("method").and_then(Value::as_str))
@@ -532,6 +563,8 @@ async fn read_loop(
             if let Some(c) = conn.upgrade() {
                 let _ = c.send(&answer).await;
             }
+        } else if let Some(method) = msg.get("method").and_then(Value::as_str) {
+            relay_notice(&pending, method, msg.get("params"), relay_logs);
         }
     }
     alive.store(false, Ordering::SeqCst);
@@ -540,6 +573,27 @@ async fn read_loop(
         p.clear();
     }
     tracing::warn!(upstream = %name, "upstream process exited");
+}
+
+/// Relays a notification from the upstream to the call it is about: progress by its token
+/// (the request id this client gave the upstream), a log message to the one call in flight
+/// when `logs` (a stdio server's log messages name no request; with more than one in flight,
+/// or on a connection shared by tasks, none can be told apart, and it is not relayed).
+fn relay_notice(pending: &Pending, method: &str, params: Option<&Value>, logs: bool) {
+    let Ok(p) = pending.lock() else { return };
+    let (kind, waiting) = match method {
+        "notifications/progress" => {
+            let token = params
+                .and_then(|p| p.get("progressToken"))
+                .and_then(Value::as_i64);
+            (NoticeKind::Progress, token.and_then(|t| p.get(&t)))
+        }
+        "notifications/message" if logs && p.len() == 1 => (NoticeKind::Log, p.values().next()),
+        _ => return,
+    };
+    if let (Some(channel), Some(params)) = (waiting.and_then(|w| w.channel.as_ref()), params) {
+        channel.notify(kind, params.clone());
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,294 @@
+//! What a running tool call exchanges with the agent besides its answer: the agent's
+//! cancellation, and the notifications the upstream sends about the call (progress, log
+//! messages) on their way to the agent.
+//!
+//! The gateway makes a [`CallChannel`] for each call and hands it to
+//! [`Broker::call_tool`](crate::Broker::call_tool); the broker passes it to the upstream client
+//! made for the call's connection, with that connection's injected credentials attached, so a
+//! notice is scrubbed of them before it is queued for the agent, the same as the result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::inject::Injection;
+
+/// The largest notice relayed to the agent, as JSON bytes: bigger ones are dropped (and
+/// counted), so an upstream cannot make the gateway buffer without bound.
+pub const MAX_NOTICE: usize = 64 * 1024;
+
+/// What kind of notification an upstream sent about a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// `notifications/progress`: its params without the upstream's `progressToken` (the
+    /// gateway puts the agent's own back).
+    Progress,
+    /// `notifications/message`: a log message.
+    Log,
+}
+
+impl NoticeKind {
+    /// The JSON-RPC method.
+    pub fn method(self) -> &'static str {
+        match self {
+            NoticeKind::Progress => "notifications/progress",
+            NoticeKind::Log => "notifications/message",
+        }
+    }
+}
+
+/// An MCP log level (RFC 5424 severities), lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// `debug`.
+    Debug,
+    /// `info`.
+    Info,
+    /// `notice`.
+    Notice,
+    /// `warning`.
+    Warning,
+    /// `error`.
+    Error,
+    /// `critical`.
+    Critical,
+    /// `alert`.
+    Alert,
+    /// `emergency`.
+    Emergency,
+}
+
+impl LogLevel {
+    const ALL: [(LogLevel, &'static str); 8] = [
+        (LogLevel::Debug, "debug"),
+        (LogLevel::Info, "info"),
+        (LogLevel::Notice, "notice"),
+        (LogLevel::Warning, "warning"),
+        (LogLevel::Error, "error"),
+        (LogLevel::Critical, "critical"),
+        (LogLevel::Alert, "alert"),
+        (LogLevel::Emergency, "emergency"),
+    ];
+
+    /// The level a name names, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(l, _)| *l)
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(l, _)| *l == self)
+            .map_or("debug", |(_, n)| n)
+    }
+}
+
+/// One notification from the upstream about a call in flight.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// Which.
+    pub kind: NoticeKind,
+    /// Its params, scrubbed of injected credentials.
+    pub params: Value,
+}
+
+/// The agent's side of one running call.
+#[derive(Debug, Clone, Default)]
+pub struct CallChannel {
+    cancel: CancellationToken,
+    notices: Option<mpsc::Sender<Notice>>,
+    progress: bool,
+    /// The lowest log level the agent wants messages of, when it named one.
+    log_level: Option<LogLevel>,
+    /// Only progress, without its message, is relayed (the call's content would taint the
+    /// task, and the taint is recorded only once the result is in).
+    numbers_only: bool,
+    injection: Option<Arc<Injection>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl CallChannel {
+    /// A channel that carries only the agent's cancellation: the upstream's notifications
+    /// about the call are not relayed.
+    pub fn new(cancel: CancellationToken) -> Self {
+        Self {
+            cancel,
+            ..Self::default()
+        }
+    }
+
+    /// The same channel, relaying the upstream's notifications into `tx`: progress only when
+    /// `progress` (the agent asked for it with a progress token), log messages only once a
+    /// level is asked for ([`CallChannel::with_log_level`]).
+    #[must_use]
+    pub fn with_notices(mut self, tx: mpsc::Sender<Notice>, progress: bool) -> Self {
+        self.notices = Some(tx);
+        self.progress = progress;
+        self
+    }
+
+    /// The same channel, asking for log messages at `level` and above (a stateless-era
+    /// upstream sends none unless asked).
+    #[must_use]
+    pub fn with_log_level(mut self, level: Option<LogLevel>) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    /// The lowest log level asked for, when notices are relayed.
+    pub fn log_level(&self) -> Option<LogLevel> {
+        self.log_level.filter(|_| self.notices.is_some())
+    }
+
+    /// The agent's cancellation of the call.
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Whether the agent wants the upstream's progress: the upstream client then asks the
+    /// upstream for it (`_meta.progressToken`, a token of the client's own).
+    pub fn wants_progress(&self) -> bool {
+        self.progress && self.notices.is_some()
+    }
+
+    /// Whether the upstream's notifications are relayed at all.
+    pub fn relays(&self) -> bool {
+        self.notices.is_some()
+    }
+
+    /// Notices the agent did not get: too big, the agent too slow to read them, or content
+    /// withheld until the taint is recorded.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The channel for one call on a connection carrying `injection`'s credentials.
+    pub(crate) fn for_call(&self, injection: Option<&Arc<Injection>>, taints: bool) -> Self {
+        let mut c = self.clone();
+        c.injection = injection.cloned();
+        c.numbers_only = taints;
+        c
+    }
+
+    /// Queues a notice for the agent, scrubbed of injected credentials. Never waits: a notice
+    /// that does not fit (the agent reads too slowly) or is too big is dropped.
+    pub fn notify(&self, kind: NoticeKind, mut params: Value) {
+        let Some(tx) = &self.notices else { return };
+        let lost = || {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        };
+        match kind {
+            NoticeKind::Progress if !self.progress => return,
+            // Not asked for, or below the level asked for: not wanted, not lost.
+            NoticeKind::Log
+                if self.log_level.is_none_or(|min| {
+                    params
+                        .get("level")
+                        .and_then(Value::as_str)
+                        .and_then(LogLevel::parse)
+                        .is_some_and(|l| l < min)
+                }) =>
+            {
+                return;
+            }
+            NoticeKind::Log if self.numbers_only => return lost(),
+            _ => {}
+        }
+        if let Some(obj) = params.as_object_mut() {
+            obj.remove("progressToken");
+            if self.numbers_only {
+                obj.remove("message");
+            }
+        } else {
+            return lost();
+        }
+        if serde_json::to_vec(&params).map_or(true, |b| b.len() > MAX_NOTICE) {
+            return lost();
+        }
+        if let Some(i) = &self.injection {
+            i.redact_json(&mut params);
+        }
+        if tx.try_send(Notice { kind, params }).is_err() {
+            lost();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn notices_are_bounded_and_progress_needs_asking() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let quiet = CallChannel::new(CancellationToken::new()).with_notices(tx.clone(), false);
+        quiet.notify(
+            NoticeKind::Progress,
+            json!({"progressToken": 7, "progress": 1}),
+        );
+        quiet.notify(NoticeKind::Log, json!({"level": "emergency", "data": "x"}));
+        assert!(rx.try_recv().is_err(), "progress and logs nobody asked for");
+        assert_eq!(quiet.dropped(), 0, "not wanted is not lost");
+        let quiet = quiet.with_log_level(Some(LogLevel::Debug));
+        quiet.notify(
+            NoticeKind::Log,
+            json!({"level": "info", "data": "x".repeat(MAX_NOTICE)}),
+        );
+        assert_eq!(quiet.dropped(), 1, "too big");
+
+        let c = CallChannel::new(CancellationToken::new())
+            .with_notices(tx, true)
+            .with_log_level(Some(LogLevel::Debug));
+        c.notify(
+            NoticeKind::Progress,
+            json!({"progressToken": 7, "progress": 1, "message": "m"}),
+        );
+        let n = rx.try_recv().expect("relayed");
+        assert_eq!(
+            n.params,
+            json!({"progress": 1, "message": "m"}),
+            "token taken off"
+        );
+        c.notify(NoticeKind::Log, json!({"level": "info", "data": 1}));
+        c.notify(NoticeKind::Log, json!({"level": "info", "data": 2}));
+        c.notify(NoticeKind::Log, json!({"level": "info", "data": 3}));
+        assert_eq!(c.dropped(), 1, "a full queue drops, never waits");
+        c.notify(NoticeKind::Log, json!("not an object"));
+        assert_eq!(c.dropped(), 2);
+        let _ = rx.try_recv();
+        let _ = rx.try_recv();
+        let warn = c.clone().with_log_level(LogLevel::parse("warning"));
+        warn.notify(NoticeKind::Log, json!({"level": "info", "data": "below"}));
+        warn.notify(NoticeKind::Log, json!({"level": "error", "data": "above"}));
+        assert_eq!(rx.try_recv().expect("error").params["data"], "above");
+        assert!(rx.try_recv().is_err(), "info is below warning");
+        assert_eq!(
+            LogLevel::parse("emergency").map(LogLevel::as_str),
+            Some("emergency")
+        );
+        assert_eq!(LogLevel::parse("loud"), None);
+
+        let tainting = c.for_call(None, true);
+        let _ = rx.try_recv();
+        let _ = rx.try_recv();
+        tainting.notify(NoticeKind::Log, json!({"level": "info", "data": "secret"}));
+        tainting.notify(
+            NoticeKind::Progress,
+            json!({"progress": 2, "message": "content"}),
+        );
+        assert_eq!(
+            rx.try_recv().expect("progress").params,
+            json!({"progress": 2})
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "no log content before the taint is recorded"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! What an upstream tells the agent about a call before its answer — progress and log
+//! messages — relayed through the gateway on the call's event stream, in both eras, from stdio
+//! and HTTP upstreams, with the agent's own progress token, and never across tasks.
+
+use std::io::BufRead as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::python_client::HttpUpstream;
+use super::support::{TestServer, deps, fixture, fixture_yaml};
+
+/// A `tools/call` POSTed as a client that accepts an event stream: the content type and every
+/// JSON-RPC message of the answer (one for a JSON body, each `data:` of a stream).
+fn post_call(
+    url: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (String, Vec<Value>) {
+    post_accepting(
+        url,
+        token,
+        "application/json, text/event-stream",
+        headers,
+        body,
+    )
+}
+
+fn post_accepting(
+    url: &str,
+    token: &str,
+    accept: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (String, Vec<Value>) {
+    let mut req = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().expect("POST tools/call");
+    assert_eq!(resp.status().as_u16(), 200);
+    let ct = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    if ct.starts_with("text/event-stream") {
+        let messages = std::io::BufReader::new(resp)
+            .lines()
+            .map(|l| l.expect("stream line"))
+            .filter_map(|l| l.strip_prefix("data: ").map(str::to_owned))
+            .map(|d| serde_json::from_str(&d).expect("JSON data"))
+            .collect();
+        (ct, messages)
+    } else {
+        (ct, vec![resp.json().expect("JSON body")])
+    }
+}
+
+fn of_method<'a>(messages: &'a [Value], method: &str) -> Vec<&'a Value> {
+    messages.iter().filter(|m| m["method"] == method).collect()
+}
+
+/// A gateway fronting the fixture upstream `fx`, task-scoped when `task_scoped`; a session-era
+/// session and a task token.
+fn gateway(task_scoped: bool) -> (TestServer, String, String) {
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-r");
+    let mut yaml = fixture_yaml("agent-r", &public, "10s");
+    if task_scoped {
+        yaml = yaml.replacen("name: fx\n", "name: fx\nscope: task\n", 1);
+    }
+    s.apply(&yaml);
+    let task = s.start_task("agent-r", "fx-all");
+    let token = s.task_token(&task, &key);
+    let sid = super::support::RawMcp::new(&s.mcp_url(), Some(&token)).initialize();
+    (s, token, sid)
+}
+
+fn session_call(id: u64, arguments: Value, meta: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "fx__progress", "arguments": arguments, "_meta": meta}})
+}
+
+#[test]
+fn upstream_progress_and_log_messages_reach_the_agent_under_its_own_token() {
+    let (s, token, sid) = gateway(true);
+    let headers = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (ct, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &headers,
+        &session_call(
+            5,
+            json!({"steps": 3}),
+            json!({"progressToken": "agent-tok"}),
+        ),
+    );
+    assert!(ct.starts_with("text/event-stream"), "{ct}: {messages:?}");
+    let (answer, before) = messages.split_last().expect("messages");
+    assert_eq!(answer["id"], 5, "the answer comes last: {messages:?}");
+    assert_eq!(answer["result"]["content"][0]["text"], "progressed 3");
+    let progress = of_method(before, "notifications/progress");
+    assert_eq!(progress.len(), 3, "{messages:?}");
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(
+            p["params"],
+            json!({"progressToken": "agent-tok", "progress": i + 1, "total": 3,
+                   "message": format!("step {}", i + 1)}),
+            "the agent's token, the upstream's values"
+        );
+    }
+    let logs = of_method(before, "notifications/message");
+    assert_eq!(logs.len(), 1, "{messages:?}");
+    assert_eq!(
+        logs[0]["params"],
+        json!({"level": "info", "logger": "fixture", "data": "did 3 steps"})
+    );
+    assert_eq!(
+        before.len(),
+        4,
+        "nothing else (the upstream's progress for a token it was not given goes nowhere): \
+         {messages:?}"
+    );
+
+    // Without a progress token, the log message still comes on a stream; without
+    // accepting a stream, the answer is plain JSON.
+    let (ct, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &headers,
+        &session_call(6, json!({"steps": 2}), json!({})),
+    );
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    assert_eq!(of_method(&messages, "notifications/progress").len(), 0);
+    assert_eq!(of_method(&messages, "notifications/message").len(), 1);
+    let (ct, messages) = post_accepting(
+        &s.mcp_url(),
+        &token,
+        "application/json",
+        &headers,
+        &session_call(7, json!({"steps": 2}), json!({"progressToken": 1})),
+    );
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["result"]["content"][0]["text"], "progressed 2");
+
+    // `logging/setLevel` raises the level for the session's calls; a level that is not one
+    // is refused.
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let r = mcp.call(&sid, "logging/setLevel", json!({"level": "loud"}));
+    assert_eq!(r.body["error"]["code"], -32602, "{}", r.body);
+    let r = mcp.call(&sid, "logging/setLevel", json!({"level": "error"}));
+    assert_eq!(r.body["result"], json!({}), "{}", r.body);
+    let (_, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &headers,
+        &session_call(11, json!({"steps": 1}), json!({"progressToken": "p"})),
+    );
+    assert_eq!(of_method(&messages, "notifications/progress").len(), 1);
+    assert_eq!(
+        of_method(&messages, "notifications/message").len(),
+        0,
+        "an info message is below the session's level: {messages:?}"
+    );
+
+    // The stateless era: progress as asked; log messages only when asked for, and at the
+    // level asked for.
+    let meta = |extra: Value| {
+        let mut m = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                           "io.modelcontextprotocol/clientCapabilities": {}});
+        m.as_object_mut()
+            .expect("meta")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        m
+    };
+    let modern = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "fx__progress"),
+    ];
+    let (_, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &modern,
+        &session_call(8, json!({"steps": 2}), meta(json!({"progressToken": 9}))),
+    );
+    assert_eq!(of_method(&messages, "notifications/progress").len(), 2);
+    assert_eq!(
+        of_method(&messages, "notifications/message").len(),
+        0,
+        "not asked for: {messages:?}"
+    );
+    assert_eq!(
+        messages.last().expect("answer")["result"]["resultType"],
+        "complete"
+    );
+    let (_, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &modern,
+        &session_call(
+            9,
+            json!({"steps": 1}),
+            meta(json!({"io.modelcontextprotocol/logLevel": "info"})),
+        ),
+    );
+    assert_eq!(of_method(&messages, "notifications/message").len(), 1);
+    let (ct, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &modern,
+        &session_call(
+            10,
+            json!({"steps": 1}),
+            meta(json!({"io.modelcontextprotocol/logLevel": "warning"})),
+        ),
+    );
+    assert!(
+        ct.starts_with("application/json"),
+        "an info message is below warning: nothing to stream: {messages:?}"
+    );
+}
+
+#[test]
+fn log_messages_of_an_upstream_shared_by_tasks_are_not_relayed() {
+    // A stdio server's log messages name no request: on a connection serving every task,
+    // one could be about another task's call.
+    let (s, token, sid) = gateway(false);
+    let headers = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (_, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &headers,
+        &session_call(5, json!({"steps": 2}), json!({"progressToken": "t"})),
+    );
+    assert_eq!(of_method(&messages, "notifications/progress").len(), 2);
+    assert_eq!(
+        of_method(&messages, "notifications/message").len(),
+        0,
+        "{messages:?}"
+    );
+    let (ct, messages) = post_call(
+        &s.mcp_url(),
+        &token,
+        &headers,
+        &session_call(6, json!({"steps": 2}), json!({})),
+    );
+    assert!(ct.starts_with("application/json"), "{messages:?}");
+}
+
+/// The Python SDK's client, through the gateway, calling a tool of the SDK's own HTTP server
+/// that reports progress and logs: it sees both, in each of its modes.
+#[test]
+fn the_python_sdk_sees_an_http_upstreams_progress_and_logs() {
+    let s = TestServer::start();
+    let upstream = HttpUpstream::start(s.dir.path());
+    let (key, public) = s.keygen("agent-p");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    s.apply(&format!(
+        "kind: Upstream\nname: web\nurl: {}\ntimeout: 60s\ntiers: {{ count: 1 }}\n---\n\
+         kind: Template\nname: counting\nttl: 10m\ntools: [web__count]\n---\n\
+         kind: Agent\nname: agent-p\nowner: test@example.com\narchetype: automation\n\
+         templates: [counting]\npublic_key: |\n{indented}",
+        upstream.url
+    ));
+    for mode in ["legacy", "2026-07-28"] {
+        let task = s.start_task("agent-p", "counting");
+        let token = s.task_token(&task, &key);
+        let out = std::process::Command::new(&deps().python)
+            .arg(fixture("mcp_client.py"))
+            .args([
+                &s.mcp_url(),
+                &token,
+                mode,
+                "call-progress",
+                "web__count",
+                r#"{"steps": 4}"#,
+            ])
+            .output()
+            .expect("run mcp_client.py");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "[{mode}] {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("[{mode}] no JSON ({e}): {stdout}"));
+        assert_eq!(v["ok"]["content"][0]["text"], "counted 4", "[{mode}] {v}");
+        let progress = v["progress"].as_array().cloned().unwrap_or_default();
+        let expected: Vec<Value> = (1..=4)
+            .map(|i| json!({"progress": f64::from(i), "total": 4.0, "message": format!("step {i} of 4")}))
+            .collect();
+        assert_eq!(progress, expected, "[{mode}] {v}");
+        assert_eq!(
+            v["logs"],
+            json!([{"level": "info", "data": "counted to 4"}]),
+            "[{mode}] {v}"
+        );
+    }
+    drop(upstream);
+}
