@@ -59,6 +59,9 @@ pub enum EventKind {
     ToolPinned,
     /// An operator stored the value of a static credential role (the value is never recorded).
     SecretWritten,
+    /// An upstream, during a tool call, asked the agent's client something (sampling,
+    /// elicitation, roots), relayed to the agent: attributed to the task and the tool.
+    ClientRequest,
 }
 
 impl EventKind {
@@ -88,6 +91,7 @@ impl EventKind {
             EventKind::ToolsPinned => "tools_pinned",
             EventKind::ToolPinned => "tool_pinned",
             EventKind::SecretWritten => "secret_written",
+            EventKind::ClientRequest => "client_request",
         }
     }
 }
@@ -139,6 +143,11 @@ pub enum Detail {
         /// The Cedar policies of the template that allowed it (`template:NAME:tools[i]`,
         /// comma-separated), or `approval:ID`.
         rule: String,
+    },
+    /// A request from an upstream to the agent's client, relayed.
+    ClientRequest {
+        /// The MCP method (`sampling/createMessage`, `elicitation/create`, `roots/list`).
+        method: String,
     },
     /// A task tainted.
     TaskTainted {

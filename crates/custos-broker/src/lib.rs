@@ -46,7 +46,10 @@ pub use open::{Durability, OpenError};
 pub use operators::{CreatedOperator, Operator};
 pub use pins::{PinMode, PinnedUpstream};
 pub use registry::{ApplyOutcome, CredentialRoleEntry, Snapshot};
-pub use relay::{CallChannel, LogLevel, MAX_NOTICE, Notice, NoticeKind};
+pub use relay::{
+    CallChannel, ClientCaps, ClientMethod, ClientRefusal, ClientRequest, LogLevel,
+    MAX_CLIENT_REQUEST, MAX_NOTICE, Notice, NoticeKind,
+};
 pub use secrets::MAX_STATIC_SECRET;
 pub use tasks::{
     JWT_TOKEN_TYPE, StartTask, TASK_ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT, TokenRequest,

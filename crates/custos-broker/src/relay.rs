@@ -1,6 +1,7 @@
 //! What a running tool call exchanges with the agent besides its answer: the agent's
-//! cancellation, and the notifications the upstream sends about the call (progress, log
-//! messages) on their way to the agent.
+//! cancellation, the notifications the upstream sends about the call (progress, log
+//! messages) on their way to the agent, and the requests the upstream makes of the agent's
+//! client while the call runs (sampling, elicitation, roots) and their answers.
 //!
 //! The gateway makes a [`CallChannel`] for each call and hands it to
 //! [`Broker::call_tool`](crate::Broker::call_tool); the broker passes it to the upstream client
@@ -87,6 +88,121 @@ impl LogLevel {
     }
 }
 
+/// What the agent's client declared it can do for a server (its `initialize` capabilities):
+/// only these are claimed to an upstream on its behalf, and only these requests are relayed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ClientCaps {
+    /// `sampling`.
+    pub sampling: bool,
+    /// `elicitation`.
+    pub elicitation: bool,
+    /// `roots`.
+    pub roots: bool,
+}
+
+impl ClientCaps {
+    /// From an `initialize` request's `capabilities`.
+    pub fn from_capabilities(caps: Option<&Value>) -> Self {
+        let has = |k: &str| caps.and_then(|c| c.get(k)).is_some_and(Value::is_object);
+        Self {
+            sampling: has("sampling"),
+            elicitation: has("elicitation"),
+            roots: has("roots"),
+        }
+    }
+
+    /// As `initialize` capabilities for an upstream.
+    pub fn to_capabilities(self) -> Value {
+        let mut out = serde_json::Map::new();
+        if self.sampling {
+            out.insert("sampling".into(), Value::Object(serde_json::Map::new()));
+        }
+        if self.elicitation {
+            out.insert("elicitation".into(), Value::Object(serde_json::Map::new()));
+        }
+        if self.roots {
+            out.insert("roots".into(), Value::Object(serde_json::Map::new()));
+        }
+        Value::Object(out)
+    }
+
+    fn allows(self, method: ClientMethod) -> bool {
+        match method {
+            ClientMethod::Sampling => self.sampling,
+            ClientMethod::Elicitation => self.elicitation,
+            ClientMethod::Roots => self.roots,
+        }
+    }
+}
+
+/// A request a server may make of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMethod {
+    /// `sampling/createMessage`.
+    Sampling,
+    /// `elicitation/create`.
+    Elicitation,
+    /// `roots/list`.
+    Roots,
+}
+
+impl ClientMethod {
+    /// The method a name names, if it is one of these.
+    pub fn parse(method: &str) -> Option<Self> {
+        match method {
+            "sampling/createMessage" => Some(Self::Sampling),
+            "elicitation/create" => Some(Self::Elicitation),
+            "roots/list" => Some(Self::Roots),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC method.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Sampling => "sampling/createMessage",
+            Self::Elicitation => "elicitation/create",
+            Self::Roots => "roots/list",
+        }
+    }
+}
+
+/// An upstream's request of the agent's client, on its way to the agent; `answer` takes the
+/// agent's result, or the error to give the upstream.
+#[derive(Debug)]
+pub struct ClientRequest {
+    /// Which.
+    pub method: ClientMethod,
+    /// Its params, scrubbed of injected credentials.
+    pub params: Value,
+    /// Where the answer goes.
+    pub answer: tokio::sync::oneshot::Sender<Result<Value, ClientRefusal>>,
+}
+
+/// A JSON-RPC error for the upstream, in answer to its request of the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRefusal {
+    /// The code.
+    pub code: i64,
+    /// The message.
+    pub message: String,
+    /// Its data (the agent's own, when the agent answered with an error).
+    pub data: Option<Value>,
+}
+
+impl ClientRefusal {
+    fn new(code: i64, message: &str) -> Self {
+        Self {
+            code,
+            message: message.to_owned(),
+            data: None,
+        }
+    }
+}
+
+/// The largest request of the client relayed to the agent, as JSON bytes.
+pub const MAX_CLIENT_REQUEST: usize = 1024 * 1024;
+
 /// One notification from the upstream about a call in flight.
 #[derive(Debug, Clone)]
 pub struct Notice {
@@ -109,6 +225,8 @@ pub struct CallChannel {
     numbers_only: bool,
     injection: Option<Arc<Injection>>,
     dropped: Arc<AtomicU64>,
+    requests: Option<mpsc::Sender<ClientRequest>>,
+    caps: ClientCaps,
 }
 
 impl CallChannel {
@@ -137,6 +255,72 @@ impl CallChannel {
     pub fn with_log_level(mut self, level: Option<LogLevel>) -> Self {
         self.log_level = level;
         self
+    }
+
+    /// The same channel, relaying the upstream's requests of the client into `tx`, for the
+    /// capabilities the agent's client declared.
+    #[must_use]
+    pub fn with_requests(mut self, tx: mpsc::Sender<ClientRequest>, caps: ClientCaps) -> Self {
+        self.requests = Some(tx);
+        self.caps = caps;
+        self
+    }
+
+    /// What the agent's client can be asked (none when requests are not relayed): the
+    /// capabilities to claim to the upstream for this call.
+    pub fn caps(&self) -> ClientCaps {
+        if self.requests.is_some() {
+            self.caps
+        } else {
+            ClientCaps::default()
+        }
+    }
+
+    /// Relays an upstream's request of the client to the agent and waits for the answer.
+    ///
+    /// # Errors
+    /// The [`ClientRefusal`] to answer the upstream with: a method that is not a client's, a
+    /// capability the agent's client did not declare, a request too big, content withheld until
+    /// the task's taint is recorded, an agent not reading or gone, or the agent's own error.
+    pub async fn ask(&self, method: &str, mut params: Value) -> Result<Value, ClientRefusal> {
+        const METHOD_NOT_FOUND: i64 = -32601;
+        let Some(m) = ClientMethod::parse(method) else {
+            return Err(ClientRefusal::new(METHOD_NOT_FOUND, "Method not found"));
+        };
+        let Some(tx) = self.requests.as_ref().filter(|_| self.caps.allows(m)) else {
+            return Err(ClientRefusal::new(
+                METHOD_NOT_FOUND,
+                "the client did not declare this capability",
+            ));
+        };
+        if self.numbers_only {
+            return Err(ClientRefusal::new(
+                -32603,
+                "custos: withheld: the result of this tool taints the task, and the taint is recorded only once the call is answered",
+            ));
+        }
+        if serde_json::to_vec(&params).map_or(true, |b| b.len() > MAX_CLIENT_REQUEST) {
+            return Err(ClientRefusal::new(
+                -32602,
+                "custos: request too large to relay",
+            ));
+        }
+        if let Some(i) = &self.injection {
+            i.redact_json(&mut params);
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tx.try_send(ClientRequest {
+            method: m,
+            params,
+            answer,
+        })
+        .map_err(|_| ClientRefusal::new(-32603, "custos: the agent is not reading"))?;
+        answered.await.unwrap_or_else(|_| {
+            Err(ClientRefusal::new(
+                -32603,
+                "custos: the agent did not answer",
+            ))
+        })
     }
 
     /// The lowest log level asked for, when notices are relayed.
@@ -174,9 +358,11 @@ impl CallChannel {
         c
     }
 
-    /// Queues a notice for the agent, scrubbed of injected credentials. Never waits: a notice
-    /// that does not fit (the agent reads too slowly) or is too big is dropped.
-    pub fn notify(&self, kind: NoticeKind, mut params: Value) {
+    /// Queues a notice for the agent, scrubbed of injected credentials. Waits while the queue
+    /// is full (the upstream's messages are then read as fast as the gateway relays them; the
+    /// gateway drains the queue whether or not the agent reads); one that is too big is
+    /// dropped, and so is every notice once the gateway stopped relaying.
+    pub async fn notify(&self, kind: NoticeKind, mut params: Value) {
         let Some(tx) = &self.notices else { return };
         let lost = || {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -212,9 +398,30 @@ impl CallChannel {
         if let Some(i) = &self.injection {
             i.redact_json(&mut params);
         }
-        if tx.try_send(Notice { kind, params }).is_err() {
+        if tx.send(Notice { kind, params }).await.is_err() {
             lost();
         }
+    }
+}
+
+impl crate::Broker {
+    /// Records that an upstream's request of the agent's client, made while `ctx` called
+    /// `tool`, is relayed: before it reaches the agent. Unrecorded, it is not relayed.
+    ///
+    /// # Errors
+    /// [`crate::BrokerError`] when the audit log cannot take the record.
+    pub async fn record_client_request(
+        &self,
+        ctx: &crate::TaskContext,
+        tool: &str,
+        method: ClientMethod,
+    ) -> Result<(), crate::BrokerError> {
+        let mut e = ctx.event(custos_audit::EventKind::ClientRequest);
+        e.tool = Some(custos_core::text::truncate(tool, 128).into_owned());
+        e.detail = Some(custos_audit::Detail::ClientRequest {
+            method: method.method().to_owned(),
+        });
+        self.record(e).await
     }
 }
 
@@ -228,18 +435,24 @@ mod tests {
     async fn notices_are_bounded_and_progress_needs_asking() {
         let (tx, mut rx) = mpsc::channel(2);
         let quiet = CallChannel::new(CancellationToken::new()).with_notices(tx.clone(), false);
-        quiet.notify(
-            NoticeKind::Progress,
-            json!({"progressToken": 7, "progress": 1}),
-        );
-        quiet.notify(NoticeKind::Log, json!({"level": "emergency", "data": "x"}));
+        quiet
+            .notify(
+                NoticeKind::Progress,
+                json!({"progressToken": 7, "progress": 1}),
+            )
+            .await;
+        quiet
+            .notify(NoticeKind::Log, json!({"level": "emergency", "data": "x"}))
+            .await;
         assert!(rx.try_recv().is_err(), "progress and logs nobody asked for");
         assert_eq!(quiet.dropped(), 0, "not wanted is not lost");
         let quiet = quiet.with_log_level(Some(LogLevel::Debug));
-        quiet.notify(
-            NoticeKind::Log,
-            json!({"level": "info", "data": "x".repeat(MAX_NOTICE)}),
-        );
+        quiet
+            .notify(
+                NoticeKind::Log,
+                json!({"level": "info", "data": "x".repeat(MAX_NOTICE)}),
+            )
+            .await;
         assert_eq!(quiet.dropped(), 1, "too big");
 
         let c = CallChannel::new(CancellationToken::new())
@@ -248,24 +461,38 @@ mod tests {
         c.notify(
             NoticeKind::Progress,
             json!({"progressToken": 7, "progress": 1, "message": "m"}),
-        );
+        )
+        .await;
         let n = rx.try_recv().expect("relayed");
         assert_eq!(
             n.params,
             json!({"progress": 1, "message": "m"}),
             "token taken off"
         );
-        c.notify(NoticeKind::Log, json!({"level": "info", "data": 1}));
-        c.notify(NoticeKind::Log, json!({"level": "info", "data": 2}));
-        c.notify(NoticeKind::Log, json!({"level": "info", "data": 3}));
-        assert_eq!(c.dropped(), 1, "a full queue drops, never waits");
-        c.notify(NoticeKind::Log, json!("not an object"));
-        assert_eq!(c.dropped(), 2);
+        c.notify(NoticeKind::Log, json!({"level": "info", "data": 1}))
+            .await;
+        c.notify(NoticeKind::Log, json!({"level": "info", "data": 2}))
+            .await;
+        // A full queue waits for room.
+        let waiting = c.notify(NoticeKind::Log, json!({"level": "info", "data": 3}));
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(rx.recv().await.expect("first").params["data"], 1);
+        waiting.await;
+        assert_eq!(c.dropped(), 0);
+        c.notify(NoticeKind::Log, json!("not an object")).await;
+        assert_eq!(c.dropped(), 1);
         let _ = rx.try_recv();
         let _ = rx.try_recv();
         let warn = c.clone().with_log_level(LogLevel::parse("warning"));
-        warn.notify(NoticeKind::Log, json!({"level": "info", "data": "below"}));
-        warn.notify(NoticeKind::Log, json!({"level": "error", "data": "above"}));
+        warn.notify(NoticeKind::Log, json!({"level": "info", "data": "below"}))
+            .await;
+        warn.notify(NoticeKind::Log, json!({"level": "error", "data": "above"}))
+            .await;
         assert_eq!(rx.try_recv().expect("error").params["data"], "above");
         assert!(rx.try_recv().is_err(), "info is below warning");
         assert_eq!(
@@ -277,11 +504,15 @@ mod tests {
         let tainting = c.for_call(None, true);
         let _ = rx.try_recv();
         let _ = rx.try_recv();
-        tainting.notify(NoticeKind::Log, json!({"level": "info", "data": "secret"}));
-        tainting.notify(
-            NoticeKind::Progress,
-            json!({"progress": 2, "message": "content"}),
-        );
+        tainting
+            .notify(NoticeKind::Log, json!({"level": "info", "data": "secret"}))
+            .await;
+        tainting
+            .notify(
+                NoticeKind::Progress,
+                json!({"progress": 2, "message": "content"}),
+            )
+            .await;
         assert_eq!(
             rx.try_recv().expect("progress").params,
             json!({"progress": 2})

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use custos_broker::{
-    Broker, BrokerError, CallChannel, CallError, LogLevel, Notice, NoticeKind, Source, TaskContext,
-    UpstreamError,
+    Broker, BrokerError, CallChannel, CallError, ClientCaps, ClientRefusal, ClientRequest,
+    LogLevel, Notice, NoticeKind, Source, TaskContext, UpstreamError,
 };
 use custos_core::Reason;
 use custos_crypto::new_id;
@@ -130,6 +130,8 @@ struct Caller<'a> {
     era: Era,
     /// The lowest log level it wants messages of; none: no log messages.
     log_level: Option<LogLevel>,
+    /// What its client can be asked on the call's stream (sessions only).
+    caps: ClientCaps,
 }
 
 /// How long a task-scoped upstream connection may go unused before it is stopped: long enough
@@ -151,7 +153,16 @@ pub struct McpGateway {
     /// Tool calls in flight, by (task, session, request id): what `notifications/cancelled`
     /// cancels.
     inflight: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Requests relayed from upstreams to agents, waiting for the agent's answer, by (task,
+    /// session, the id Custos gave the request).
+    client_answers: ClientAnswers,
 }
+
+type ClientAnswers = Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<ClientAnswer>>>>;
+type ClientAnswer = Result<Value, ClientRefusal>;
+
+/// Requests of the agent's client queued per call before more are refused.
+const REQUEST_QUEUE: usize = 8;
 
 /// The most tool calls in flight that can be cancelled at once; beyond, calls run uncancellable.
 const MAX_INFLIGHT: usize = 10_000;
@@ -345,6 +356,7 @@ impl McpGateway {
             upstreams,
             sessions,
             inflight: Arc::default(),
+            client_answers: Arc::default(),
         }
     }
 
@@ -390,6 +402,41 @@ impl McpGateway {
             tracing::info!(task = %ctx.task_id(), "tool call cancelled by the agent");
             t.cancel();
         }
+    }
+
+    /// An agent's answer to a request relayed to it: handed to the upstream waiting for it
+    /// (an answer to no request of this task's session is dropped).
+    fn client_answered(&self, ctx: &TaskContext, scope: &str, msg: &Value) {
+        let Some(id) = msg.get("id") else { return };
+        let key = inflight_key(ctx.task_id(), scope, id);
+        let waiting = self
+            .client_answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        let Some(waiting) = waiting else {
+            tracing::debug!(task = %ctx.task_id(), "an answer to no relayed request; dropped");
+            return;
+        };
+        let answer = match (msg.get("result"), msg.get("error")) {
+            (Some(result), _) => Ok(result.clone()),
+            (None, Some(e)) => Err(ClientRefusal {
+                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(500)
+                    .collect(),
+                data: e
+                    .get("data")
+                    .filter(|d| serde_json::to_vec(d).is_ok_and(|b| b.len() <= 4096))
+                    .cloned(),
+            }),
+            (None, None) => return,
+        };
+        let _ = waiting.send(answer);
     }
 
     /// The upstream pool.
@@ -543,11 +590,14 @@ impl McpGateway {
                 {
                     return reply;
                 }
-                if let Message::Notification {
-                    method: "notifications/cancelled",
-                } = parsed
-                {
-                    self.cancel_call(ctx, req.session_id.unwrap_or(""), msg.get("params"));
+                match parsed {
+                    Message::Notification {
+                        method: "notifications/cancelled",
+                    } => self.cancel_call(ctx, req.session_id.unwrap_or(""), msg.get("params")),
+                    Message::Response => {
+                        self.client_answered(ctx, req.session_id.unwrap_or(""), &msg);
+                    }
+                    _ => {}
                 }
                 return GatewayReply::empty(202);
             }
@@ -683,6 +733,7 @@ impl McpGateway {
                     sid.clone(),
                     ctx.task_id(),
                     version,
+                    ClientCaps::from_capabilities(params.and_then(|p| p.get("capabilities"))),
                     self.broker.clock().now_ms(),
                 );
             let result = json!({
@@ -730,6 +781,7 @@ impl McpGateway {
                             scope,
                             era: Era::Session,
                             log_level: Some(session.log_level),
+                            caps: session.caps,
                         },
                         id,
                         params,
@@ -820,6 +872,7 @@ impl McpGateway {
                             scope: "",
                             era: Era::Modern,
                             log_level: level,
+                            caps: ClientCaps::default(),
                         },
                         id,
                         params,
@@ -850,6 +903,7 @@ impl McpGateway {
             scope,
             era,
             log_level,
+            caps,
         } = caller;
         let (name, arguments) = match call_params(id, params) {
             Ok(p) => p,
@@ -867,15 +921,24 @@ impl McpGateway {
         }
         let token = progress_token(params);
         let (notices_tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+        let (requests_tx, requests) = tokio::sync::mpsc::channel(REQUEST_QUEUE);
         let channel = CallChannel::new(cancel)
             .with_notices(notices_tx, token.is_some())
-            .with_log_level(log_level);
+            .with_log_level(log_level)
+            .with_requests(requests_tx, caps);
         let mut relay = Relay::new(
             &self.broker,
             ctx,
             &ctx.canonical_tool(&name),
             token,
             notices,
+        )
+        .with_requests(
+            requests,
+            self.client_answers.clone(),
+            &self.broker,
+            ctx,
+            scope,
         );
         let broker = self.broker.clone();
         let owned = ctx.clone();
@@ -903,23 +966,31 @@ impl McpGateway {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
         let id = id.clone();
+        // From here the call runs on a task of its own, so a client that reads slowly slows
+        // only what is relayed to it, never the call.
+        let mut call = tokio::spawn(call);
         tokio::spawn(async move {
             let _guard = guard;
-            let _ = tx.try_send(first);
+            let mut listening = send_to_client(&tx, first).await;
             loop {
                 tokio::select! {
                     biased;
                     result = &mut call => {
+                        let result = result.unwrap_or_else(|_| {
+                            Err(CallError::Broker(BrokerError::Unavailable("call pipeline")))
+                        });
                         for m in relay.queued() {
-                            let _ = tx.try_send(m);
+                            listening = listening && send_to_client(&tx, m).await;
                         }
-                        let _ = tx.send(call_answer(&id, result, era)).await;
+                        if listening {
+                            send_to_client(&tx, call_answer(&id, result, era)).await;
+                        }
                         return;
                     }
                     message = relay.next() => {
-                        // Never waits on a slow client: the call is polled here, and must
-                        // not stall behind it. A notice that does not fit is dropped.
-                        let _ = tx.try_send(message);
+                        // A client that stopped reading gets nothing more; what the upstream
+                        // sends is still drained, so the call goes on to its end.
+                        listening = listening && send_to_client(&tx, message).await;
                     }
                 }
             }
@@ -1068,8 +1139,17 @@ fn answered(era: Era, body: Value) -> GatewayReply {
     GatewayReply::json(status, body)
 }
 
-/// How many messages for the agent are queued per call before more are dropped.
+/// How many messages for the agent are queued per call.
 const NOTICE_QUEUE: usize = 64;
+
+/// How long a message for the agent waits for room in its stream before the client is
+/// taken to have stopped reading.
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
+
+/// Queues a message on a call's stream to the agent; false when the client stopped reading.
+async fn send_to_client(tx: &tokio::sync::mpsc::Sender<Value>, message: Value) -> bool {
+    tx.send_timeout(message, CLIENT_WAIT).await.is_ok()
+}
 
 /// The messages for the agent about one call in flight, before its answer: the upstream's
 /// notices, and Custos's own progress while the call is held or the upstream reports none.
@@ -1087,6 +1167,72 @@ struct Relay {
     /// Whether the upstream reported progress: Custos's own then stops, and the upstream's
     /// are shifted by `own` so the values the agent sees keep increasing.
     upstream_reports: bool,
+    /// The upstream's requests of the agent's client, and where their answers are awaited.
+    requests: Option<RelayedRequests>,
+}
+
+/// The requests relayed to the agent during one call.
+struct RelayedRequests {
+    rx: tokio::sync::mpsc::Receiver<ClientRequest>,
+    table: ClientAnswers,
+    broker: Broker,
+    ctx: TaskContext,
+    scope: String,
+    /// The table keys of this call's requests, taken off when the call ends.
+    keys: Vec<String>,
+}
+
+impl Drop for RelayedRequests {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for k in &self.keys {
+            t.remove(k);
+        }
+    }
+}
+
+impl RelayedRequests {
+    /// The request as the agent gets it, once it is on record and its answer awaited; none
+    /// when it cannot be recorded (it is refused, and the upstream told).
+    async fn forward(&mut self, tool: &str, request: ClientRequest) -> Option<Value> {
+        if let Err(e) = self
+            .broker
+            .record_client_request(&self.ctx, tool, request.method)
+            .await
+        {
+            tracing::warn!(task = %self.ctx.task_id(), error = %e, "a request of the client could not be recorded; refused");
+            let _ = request.answer.send(Err(ClientRefusal {
+                code: jsonrpc::UNAVAILABLE,
+                message: "custos: audit unavailable; refused".into(),
+                data: None,
+            }));
+            return None;
+        }
+        let id = Value::String(new_id("custos-req-"));
+        let key = inflight_key(self.ctx.task_id(), &self.scope, &id);
+        {
+            let mut t = self
+                .table
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if t.len() >= MAX_INFLIGHT {
+                let _ = request.answer.send(Err(ClientRefusal {
+                    code: jsonrpc::INTERNAL_ERROR,
+                    message: "custos: too many requests waiting for agents".into(),
+                    data: None,
+                }));
+                return None;
+            }
+            t.insert(key.clone(), request.answer);
+        }
+        self.keys.push(key);
+        Some(
+            json!({ "jsonrpc": "2.0", "id": id, "method": request.method.method(), "params": request.params }),
+        )
+    }
 }
 
 impl Relay {
@@ -1115,7 +1261,29 @@ impl Relay {
             waiting_on: None,
             own: 0,
             upstream_reports: false,
+            requests: None,
         }
+    }
+
+    /// The same relay, passing the upstream's requests of the client in `rx` on to the agent
+    /// (each recorded first) and keeping where their answers are awaited in `table`.
+    fn with_requests(
+        mut self,
+        rx: tokio::sync::mpsc::Receiver<ClientRequest>,
+        table: ClientAnswers,
+        broker: &Broker,
+        ctx: &TaskContext,
+        scope: &str,
+    ) -> Self {
+        self.requests = Some(RelayedRequests {
+            rx,
+            table,
+            broker: broker.clone(),
+            ctx: ctx.clone(),
+            scope: scope.to_owned(),
+            keys: Vec::new(),
+        });
+        self
     }
 
     /// The next message for the agent (waits until there is one).
@@ -1142,6 +1310,14 @@ impl Relay {
                     // The call is over: its answer comes next.
                     None => std::future::pending::<()>().await,
                 },
+                request = next_request(&mut self.requests) => {
+                    let tool = self.tool.clone();
+                    if let Some(r) = self.requests.as_mut()
+                        && let Some(m) = r.forward(&tool, request).await
+                    {
+                        return m;
+                    }
+                }
                 event = approvals => {
                     if let Ok(custos_broker::ApprovalEvent::Requested(a)) = event
                         && a.task.as_str() == self.task
@@ -1186,6 +1362,18 @@ impl Relay {
             NoticeKind::Log => notice.params,
         };
         Some(notification(notice.kind.method(), params))
+    }
+}
+
+/// The next request of the client from the upstream (pending while there is none, or none
+/// can come).
+async fn next_request(requests: &mut Option<RelayedRequests>) -> ClientRequest {
+    match requests {
+        Some(r) => match r.rx.recv().await {
+            Some(request) => request,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Session-era MCP sessions: which task each belongs to, bounded per task and in all, expired
 //! when idle. One agent opening sessions in a loop evicts only its own task's oldest ones.
 
-use custos_broker::LogLevel;
+use custos_broker::{ClientCaps, LogLevel};
 use std::collections::{HashMap, VecDeque};
 
 use prometheus_client::metrics::counter::Counter;
@@ -59,6 +59,8 @@ pub(crate) struct SessionState {
     /// The lowest log level its client wants messages of (`logging/setLevel`; every level
     /// until it sets one).
     pub(crate) log_level: LogLevel,
+    /// What its client declared it can do for a server.
+    pub(crate) caps: ClientCaps,
 }
 
 /// The session table.
@@ -79,7 +81,14 @@ impl Sessions {
 
     /// Opens a session for `task`, evicting the task's least recently used one past its cap
     /// and the least recently used of all past the global cap.
-    pub(crate) fn open(&mut self, sid: String, task: &str, version: &str, now_ms: i64) {
+    pub(crate) fn open(
+        &mut self,
+        sid: String,
+        task: &str,
+        version: &str,
+        caps: ClientCaps,
+        now_ms: i64,
+    ) {
         let mine = self.by_task.entry(task.to_owned()).or_default();
         while mine.len() >= MAX_SESSIONS_PER_TASK {
             // Front = least recently used of this task (kept in use order).
@@ -112,6 +121,7 @@ impl Sessions {
                 state: SessionState {
                     version: version.to_owned(),
                     log_level: LogLevel::Debug,
+                    caps,
                 },
                 last_used_ms: now_ms,
             },
@@ -209,9 +219,21 @@ mod tests {
     #[test]
     fn one_task_evicts_only_its_own_sessions() {
         let mut s = Sessions::default();
-        s.open("other".into(), "task_b", "2025-11-25", 0);
+        s.open(
+            "other".into(),
+            "task_b",
+            "2025-11-25",
+            ClientCaps::default(),
+            0,
+        );
         for i in 0..1000 {
-            s.open(format!("s{i}"), "task_a", "2025-11-25", i);
+            s.open(
+                format!("s{i}"),
+                "task_a",
+                "2025-11-25",
+                ClientCaps::default(),
+                i,
+            );
         }
         assert!(
             s.use_session("other", "task_b", 1000).is_some(),
@@ -233,13 +255,13 @@ mod tests {
     fn least_recently_used_is_evicted_and_idle_sessions_expire() {
         let mut s = Sessions::default();
         for i in 0..MAX_SESSIONS_PER_TASK {
-            s.open(format!("s{i}"), "t", "v", 0);
+            s.open(format!("s{i}"), "t", "v", ClientCaps::default(), 0);
         }
         assert!(
             s.use_session("s0", "t", 10).is_some(),
             "s0 used: now the most recent"
         );
-        s.open("new".into(), "t", "v", 20);
+        s.open("new".into(), "t", "v", ClientCaps::default(), 20);
         assert!(
             s.use_session("s0", "t", 30).is_some(),
             "a used session is kept"

@@ -56,26 +56,6 @@ const NOT_YET: &[(&str, &str, &str)] = &[
     ),
     ("*", "prompts-get-with-image", "prompts are not relayed yet"),
     (
-        "2025-11-25",
-        "tools-call-sampling",
-        "server-to-client requests are not relayed yet",
-    ),
-    (
-        "2025-11-25",
-        "tools-call-elicitation",
-        "server-to-client requests are not relayed yet",
-    ),
-    (
-        "2025-11-25",
-        "elicitation-sep1034-defaults",
-        "server-to-client requests are not relayed yet",
-    ),
-    (
-        "2025-11-25",
-        "elicitation-sep1330-enums",
-        "server-to-client requests are not relayed yet",
-    ),
-    (
         "2026-07-28",
         "server-stateless",
         "input-required results are not relayed yet (its streaming elicitation call)",

@@ -77,6 +77,7 @@ fn stateless_era_discover_list_and_call() {
     assert_eq!(
         names,
         vec![
+            "fx__ask",
             "fx__crash",
             "fx__echo",
             "fx__fail",

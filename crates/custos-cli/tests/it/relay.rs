@@ -316,3 +316,190 @@ fn the_python_sdk_sees_an_http_upstreams_progress_and_logs() {
     }
     drop(upstream);
 }
+
+/// The Python SDK's client, declaring sampling and elicitation, answers an elicitation and a
+/// sampling request the SDK's own HTTP server makes during a tool call, relayed through the
+/// gateway; each relayed request is an audit record of the task. A client that declared
+/// neither is not asked: the upstream is refused, and nothing is relayed.
+#[test]
+fn the_python_sdk_answers_an_upstreams_elicitation_and_sampling_requests() {
+    let s = TestServer::start();
+    let upstream = HttpUpstream::start(s.dir.path());
+    let (key, public) = s.keygen("agent-q");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    s.apply(&format!(
+        "kind: Upstream\nname: web\nurl: {}\ntimeout: 60s\ntiers: {{ ask_user: 1, ask_llm: 1 }}\n---\n\
+         kind: Template\nname: asking\nttl: 10m\ntools: [web__ask_user, web__ask_llm]\n---\n\
+         kind: Agent\nname: agent-q\nowner: test@example.com\narchetype: automation\n\
+         templates: [asking]\npublic_key: |\n{indented}",
+        upstream.url
+    ));
+    let sdk = |task: &str, action: &str, tool: &str, args: &str| {
+        let token = s.task_token(task, &key);
+        let out = std::process::Command::new(&deps().python)
+            .arg(fixture("mcp_client.py"))
+            .args([&s.mcp_url(), &token, "legacy", action, tool, args])
+            .output()
+            .expect("run mcp_client.py");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<Value>(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}"))
+    };
+    let task = s.start_task("agent-q", "asking");
+    let v = sdk(
+        &task,
+        "call-answering",
+        "web__ask_user",
+        r#"{"question": "Deploy now?"}"#,
+    );
+    assert_eq!(
+        v["ok"]["content"][0]["text"], "the user said: yes (user)",
+        "{v}"
+    );
+    assert_eq!(
+        v["asked"],
+        json!([{"method": "elicitation/create", "message": "Deploy now?"}])
+    );
+    let v = sdk(
+        &task,
+        "call-answering",
+        "web__ask_llm",
+        r#"{"prompt": "What is six times seven?"}"#,
+    );
+    assert_eq!(
+        v["ok"]["content"][0]["text"], "the model said: 42 (model)",
+        "{v}"
+    );
+    assert_eq!(
+        v["asked"],
+        json!([{"method": "sampling/createMessage", "message": "What is six times seven?"}])
+    );
+    let relayed = |task: &str| -> Vec<(String, String)> {
+        s.cli_json(&["audit", "trace", task, "--json"])["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["kind"] == "client_request")
+            .map(|r| {
+                (
+                    r["tool"].as_str().unwrap_or_default().to_owned(),
+                    r["detail"]["method"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        relayed(&task),
+        [
+            ("web__ask_user".to_owned(), "elicitation/create".to_owned()),
+            (
+                "web__ask_llm".to_owned(),
+                "sampling/createMessage".to_owned()
+            )
+        ]
+    );
+
+    // A client that declared no such capability: its connection claims none either, the
+    // upstream cannot ask, and nothing is relayed.
+    let other = s.start_task("agent-q", "asking");
+    let v = sdk(
+        &other,
+        "call",
+        "web__ask_user",
+        r#"{"question": "Deploy now?"}"#,
+    );
+    assert!(
+        v["ok"]["isError"] == true || v.get("error").is_some(),
+        "the upstream could not ask: {v}"
+    );
+    assert!(relayed(&other).is_empty());
+    drop(upstream);
+}
+
+/// On the wire: a stdio server that serves one task asks the client during a call; the agent,
+/// whose client declared `sampling`, gets the request on the call's stream under an id of
+/// Custos's own, POSTs its answer in its session, and the call's answer carries what the
+/// server got back. On a connection shared by tasks the request names no call: refused.
+#[test]
+fn a_request_of_the_client_goes_to_the_agent_and_its_answer_back_to_the_upstream() {
+    use std::io::BufRead as _;
+
+    for task_scoped in [true, false] {
+        let (s, token, _) = gateway(task_scoped);
+        let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+        let r = mcp.post(
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+                "protocolVersion":"2025-11-25","capabilities":{"sampling":{}},
+                "clientInfo":{"name":"test","version":"0"}}}),
+            &[],
+        );
+        let sid = r.headers["mcp-session-id"].clone();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let post = |body: Value| {
+            http.post(s.mcp_url())
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", sid.as_str())
+                .header("mcp-protocol-version", "2025-11-25")
+                .body(body.to_string())
+                .send()
+                .expect("POST")
+        };
+        let resp = post(json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+            "params":{"name":"fx__ask","arguments":{"prompt":"six times seven?"}}}));
+        let mut messages = Vec::new();
+        let sse = resp.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|c| c.starts_with("text/event-stream"));
+        for line in std::io::BufReader::new(resp).lines() {
+            let line = line.expect("line");
+            let data = if sse {
+                match line.strip_prefix("data: ") {
+                    Some(d) => d.to_owned(),
+                    None => continue,
+                }
+            } else {
+                line
+            };
+            let m: Value = serde_json::from_str(&data).expect("JSON");
+            if m["method"] == "sampling/createMessage" {
+                let id = m["id"].as_str().expect("string id").to_owned();
+                assert!(id.starts_with("custos-req-"), "{m}");
+                assert_eq!(
+                    m["params"]["messages"][0]["content"]["text"],
+                    "six times seven?"
+                );
+                let r = post(json!({"jsonrpc":"2.0","id":id,"result":{
+                    "role":"assistant","content":{"type":"text","text":"42"},"model":"m"}}));
+                assert_eq!(r.status().as_u16(), 202);
+            }
+            messages.push(m);
+        }
+        let answer = messages.last().expect("answer");
+        assert_eq!(answer["id"], 3, "{messages:?}");
+        let got: Value = serde_json::from_str(
+            answer["result"]["content"][0]["text"]
+                .as_str()
+                .expect("text"),
+        )
+        .expect("the server's reply as JSON");
+        if task_scoped {
+            assert_eq!(got["result"]["content"]["text"], "42", "{messages:?}");
+        } else {
+            assert_eq!(messages.len(), 1, "nothing relayed: {messages:?}");
+            assert_eq!(got["error"]["code"], -32601, "refused: {got}");
+        }
+    }
+}

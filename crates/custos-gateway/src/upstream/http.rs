@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use custos_broker::{CallChannel, Injection, NoticeKind, UpstreamError};
+use custos_broker::{CallChannel, ClientCaps, Injection, NoticeKind, UpstreamError};
 use custos_core::InjectTarget;
 use futures_util::StreamExt as _;
 use secrecy::ExposeSecret;
@@ -33,6 +33,8 @@ pub struct HttpUpstream {
     next_id: AtomicI64,
     /// Credential headers sent with every request (marked sensitive: never logged).
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the session tells the upstream the client can do.
+    caps: ClientCaps,
 }
 
 enum Reply {
@@ -52,7 +54,16 @@ impl HttpUpstream {
             session: Mutex::new(None),
             next_id: AtomicI64::new(1),
             headers: Vec::new(),
+            caps: ClientCaps::default(),
         }
+    }
+
+    /// The same upstream, its session telling it the client can do `caps` (what the agents it
+    /// serves declared).
+    #[must_use]
+    pub fn with_capabilities(mut self, caps: ClientCaps) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// The same upstream, each request carrying `injection`'s credentials as headers
@@ -185,18 +196,24 @@ impl HttpUpstream {
             era: Era::Modern,
             id: None,
         };
-        let discover = jsonrpc::request(0, "server/discover", Some(discover_params()));
-        let modern = match self
-            .post(&probe, &discover, "server/discover", None)
-            .await?
-        {
-            Reply::Message(m) => m.get("result").is_some_and(offers_modern),
-            _ => false,
+        // Requests of the client need the session era's back-channel: a connection that
+        // claims the client can answer some does not offer the stateless era.
+        let modern = if self.caps == ClientCaps::default() {
+            let discover = jsonrpc::request(0, "server/discover", Some(discover_params()));
+            match self
+                .post(&probe, &discover, "server/discover", None)
+                .await?
+            {
+                Reply::Message(m) => m.get("result").is_some_and(offers_modern),
+                _ => false,
+            }
+        } else {
+            false
         };
         let session = if modern {
             probe
         } else {
-            let init = jsonrpc::request(0, "initialize", Some(initialize_params()));
+            let init = jsonrpc::request(0, "initialize", Some(initialize_params(self.caps)));
             let fresh = Session {
                 era: Era::Session(String::new()),
                 id: None,
@@ -331,7 +348,7 @@ impl HttpUpstream {
 
     /// Reads server-sent events until the response to `want_id` arrives. Notifications on the
     /// stream are about that request: relayed into `relay`. Requests from the upstream are
-    /// answered (`ping`; the rest refused: the gateway offers the upstream no client features).
+    /// answered: `ping` here, requests of the client by the agent, through `relay`.
     async fn read_sse(
         &self,
         session: &Session,
@@ -357,23 +374,24 @@ impl HttpUpstream {
                 match (msg.get("method").and_then(Value::as_str), msg.get("id")) {
                     (None, id) if want_id.is_none() || id == want_id => return Ok(Some(msg)),
                     (None, _) => {}
-                    (Some(method), Some(id)) => self.answer_upstream(session, method, id).await,
-                    (Some(method), None) => relay_notice(relay, want_id, method, msg.get("params")),
+                    (Some(method), Some(id)) => {
+                        let answer =
+                            super::answer_for_client(id, method, msg.get("params"), relay).await;
+                        self.answer_upstream(session, &answer).await;
+                    }
+                    (Some(method), None) => {
+                        relay_notice(relay, want_id, method, msg.get("params")).await;
+                    }
                 }
             }
         }
         Ok(None)
     }
 
-    /// Answers a request the upstream sent on a response stream.
-    async fn answer_upstream(&self, session: &Session, method: &str, id: &Value) {
-        let answer = if method == "ping" {
-            jsonrpc::result(id, serde_json::json!({}))
-        } else {
-            jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "Method not found", None)
-        };
+    /// Sends the answer to a request the upstream sent on a response stream.
+    async fn answer_upstream(&self, session: &Session, answer: &Value) {
         // Boxed: posting reads a response, which can hold a request again.
-        let post = Box::pin(self.post(session, &answer, "", None));
+        let post = Box::pin(self.post(session, answer, "", None));
         let _ = tokio::time::timeout(Duration::from_secs(5), post).await;
     }
 
@@ -394,7 +412,7 @@ impl HttpUpstream {
 
 /// Relays a notification from a response's event stream: progress when it carries the token
 /// this client gave the request (its id), a log message as it is.
-fn relay_notice(
+async fn relay_notice(
     relay: Option<&CallChannel>,
     request: Option<&Value>,
     method: &str,
@@ -408,7 +426,7 @@ fn relay_notice(
         "notifications/message" => NoticeKind::Log,
         _ => return,
     };
-    channel.notify(kind, params.clone());
+    channel.notify(kind, params.clone()).await;
 }
 
 /// `Mcp-Name` values that are not plain visible ASCII are sent base64-encoded.

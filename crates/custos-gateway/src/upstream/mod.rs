@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custos_broker::{
-    CallChannel, Connection, Injection, ListedTool, PermittedCall, UpstreamError, Upstreams,
+    CallChannel, ClientCaps, Connection, Injection, ListedTool, PermittedCall, UpstreamError,
+    Upstreams,
 };
 use custos_core::{Transport, UpstreamScope, UpstreamSpec};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::jsonrpc::{META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_VERSION};
+use crate::jsonrpc::{self, META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_VERSION};
 use crate::{HANDSHAKE_VERSIONS, MODERN_VERSION};
 
 pub use http::HttpUpstream;
@@ -77,9 +78,37 @@ pub(crate) fn offers_modern(result: &Value) -> bool {
         .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(MODERN_VERSION)))
 }
 
-/// The `initialize` params.
-pub(crate) fn initialize_params() -> Value {
-    json!({ "protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": {}, "clientInfo": client_info() })
+/// The `initialize` params, claiming `caps` (what the agents this connection serves declared).
+pub(crate) fn initialize_params(caps: ClientCaps) -> Value {
+    json!({ "protocolVersion": HANDSHAKE_VERSIONS[0], "capabilities": caps.to_capabilities(), "clientInfo": client_info() })
+}
+
+/// The answer to a request an upstream made of the client while serving `channel`'s call:
+/// `ping` answered here, the rest relayed to the agent (or refused, without a channel).
+pub(crate) async fn answer_for_client(
+    id: &Value,
+    method: &str,
+    params: Option<&Value>,
+    channel: Option<&CallChannel>,
+) -> Value {
+    if method == "ping" {
+        return jsonrpc::result(id, json!({}));
+    }
+    let answer = match channel {
+        Some(c) => {
+            c.ask(method, params.cloned().unwrap_or_else(|| json!({})))
+                .await
+        }
+        None => Err(custos_broker::ClientRefusal {
+            code: jsonrpc::METHOD_NOT_FOUND,
+            message: "Method not found".into(),
+            data: None,
+        }),
+    };
+    match answer {
+        Ok(result) => jsonrpc::result(id, result),
+        Err(e) => jsonrpc::error(id, e.code, &e.message, e.data),
+    }
 }
 
 /// Reads the negotiated version from an `initialize` result.
@@ -243,20 +272,21 @@ impl Entry {
     }
 }
 
+/// A connection's key: the upstream, whom it serves, and what it claims the client can do
+/// (connections for agents whose clients declared other capabilities are others).
+type Key = (String, ScopeKey, ClientCaps);
+
 #[derive(Default)]
 struct Entries {
-    /// Connections by upstream name and scope key.
-    by_key: HashMap<(String, ScopeKey), Arc<Entry>>,
+    /// Connections by upstream name, scope key and claimed capabilities.
+    by_key: HashMap<Key, Arc<Entry>>,
     /// The most recently ended tasks, oldest first.
     ended: VecDeque<String>,
 }
 
 impl Entries {
     /// Takes out the entries `gone` selects.
-    fn take(
-        &mut self,
-        mut gone: impl FnMut(&(String, ScopeKey), &Entry) -> bool,
-    ) -> Vec<Arc<Entry>> {
+    fn take(&mut self, mut gone: impl FnMut(&Key, &Entry) -> bool) -> Vec<Arc<Entry>> {
         let mut out = Vec::new();
         self.by_key.retain(|k, e| {
             let drop = gone(k, e);
@@ -298,9 +328,13 @@ impl UpstreamPool {
 
     /// The client for `conn`, made if there is none, the spec changed, or the connection
     /// carries other credentials now.
-    async fn entry(&self, conn: &Connection<'_>) -> Result<Arc<Entry>, UpstreamError> {
+    async fn entry(
+        &self,
+        conn: &Connection<'_>,
+        caps: ClientCaps,
+    ) -> Result<Arc<Entry>, UpstreamError> {
         let spec = conn.upstream();
-        let key = (spec.name.clone(), ScopeKey::of(spec, conn.task()));
+        let key = (spec.name.clone(), ScopeKey::of(spec, conn.task()), caps);
         let mut g = self.entries.lock().await;
         if let Some(e) = g.by_key.get(&key)
             && e.serves(conn)
@@ -316,10 +350,10 @@ impl UpstreamPool {
                 "the task has ended".into(),
             ));
         }
-        let entry = Arc::new(self.new_entry(conn)?);
+        let entry = Arc::new(self.new_entry(conn, caps)?);
         // A changed spec replaces every connection to this upstream, whatever its scope (a
         // scope change included); new credentials replace this connection.
-        let mut stale = g.take(|(name, _), e| *name == spec.name && e.spec != *spec);
+        let mut stale = g.take(|(name, _, _), e| *name == spec.name && e.spec != *spec);
         stale.extend(g.by_key.insert(key, entry.clone()));
         drop(g);
         for old in stale {
@@ -329,13 +363,14 @@ impl UpstreamPool {
     }
 
     /// A client for `conn`, not yet started (it starts on its first request).
-    fn new_entry(&self, conn: &Connection<'_>) -> Result<Entry, UpstreamError> {
+    fn new_entry(&self, conn: &Connection<'_>, caps: ClientCaps) -> Result<Entry, UpstreamError> {
         let spec = conn.upstream();
         let injection = conn.injection().cloned();
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
                 StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
                     .with_injection(injection.clone())
+                    .with_capabilities(caps)
                     .relaying_logs(conn.one_call() || spec.scope == UpstreamScope::Task),
             ),
             Transport::Http { url } => Client::Http(
@@ -346,7 +381,8 @@ impl UpstreamPool {
                     self.http.clone(),
                 )
                 .with_injection(injection.as_deref())
-                .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?,
+                .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?
+                .with_capabilities(caps),
             ),
         };
         Ok(Entry {
@@ -367,7 +403,7 @@ impl UpstreamPool {
                 g.ended.pop_front();
             }
             g.ended.push_back(task.to_owned());
-            g.take(|(_, scope), _| matches!(scope, ScopeKey::Task(t) if t == task))
+            g.take(|(_, scope, _), _| matches!(scope, ScopeKey::Task(t) if t == task))
         };
         for e in gone {
             tracing::debug!(upstream = %e.spec.name, task, "task ended; stopping its upstream connection");
@@ -378,11 +414,10 @@ impl UpstreamPool {
     /// Stops task-scoped connections unused for `idle`: a task that expires is not announced
     /// the way an ended one is, and an announcement can be missed.
     pub async fn stop_idle_task_connections(&self, idle: Duration) {
-        let gone = self
-            .entries
-            .lock()
-            .await
-            .take(|(_, scope), e| matches!(scope, ScopeKey::Task(_)) && e.idle_for() >= idle);
+        let gone =
+            self.entries.lock().await.take(|(_, scope, _), e| {
+                matches!(scope, ScopeKey::Task(_)) && e.idle_for() >= idle
+            });
         for e in gone {
             tracing::debug!(upstream = %e.spec.name, "task-scoped upstream connection idle; stopping it");
             e.client.shutdown().await;
@@ -400,7 +435,7 @@ impl UpstreamPool {
 
 impl Upstreams for UpstreamPool {
     async fn list_tools(&self, conn: &Connection<'_>) -> Result<Vec<ListedTool>, UpstreamError> {
-        let entry = self.entry(conn).await?;
+        let entry = self.entry(conn, ClientCaps::default()).await?;
         let mut cached = entry.tools.lock().await;
         if let Some(t) = cached.as_ref() {
             return Ok(t.clone());
@@ -439,7 +474,7 @@ impl Upstreams for UpstreamPool {
         let named = |t: &&ListedTool| t.name() == Some(name);
         {
             // The connection's cached list, searched in place: one definition cloned, not all.
-            let entry = self.entry(conn).await?;
+            let entry = self.entry(conn, ClientCaps::default()).await?;
             let cached = entry.tools.lock().await;
             if let Some(tools) = cached.as_ref() {
                 return Ok(tools.iter().find(named).cloned());
@@ -470,7 +505,7 @@ impl Upstreams for UpstreamPool {
                     "the task has ended".into(),
                 ));
             }
-            let entry = self.new_entry(conn)?;
+            let entry = self.new_entry(conn, channel.caps())?;
             let result = entry
                 .client
                 .request_cancellable("tools/call", Some(params), Some(channel))
@@ -478,7 +513,7 @@ impl Upstreams for UpstreamPool {
             entry.client.shutdown().await;
             return result;
         }
-        let entry = self.entry(conn).await?;
+        let entry = self.entry(conn, channel.caps()).await?;
         entry
             .client
             .request_cancellable("tools/call", Some(params), Some(channel))
@@ -504,9 +539,22 @@ mod tests {
     }
 
     async fn keys(pool: &UpstreamPool) -> Vec<(String, ScopeKey)> {
-        let mut k: Vec<_> = pool.entries.lock().await.by_key.keys().cloned().collect();
+        let mut k: Vec<_> = pool
+            .entries
+            .lock()
+            .await
+            .by_key
+            .keys()
+            .map(|(n, s, _)| (n.clone(), s.clone()))
+            .collect();
         k.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         k
+    }
+
+    impl UpstreamPool {
+        async fn entry_plain(&self, conn: &Connection<'_>) -> Result<Arc<Entry>, UpstreamError> {
+            self.entry(conn, ClientCaps::default()).await
+        }
     }
 
     // Clients start their process or session on first request, so no process runs here.
@@ -516,8 +564,8 @@ mod tests {
         let shared = spec("kind: Upstream\nname: s\ncommand: [x]\n");
         let task = spec("kind: Upstream\nname: t\ncommand: [x]\nscope: task\n");
         for t in ["a", "b"] {
-            pool.entry(&plain(&shared, t)).await.expect("shared");
-            pool.entry(&plain(&task, t)).await.expect("task");
+            pool.entry_plain(&plain(&shared, t)).await.expect("shared");
+            pool.entry_plain(&plain(&task, t)).await.expect("task");
         }
         let s = |n: &str| (n.to_owned(), ScopeKey::Shared);
         let t = |n: &str, id: &str| (n.to_owned(), ScopeKey::Task(id.to_owned()));
@@ -526,17 +574,19 @@ mod tests {
         pool.end_task("a").await;
         assert_eq!(keys(&pool).await, vec![s("s"), t("t", "b")]);
         // A call authenticated just before its task ended starts nothing.
-        assert!(pool.entry(&plain(&task, "a")).await.is_err());
-        assert!(pool.entry(&plain(&shared, "a")).await.is_ok());
+        assert!(pool.entry_plain(&plain(&task, "a")).await.is_err());
+        assert!(pool.entry_plain(&plain(&shared, "a")).await.is_ok());
 
         // A changed upstream replaces its connections whatever their scope.
         let now_shared = spec("kind: Upstream\nname: t\ncommand: [y]\n");
-        pool.entry(&plain(&now_shared, "b")).await.expect("changed");
+        pool.entry_plain(&plain(&now_shared, "b"))
+            .await
+            .expect("changed");
         assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
 
         // Task connections nobody uses go, shared ones stay.
         let other = spec("kind: Upstream\nname: u\nurl: http://127.0.0.1:9/mcp\nscope: task\n");
-        pool.entry(&plain(&other, "c")).await.expect("task c");
+        pool.entry_plain(&plain(&other, "c")).await.expect("task c");
         pool.stop_idle_task_connections(Duration::ZERO).await;
         assert_eq!(keys(&pool).await, vec![s("s"), s("t")]);
     }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use custos_broker::{CallChannel, Injection, NoticeKind, UpstreamError};
+use custos_broker::{CallChannel, ClientCaps, Injection, NoticeKind, UpstreamError};
 use custos_core::{InjectTarget, StdioCommand};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Mutex, oneshot};
@@ -168,6 +168,8 @@ pub struct StdioUpstream {
     /// Whether log messages go to the one call in flight: only on a connection that serves
     /// one task, where they cannot be another task's.
     relay_logs: bool,
+    /// What the process is told the client can do.
+    caps: ClientCaps,
     conn: Mutex<Slot>,
 }
 
@@ -187,12 +189,22 @@ impl StdioUpstream {
             timeout,
             injection: None,
             relay_logs: false,
+            caps: ClientCaps::default(),
             conn: Mutex::new(Slot::default()),
         }
     }
 
-    /// The same upstream, relaying the server's log messages to the one call in flight when
-    /// `relay` (a connection that serves one task: its messages cannot be another task's).
+    /// The same upstream, its processes told the client can do `caps` (what the agents it
+    /// serves declared).
+    #[must_use]
+    pub fn with_capabilities(mut self, caps: ClientCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// The same upstream, relaying the server's log messages and its requests of the client
+    /// to the one call in flight when `relay` (a connection that serves one task: they cannot
+    /// be another task's).
     #[must_use]
     pub fn relaying_logs(mut self, relay: bool) -> Self {
         self.relay_logs = relay;
@@ -341,9 +353,11 @@ impl StdioUpstream {
             ));
         }
 
-        // Prefer the stateless era; fall back to the handshake on the same process.
-        let era = match conn
-            .call(
+        // Prefer the stateless era; fall back to the handshake on the same process. Requests
+        // of the client need the session era's back-channel: a connection that claims the
+        // client can answer some goes straight to the handshake.
+        let probe = if self.caps == ClientCaps::default() {
+            conn.call(
                 &self.name,
                 "server/discover",
                 Some(discover_params()),
@@ -351,14 +365,17 @@ impl StdioUpstream {
                 None,
             )
             .await
-        {
+        } else {
+            Ok(serde_json::json!({}))
+        };
+        let era = match probe {
             Ok(r) if offers_modern(&r) => Era::Modern,
             Ok(_) | Err(UpstreamError::Rpc { .. }) => {
                 let init = conn
                     .call(
                         &self.name,
                         "initialize",
-                        Some(initialize_params()),
+                        Some(initialize_params(self.caps)),
                         self.timeout,
                         None,
                     )
@@ -554,17 +571,21 @@ async fn read_loop(
         } else if let (Some(id), Some(method)) =
             (msg.get("id"), msg.get("method").and_then(Value::as_str))
         {
-            // A request from the upstream: answer ping, refuse the rest (we offer no client features).
-            let answer = if method == "ping" {
-                jsonrpc::result(id, json!({}))
-            } else {
-                jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "Method not found", None)
-            };
-            if let Some(c) = conn.upgrade() {
-                let _ = c.send(&answer).await;
-            }
+            // A request from the upstream: ping answered here; a request of the client relayed
+            // to the call it must be about, on its own task (the agent may take a while, and
+            // this loop reads the answers of other calls meanwhile).
+            let channel = relay_logs.then(|| sole_call(&pending)).flatten();
+            let (id, method, params) = (id.clone(), method.to_owned(), msg.get("params").cloned());
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let answer =
+                    super::answer_for_client(&id, &method, params.as_ref(), channel.as_ref()).await;
+                if let Some(c) = conn.upgrade() {
+                    let _ = c.send(&answer).await;
+                }
+            });
         } else if let Some(method) = msg.get("method").and_then(Value::as_str) {
-            relay_notice(&pending, method, msg.get("params"), relay_logs);
+            relay_notice(&pending, method, msg.get("params"), relay_logs).await;
         }
     }
     alive.store(false, Ordering::SeqCst);
@@ -575,24 +596,36 @@ async fn read_loop(
     tracing::warn!(upstream = %name, "upstream process exited");
 }
 
+/// The channel of the one call in flight, if exactly one is and it relays.
+fn sole_call(pending: &Pending) -> Option<CallChannel> {
+    let p = pending.lock().ok()?;
+    if p.len() != 1 {
+        return None;
+    }
+    p.values().next()?.channel.clone()
+}
+
 /// Relays a notification from the upstream to the call it is about: progress by its token
 /// (the request id this client gave the upstream), a log message to the one call in flight
 /// when `logs` (a stdio server's log messages name no request; with more than one in flight,
 /// or on a connection shared by tasks, none can be told apart, and it is not relayed).
-fn relay_notice(pending: &Pending, method: &str, params: Option<&Value>, logs: bool) {
-    let Ok(p) = pending.lock() else { return };
-    let (kind, waiting) = match method {
-        "notifications/progress" => {
-            let token = params
-                .and_then(|p| p.get("progressToken"))
-                .and_then(Value::as_i64);
-            (NoticeKind::Progress, token.and_then(|t| p.get(&t)))
-        }
-        "notifications/message" if logs && p.len() == 1 => (NoticeKind::Log, p.values().next()),
-        _ => return,
+async fn relay_notice(pending: &Pending, method: &str, params: Option<&Value>, logs: bool) {
+    let (kind, channel) = {
+        let Ok(p) = pending.lock() else { return };
+        let (kind, waiting) = match method {
+            "notifications/progress" => {
+                let token = params
+                    .and_then(|p| p.get("progressToken"))
+                    .and_then(Value::as_i64);
+                (NoticeKind::Progress, token.and_then(|t| p.get(&t)))
+            }
+            "notifications/message" if logs && p.len() == 1 => (NoticeKind::Log, p.values().next()),
+            _ => return,
+        };
+        (kind, waiting.and_then(|w| w.channel.clone()))
     };
-    if let (Some(channel), Some(params)) = (waiting.and_then(|w| w.channel.as_ref()), params) {
-        channel.notify(kind, params.clone());
+    if let (Some(channel), Some(params)) = (channel, params) {
+        channel.notify(kind, params.clone()).await;
     }
 }
 
