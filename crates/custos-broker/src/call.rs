@@ -91,10 +91,8 @@ impl TaskContext {
 
     /// The name policy and the audit log give the tool the agent called `name`
     /// ([`Snapshot::canonical_tool`]).
-    pub fn canonical_tool(&self, name: &str) -> String {
-        self.snapshot
-            .canonical_tool(&self.claims.template, name)
-            .into_owned()
+    pub fn canonical_tool<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        self.snapshot.canonical_tool(&self.claims.template, name)
     }
 
     /// The registry snapshot this request is decided against.
@@ -426,7 +424,11 @@ impl Broker {
     ) -> CallResult {
         let broker = self.clone();
         self.to_completion("call pipeline", async move {
-            let name = ctx.canonical_tool(&name);
+            // Named as the agent named it unless it is a bare upstream's (no copy then).
+            let name = match ctx.canonical_tool(&name) {
+                std::borrow::Cow::Borrowed(_) => name,
+                std::borrow::Cow::Owned(canonical) => canonical,
+            };
             broker
                 .run_call(&ctx, &name, arguments, upstreams.as_ref(), &channel)
                 .await

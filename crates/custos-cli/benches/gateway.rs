@@ -760,6 +760,17 @@ async fn bench_one(durability: &str, upstream_url: &str) {
     println!(
         "sequential: {rounds} rounds x {n} calls per target, targets alternating call by call"
     );
+    // Before the CPU and context-switch counters start: only plain calls are counted.
+    let progress_n: usize = env_or("BENCH_PROGRESS", 0);
+    if progress_n > 0 {
+        // A baseline build may predate the relay: measured on this build only.
+        let relaying: Vec<Target> = targets
+            .iter()
+            .filter(|t| !t.label.starts_with("baseline"))
+            .cloned()
+            .collect();
+        progress_latency(&client, &relaying, progress_n).await;
+    }
     let gw_pids: Vec<String> = gateways
         .iter()
         .map(|(g, _)| g.child.id().to_string())
@@ -775,16 +786,6 @@ async fn bench_one(durability: &str, upstream_url: &str) {
     let list_n: usize = env_or("BENCH_LIST", 1);
     if list_n > 1 {
         list_latency(&client, &targets, list_n).await;
-    }
-    let progress_n: usize = env_or("BENCH_PROGRESS", 0);
-    if progress_n > 0 {
-        // A baseline build may predate the relay: measured on this build only.
-        let relaying: Vec<Target> = targets
-            .iter()
-            .filter(|t| !t.label.starts_with("baseline"))
-            .cloned()
-            .collect();
-        progress_latency(&client, &relaying, progress_n).await;
     }
     let seq = sequential(&client, &targets, n, rounds).await;
     let seq_cost: Vec<String> = gw_pids

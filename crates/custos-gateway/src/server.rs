@@ -921,25 +921,23 @@ impl McpGateway {
         }
         let token = progress_token(params);
         let (notices_tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
-        let (requests_tx, requests) = tokio::sync::mpsc::channel(REQUEST_QUEUE);
-        let channel = CallChannel::new(cancel)
+        let mut channel = CallChannel::new(cancel)
             .with_notices(notices_tx, token.is_some())
-            .with_log_level(log_level)
-            .with_requests(requests_tx, caps);
-        let mut relay = Relay::new(
-            &self.broker,
-            ctx,
-            &ctx.canonical_tool(&name),
-            token,
-            notices,
-        )
-        .with_requests(
-            requests,
-            self.client_answers.clone(),
-            &self.broker,
-            ctx,
-            scope,
-        );
+            .with_log_level(log_level);
+        let mut relay = Relay::new(&self.broker, ctx, &name, token, notices);
+        // Requests of the client only for a client that can take some.
+        if caps != ClientCaps::default() {
+            let (requests_tx, requests) = tokio::sync::mpsc::channel(REQUEST_QUEUE);
+            channel = channel.with_requests(requests_tx, caps);
+            relay = relay.with_requests(
+                requests,
+                self.client_answers.clone(),
+                &self.broker,
+                ctx,
+                scope,
+                &name,
+            );
+        }
         let broker = self.broker.clone();
         let owned = ctx.clone();
         let mut call = Box::pin(async move {
@@ -1154,8 +1152,6 @@ async fn send_to_client(tx: &tokio::sync::mpsc::Sender<Value>, message: Value) -
 /// The messages for the agent about one call in flight, before its answer: the upstream's
 /// notices, and Custos's own progress while the call is held or the upstream reports none.
 struct Relay {
-    task: String,
-    tool: String,
     token: Option<Value>,
     notices: tokio::sync::mpsc::Receiver<Notice>,
     /// Custos's own progress, for a client that asked for progress: a tick, and the approval
@@ -1173,6 +1169,8 @@ struct Relay {
 
 /// The requests relayed to the agent during one call.
 struct RelayedRequests {
+    /// The tool called, as policy names it.
+    tool: String,
     rx: tokio::sync::mpsc::Receiver<ClientRequest>,
     table: ClientAnswers,
     broker: Broker,
@@ -1197,10 +1195,10 @@ impl Drop for RelayedRequests {
 impl RelayedRequests {
     /// The request as the agent gets it, once it is on record and its answer awaited; none
     /// when it cannot be recorded (it is refused, and the upstream told).
-    async fn forward(&mut self, tool: &str, request: ClientRequest) -> Option<Value> {
+    async fn forward(&mut self, request: ClientRequest) -> Option<Value> {
         if let Err(e) = self
             .broker
-            .record_client_request(&self.ctx, tool, request.method)
+            .record_client_request(&self.ctx, &self.tool, request.method)
             .await
         {
             tracing::warn!(task = %self.ctx.task_id(), error = %e, "a request of the client could not be recorded; refused");
@@ -1250,11 +1248,11 @@ impl Relay {
             OwnProgress {
                 tick,
                 approvals: broker.approval_events(),
+                task: ctx.task_id().to_owned(),
+                tool: ctx.canonical_tool(tool).into_owned(),
             }
         });
         Self {
-            task: ctx.task_id().to_owned(),
-            tool: tool.to_owned(),
             token,
             notices,
             own_progress,
@@ -1274,8 +1272,10 @@ impl Relay {
         broker: &Broker,
         ctx: &TaskContext,
         scope: &str,
+        tool: &str,
     ) -> Self {
         self.requests = Some(RelayedRequests {
+            tool: ctx.canonical_tool(tool).into_owned(),
             rx,
             table,
             broker: broker.clone(),
@@ -1311,17 +1311,17 @@ impl Relay {
                     None => std::future::pending::<()>().await,
                 },
                 request = next_request(&mut self.requests) => {
-                    let tool = self.tool.clone();
                     if let Some(r) = self.requests.as_mut()
-                        && let Some(m) = r.forward(&tool, request).await
+                        && let Some(m) = r.forward(request).await
                     {
                         return m;
                     }
                 }
                 event = approvals => {
                     if let Ok(custos_broker::ApprovalEvent::Requested(a)) = event
-                        && a.task.as_str() == self.task
-                        && a.tool == self.tool
+                        && let Some(o) = &self.own_progress
+                        && a.task.as_str() == o.task
+                        && a.tool == o.tool
                     {
                         self.waiting_on = Some(a.id.to_string());
                     }
@@ -1406,6 +1406,9 @@ fn progress_for_agent(mut params: Value, token: Value, own: u64) -> Option<Value
 struct OwnProgress {
     tick: tokio::time::Interval,
     approvals: tokio::sync::broadcast::Receiver<custos_broker::ApprovalEvent>,
+    /// The task and the tool (as policy names it) whose approval request the call waits on.
+    task: String,
+    tool: String,
 }
 
 fn notification(method: &str, params: Value) -> Value {

@@ -29,13 +29,24 @@ fn render(reply: GatewayReply) -> Response {
     resp
 }
 
+/// The most bytes of events written in one frame: messages already queued go out together
+/// (one write, not one per message), up to this.
+const FRAME_BYTES: usize = 64 * 1024;
+
 /// JSON-RPC messages as a `text/event-stream` (one `message` event each); it ends after the
 /// last message.
 fn event_stream(events: tokio::sync::mpsc::Receiver<serde_json::Value>) -> Response {
+    use std::fmt::Write as _;
     let stream = futures_util::stream::unfold(events, |mut rx| async move {
         let msg = rx.recv().await?;
-        let frame = Bytes::from(format!("event: message\ndata: {msg}\n\n"));
-        Some((Ok::<_, std::convert::Infallible>(frame), rx))
+        let mut frame = String::new();
+        let _ = write!(frame, "event: message\ndata: {msg}\n\n");
+        while frame.len() < FRAME_BYTES
+            && let Ok(next) = rx.try_recv()
+        {
+            let _ = write!(frame, "event: message\ndata: {next}\n\n");
+        }
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame)), rx))
     });
     let mut resp = axum::body::Body::from_stream(stream).into_response();
     let h = resp.headers_mut();

@@ -81,6 +81,7 @@ fn stateless_era_discover_list_and_call() {
             "fx__crash",
             "fx__echo",
             "fx__fail",
+            "fx__grow",
             "fx__hang",
             "fx__ns.tool/v2",
             "fx__progress",

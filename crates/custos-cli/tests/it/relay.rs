@@ -1,6 +1,8 @@
 //! What an upstream tells the agent about a call before its answer — progress and log
 //! messages — relayed through the gateway on the call's event stream, in both eras, from stdio
-//! and HTTP upstreams, with the agent's own progress token, and never across tasks.
+//! and HTTP upstreams, with the agent's own progress token, and never across tasks; what it
+//! asks the agent's client (sampling, elicitation), and the answers; and its announcement that
+//! its tool list changed.
 
 use std::io::BufRead as _;
 use std::time::Duration;
@@ -502,4 +504,47 @@ fn a_request_of_the_client_goes_to_the_agent_and_its_answer_back_to_the_upstream
             assert_eq!(got["error"]["code"], -32601, "refused: {got}");
         }
     }
+}
+
+/// An upstream that announces its tool list changed (`notifications/tools/list_changed`) is
+/// listed again: the new tool is there on the next `tools/list`, and callable.
+#[test]
+fn a_changed_tool_list_is_read_again() {
+    let (s, token, sid) = gateway(false);
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let names = |r: &Value| -> Vec<String> {
+        r["result"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let before = mcp.call(&sid, "tools/list", json!({})).body;
+    assert!(
+        !names(&before).contains(&"fx__grown".to_owned()),
+        "{before}"
+    );
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__grow", "arguments": {}}),
+    );
+    assert_eq!(
+        r.body["result"]["content"][0]["text"], "grown",
+        "{}",
+        r.body
+    );
+    let after = mcp.call(&sid, "tools/list", json!({})).body;
+    assert!(names(&after).contains(&"fx__grown".to_owned()), "{after}");
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__grown", "arguments": {"x": 1}}),
+    );
+    assert_eq!(
+        r.body["result"]["content"][0]["text"], "{\"x\": 1}",
+        "{}",
+        r.body
+    );
 }

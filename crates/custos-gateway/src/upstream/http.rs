@@ -35,6 +35,8 @@ pub struct HttpUpstream {
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// What the session tells the upstream the client can do.
     caps: ClientCaps,
+    /// Set when the upstream says its tool list changed (on a response's event stream).
+    tools_changed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum Reply {
@@ -55,7 +57,15 @@ impl HttpUpstream {
             next_id: AtomicI64::new(1),
             headers: Vec::new(),
             caps: ClientCaps::default(),
+            tools_changed: std::sync::Arc::default(),
         }
+    }
+
+    /// The same upstream, setting `flag` when the upstream says its tool list changed.
+    #[must_use]
+    pub fn with_change_flag(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.tools_changed = flag;
+        self
     }
 
     /// The same upstream, its session telling it the client can do `caps` (what the agents it
@@ -365,9 +375,12 @@ impl HttpUpstream {
             if buf.len() > MAX_BODY {
                 return Err(self.fail("response too large"));
             }
-            while let Some((event, rest)) = split_event(&buf) {
-                let data = event_data(&event);
-                buf = rest;
+            // Complete events are read in place, and the buffer shifted once per chunk: an
+            // event stream of many small events costs one pass, not one copy per event.
+            let mut start = 0;
+            while let Some((len, total)) = event_end(&buf[start..]) {
+                let data = event_data(&String::from_utf8_lossy(&buf[start..start + len]));
+                start += total;
                 let Ok(msg) = serde_json::from_str::<Value>(&data) else {
                     continue;
                 };
@@ -380,10 +393,14 @@ impl HttpUpstream {
                         self.answer_upstream(session, &answer).await;
                     }
                     (Some(method), None) => {
+                        if method == "notifications/tools/list_changed" {
+                            self.tools_changed.store(true, Ordering::SeqCst);
+                        }
                         relay_notice(relay, want_id, method, msg.get("params")).await;
                     }
                 }
             }
+            buf.drain(..start);
         }
         Ok(None)
     }
@@ -446,14 +463,19 @@ fn header_value(name: &str) -> String {
 }
 
 /// Splits the first complete SSE event (ended by a blank line) off the buffer.
-fn split_event(buf: &[u8]) -> Option<(String, Vec<u8>)> {
-    let text = std::str::from_utf8(buf).ok()?;
-    let candidates = ["\r\n\r\n", "\n\n", "\r\r"];
-    let (pos, len) = candidates
-        .iter()
-        .filter_map(|sep| text.find(sep).map(|p| (p, sep.len())))
-        .min_by_key(|(p, _)| *p)?;
-    Some((text[..pos].to_owned(), buf[pos + len..].to_vec()))
+/// Where the first complete SSE event in `buf` ends (a blank line: `\n\n`, `\r\n\r\n` or
+/// `\r\r`): the event's length, and its length with the blank line.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    (0..buf.len()).find_map(|i| {
+        let rest = &buf[i..];
+        if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
+            Some((i, i + 2))
+        } else if rest.starts_with(b"\r\n\r\n") {
+            Some((i, i + 4))
+        } else {
+            None
+        }
+    })
 }
 
 /// The `data:` lines of one SSE event, joined with newlines.
@@ -473,11 +495,14 @@ mod tests {
     #[test]
     fn sse_events_split() {
         let buf = b"event: message\r\ndata: {\"a\":1}\r\n\r\n: ping\n\ndata: x";
-        let (e1, rest) = split_event(buf).expect("first");
-        assert_eq!(event_data(&e1), "{\"a\":1}");
-        let (e2, rest) = split_event(&rest).expect("second");
-        assert_eq!(event_data(&e2), "");
-        assert!(split_event(&rest).is_none());
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let (len, total) = event_end(buf).expect("first");
+        assert_eq!(event_data(&text(&buf[..len])), "{\"a\":1}");
+        let rest = &buf[total..];
+        let (len, total) = event_end(rest).expect("second");
+        assert_eq!(event_data(&text(&rest[..len])), "");
+        assert!(event_end(&rest[total..]).is_none());
+        assert_eq!(event_end(b"data: 1\r\rdata: 2"), Some((7, 9)));
     }
 
     #[test]

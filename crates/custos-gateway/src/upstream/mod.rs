@@ -7,6 +7,7 @@ mod stdio;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use custos_broker::{
@@ -248,6 +249,9 @@ struct Entry {
     injection: Option<Arc<Injection>>,
     client: Arc<Client>,
     tools: Mutex<Option<Vec<ListedTool>>>,
+    /// Set when the upstream says its tool list changed (`notifications/tools/list_changed`):
+    /// the cached list is read again before it is used next.
+    tools_changed: Arc<AtomicBool>,
     last_used: std::sync::Mutex<Instant>,
 }
 
@@ -366,11 +370,13 @@ impl UpstreamPool {
     fn new_entry(&self, conn: &Connection<'_>, caps: ClientCaps) -> Result<Entry, UpstreamError> {
         let spec = conn.upstream();
         let injection = conn.injection().cloned();
+        let tools_changed = Arc::new(AtomicBool::new(false));
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
                 StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
                     .with_injection(injection.clone())
                     .with_capabilities(caps)
+                    .with_change_flag(tools_changed.clone())
                     .relaying_logs(conn.one_call() || spec.scope == UpstreamScope::Task),
             ),
             Transport::Http { url } => Client::Http(
@@ -382,7 +388,8 @@ impl UpstreamPool {
                 )
                 .with_injection(injection.as_deref())
                 .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?
-                .with_capabilities(caps),
+                .with_capabilities(caps)
+                .with_change_flag(tools_changed.clone()),
             ),
         };
         Ok(Entry {
@@ -390,6 +397,7 @@ impl UpstreamPool {
             injection,
             client: Arc::new(client),
             tools: Mutex::new(None),
+            tools_changed,
             last_used: std::sync::Mutex::new(Instant::now()),
         })
     }
@@ -437,6 +445,9 @@ impl Upstreams for UpstreamPool {
     async fn list_tools(&self, conn: &Connection<'_>) -> Result<Vec<ListedTool>, UpstreamError> {
         let entry = self.entry(conn, ClientCaps::default()).await?;
         let mut cached = entry.tools.lock().await;
+        if entry.tools_changed.swap(false, Ordering::SeqCst) {
+            *cached = None;
+        }
         if let Some(t) = cached.as_ref() {
             return Ok(t.clone());
         }
@@ -476,7 +487,9 @@ impl Upstreams for UpstreamPool {
             // The connection's cached list, searched in place: one definition cloned, not all.
             let entry = self.entry(conn, ClientCaps::default()).await?;
             let cached = entry.tools.lock().await;
-            if let Some(tools) = cached.as_ref() {
+            if !entry.tools_changed.load(Ordering::SeqCst)
+                && let Some(tools) = cached.as_ref()
+            {
                 return Ok(tools.iter().find(named).cloned());
             }
         }

@@ -170,6 +170,8 @@ pub struct StdioUpstream {
     relay_logs: bool,
     /// What the process is told the client can do.
     caps: ClientCaps,
+    /// Set when the process says its tool list changed.
+    tools_changed: Arc<AtomicBool>,
     conn: Mutex<Slot>,
 }
 
@@ -190,8 +192,16 @@ impl StdioUpstream {
             injection: None,
             relay_logs: false,
             caps: ClientCaps::default(),
+            tools_changed: Arc::default(),
             conn: Mutex::new(Slot::default()),
         }
+    }
+
+    /// The same upstream, setting `flag` when the process says its tool list changed.
+    #[must_use]
+    pub fn with_change_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.tools_changed = flag;
+        self
     }
 
     /// The same upstream, its processes told the client can do `caps` (what the agents it
@@ -343,7 +353,10 @@ impl StdioUpstream {
             pending,
             alive,
             Arc::downgrade(&conn),
-            self.relay_logs,
+            ReadLoop {
+                relay_logs: self.relay_logs,
+                tools_changed: self.tools_changed.clone(),
+            },
         ));
         if let Some(stderr) = stderr {
             tokio::spawn(drain_stderr(
@@ -532,8 +545,12 @@ async fn read_loop(
     pending: Pending,
     alive: Arc<AtomicBool>,
     conn: std::sync::Weak<Conn>,
-    relay_logs: bool,
+    opts: ReadLoop,
 ) {
+    let ReadLoop {
+        relay_logs,
+        tools_changed,
+    } = opts;
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let mut buf = Vec::new();
     loop {
@@ -585,6 +602,9 @@ async fn read_loop(
                 }
             });
         } else if let Some(method) = msg.get("method").and_then(Value::as_str) {
+            if method == "notifications/tools/list_changed" {
+                tools_changed.store(true, Ordering::SeqCst);
+            }
             relay_notice(&pending, method, msg.get("params"), relay_logs).await;
         }
     }
@@ -594,6 +614,14 @@ async fn read_loop(
         p.clear();
     }
     tracing::warn!(upstream = %name, "upstream process exited");
+}
+
+/// What the read loop does besides answering calls.
+struct ReadLoop {
+    /// Whether log messages and requests of the client go to the one call in flight.
+    relay_logs: bool,
+    /// Set when the process says its tool list changed.
+    tools_changed: Arc<AtomicBool>,
 }
 
 /// The channel of the one call in flight, if exactly one is and it relays.
