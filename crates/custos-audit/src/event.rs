@@ -62,6 +62,17 @@ pub enum EventKind {
     /// An upstream, during a tool call, asked the agent's client something (sampling,
     /// elicitation, roots), relayed to the agent: attributed to the task and the tool.
     ClientRequest,
+    /// A decision on one resource read (`resources/read`): allowed (written before the
+    /// upstream is asked) or refused. `tool` holds the URI.
+    ResourceRead,
+    /// A decision on one prompt get (`prompts/get`), the same way. `tool` holds the prompt.
+    PromptGet,
+    /// A decision on one completion request (`completion/complete`) for a prompt's or a
+    /// resource template's argument. `tool` holds the prompt or the URI template.
+    Completion,
+    /// How an allowed resource read, prompt get or completion ended; linked to its decision
+    /// by the call id.
+    ReadResult,
 }
 
 impl EventKind {
@@ -92,6 +103,10 @@ impl EventKind {
             EventKind::ToolPinned => "tool_pinned",
             EventKind::SecretWritten => "secret_written",
             EventKind::ClientRequest => "client_request",
+            EventKind::ResourceRead => "resource_read",
+            EventKind::PromptGet => "prompt_get",
+            EventKind::Completion => "completion",
+            EventKind::ReadResult => "read_result",
         }
     }
 }

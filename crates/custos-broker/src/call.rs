@@ -139,7 +139,7 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             UpstreamError::Timeout(..) => Outcome::Timeout,
             UpstreamError::Failed(..) => Outcome::UpstreamFailed,
@@ -254,6 +254,16 @@ pub trait Upstreams: Send + Sync + 'static {
         call: &PermittedCall<'_>,
         conn: &Connection<'_>,
         channel: &CallChannel,
+    ) -> impl Future<Output = Result<Value, UpstreamError>> + Send;
+
+    /// Sends one request of another MCP method on `conn` (`resources/list`,
+    /// `resources/read`, `prompts/get`, …), decided and recorded by the broker; its raw
+    /// result.
+    fn request(
+        &self,
+        conn: &Connection<'_>,
+        method: &str,
+        params: Value,
     ) -> impl Future<Output = Result<Value, UpstreamError>> + Send;
 }
 
@@ -729,7 +739,7 @@ impl Broker {
 
 /// The redaction stage: the credentials injected into the connection are cut out of the
 /// result, and out of an error's message and data, before anything else reads them.
-fn redact(
+pub(crate) fn redact(
     conn: &Connection<'_>,
     result: Result<Value, UpstreamError>,
 ) -> Result<Value, UpstreamError> {

@@ -14,6 +14,7 @@ mod metrics;
 mod open;
 mod operators;
 mod pins;
+mod reads;
 mod registry;
 mod relay;
 mod secrets;
@@ -45,6 +46,7 @@ pub use metrics::BrokerMetrics;
 pub use open::{Durability, OpenError};
 pub use operators::{CreatedOperator, Operator};
 pub use pins::{PinMode, PinnedUpstream};
+pub use reads::Listing;
 pub use registry::{ApplyOutcome, CredentialRoleEntry, Snapshot};
 pub use relay::{
     CallChannel, ClientCaps, ClientMethod, ClientRefusal, ClientRequest, LogLevel,

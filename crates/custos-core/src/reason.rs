@@ -71,6 +71,10 @@ reasons! {
     ToolChanged => "tool_changed",
     /// The upstream's tools have not been approved (pinned) by an operator yet.
     ToolNotApproved => "tool_not_approved",
+    /// The template allows no resource entry matching the URI.
+    ResourceNotAllowed => "resource_not_allowed",
+    /// The template names no prompt pattern matching the prompt.
+    PromptNotAllowed => "prompt_not_allowed",
     /// Allowed, but the upstream failed or did not answer in time.
     UpstreamFailed => "upstream_failed",
     /// The store or the audit log is down: refused (fail closed).

@@ -543,18 +543,76 @@ pub struct TemplateSpec {
     /// Credential roles its tasks may mint leases of (`credentials: [pg-readonly]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
+    /// Resources its tasks may list and read: an upstream and a glob over its URIs each
+    /// (`resources: [{upstream: files, uri: "file:///srv/docs/*"}]`). None: no resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceEntry>,
+    /// Prompts its tasks may list and get: `upstream__prompt` names or globs over them, as
+    /// tools are named. None: no prompts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+}
+
+/// Resources a template's tasks may list and read: the URIs of one upstream that match a glob
+/// (`*` any run of characters, `/` included; `?` one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceEntry {
+    /// The upstream.
+    pub upstream: String,
+    /// A URI or a glob over URIs; a resource template is listed when its `uriTemplate`
+    /// matches it too.
+    pub uri: String,
+}
+
+/// The longest URI glob of a template's resource entry.
+const MAX_URI_PATTERN: usize = 1024;
+
+/// Whether a `upstream__name` pattern (or glob) could name something of `upstream`.
+fn pattern_reaches(pattern: &str, upstream: &str) -> bool {
+    pattern.starts_with(&format!("{upstream}{TOOL_SEPARATOR}"))
+        || crate::glob::glob_match(pattern.split(TOOL_SEPARATOR).next().unwrap_or(""), upstream)
 }
 
 impl TemplateSpec {
+    /// The upstream whose resource `uri` is, when an entry of this template allows reading it
+    /// (the first entry that matches).
+    pub fn resource_upstream(&self, uri: &str) -> Option<&str> {
+        self.resources
+            .iter()
+            .find(|e| crate::glob::glob_match(&e.uri, uri))
+            .map(|e| e.upstream.as_str())
+    }
+
+    /// Whether this template lets its tasks see `upstream`'s resource (or resource template)
+    /// `uri`.
+    pub fn allows_resource(&self, upstream: &str, uri: &str) -> bool {
+        self.resources
+            .iter()
+            .any(|e| e.upstream == upstream && crate::glob::glob_match(&e.uri, uri))
+    }
+
+    /// Whether this template lets its tasks list and get the prompt named `canonical`
+    /// (`upstream__prompt`).
+    pub fn allows_prompt(&self, canonical: &str) -> bool {
+        self.prompts
+            .iter()
+            .any(|p| crate::glob::glob_match(p, canonical))
+    }
+
+    /// Whether some prompt pattern of this template could name a prompt of `upstream`.
+    pub fn may_reach_prompts(&self, upstream: &str) -> bool {
+        self.prompts.iter().any(|p| pattern_reaches(p, upstream))
+    }
+
     /// Whether some tool pattern of this template could name a tool of `upstream`: only
     /// those upstreams are asked for their tools, and only they count as reached.
     pub fn may_reach(&self, upstream: &str) -> bool {
-        let prefix = format!("{upstream}{TOOL_SEPARATOR}");
-        self.tools.iter().any(|e| {
-            let p = &e.tool;
-            p.starts_with(&prefix)
-                || crate::glob::glob_match(p.split(TOOL_SEPARATOR).next().unwrap_or(""), upstream)
-        })
+        self.tools
+            .iter()
+            .any(|e| pattern_reaches(&e.tool, upstream))
+            || self.may_reach_prompts(upstream)
+            || self.resources.iter().any(|e| e.upstream == upstream)
     }
 
     /// The template's maximum task TTL.
@@ -581,6 +639,30 @@ impl TemplateSpec {
         }
         for role in &self.credentials {
             check_resource_name(role).map_err(|e| format!("field `credentials`: {e}"))?;
+        }
+        for entry in &self.resources {
+            check_resource_name(&entry.upstream)
+                .map_err(|e| format!("field `resources`: upstream: {e}"))?;
+            let ok = !entry.uri.is_empty()
+                && entry.uri.len() <= MAX_URI_PATTERN
+                && !entry.uri.chars().any(char::is_control);
+            if !ok {
+                return Err(format!(
+                    "field `resources`: uri must be 1 to {MAX_URI_PATTERN} characters without control characters"
+                ));
+            }
+        }
+        for pattern in &self.prompts {
+            let chars_ok = !pattern.is_empty()
+                && pattern.len() <= 128
+                && pattern
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'*' | b'?'));
+            if !chars_ok || !pattern.contains(TOOL_SEPARATOR) {
+                return Err(format!(
+                    "field `prompts`: `{pattern}` must be `<upstream>__<prompt>` or a glob over such names"
+                ));
+            }
         }
         Ok(())
     }

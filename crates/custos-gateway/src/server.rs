@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use custos_broker::{
-    Broker, BrokerError, CallChannel, CallError, ClientCaps, ClientRefusal, ClientRequest,
+    Broker, BrokerError, CallChannel, CallError, ClientCaps, ClientRefusal, ClientRequest, Listing,
     LogLevel, Notice, NoticeKind, Source, TaskContext, UpstreamError,
 };
 use custos_core::Reason;
@@ -227,9 +227,11 @@ fn page_of<T>(
 /// says; a visible tool refused by policy (Tier 4, an approval needed) is `-32010`.
 fn refusal_code(reason: Reason) -> i64 {
     match reason {
-        Reason::ToolNotAllowed | Reason::InvalidToolName | Reason::UnknownUpstream => {
-            jsonrpc::INVALID_PARAMS
-        }
+        Reason::ToolNotAllowed
+        | Reason::InvalidToolName
+        | Reason::UnknownUpstream
+        | Reason::ResourceNotAllowed
+        | Reason::PromptNotAllowed => jsonrpc::INVALID_PARAMS,
         // The upstream could not even list its tools to check the called one: the same error
         // as an upstream that fails the call.
         Reason::UpstreamFailed => jsonrpc::UPSTREAM_FAILED,
@@ -738,7 +740,7 @@ impl McpGateway {
                 );
             let result = json!({
                 "protocolVersion": version,
-                "capabilities": { "tools": { "listChanged": false }, "logging": {} },
+                "capabilities": { "tools": { "listChanged": false }, "logging": {}, "resources": {}, "prompts": {}, "completions": {} },
                 "serverInfo": server_info(),
                 "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.template()),
             });
@@ -819,13 +821,19 @@ impl McpGateway {
                 None,
             );
         }
-        if method == "tools/call" {
-            let body_name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
+        // The target of these requests is named in `Mcp-Name` too, and must be the body's.
+        let named = match method {
+            "tools/call" | "prompts/get" => Some("name"),
+            "resources/read" => Some("uri"),
+            _ => None,
+        };
+        if let Some(key) = named {
+            let body_name = params.and_then(|p| p.get(key)).and_then(Value::as_str);
             let header_name = req.mcp_name.and_then(decode_header_value);
             if body_name.is_none() || header_name.as_deref() != body_name {
                 return fail(
                     jsonrpc::HEADER_MISMATCH,
-                    "mcp-name header does not match the request body's name",
+                    &format!("mcp-name header does not match the request body's {key}"),
                     None,
                 );
             }
@@ -855,7 +863,7 @@ impl McpGateway {
                 id,
                 json!({
                     "supportedVersions": [MODERN_VERSION],
-                    "capabilities": { "tools": { "listChanged": false } },
+                    "capabilities": { "tools": { "listChanged": false }, "resources": {}, "prompts": {}, "completions": {} },
                     "resultType": "complete",
                     "ttlMs": 0,
                     "cacheScope": "private",
@@ -1027,12 +1035,111 @@ impl McpGateway {
                 }
                 Err(e) => broker_error(id, &e),
             },
+            "resources/list" => self.listing(ctx, id, Listing::Resources, params, era).await,
+            "resources/templates/list" => {
+                self.listing(ctx, id, Listing::ResourceTemplates, params, era)
+                    .await
+            }
+            "prompts/list" => self.listing(ctx, id, Listing::Prompts, params, era).await,
+            "completion/complete" => {
+                let Some(p) = params.filter(|p| p.get("ref").is_some_and(Value::is_object)) else {
+                    return jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_PARAMS,
+                        "completion/complete needs params.ref",
+                        None,
+                    );
+                };
+                let result = self
+                    .broker
+                    .complete(ctx, p.clone(), self.upstreams.as_ref())
+                    .await;
+                call_answer(id, result, era)
+            }
+            "resources/read" => {
+                let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
+                    return jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_PARAMS,
+                        "resources/read needs params.uri",
+                        None,
+                    );
+                };
+                let result = self
+                    .broker
+                    .read_resource(ctx, uri, self.upstreams.as_ref())
+                    .await;
+                call_answer(id, result, era)
+            }
+            "prompts/get" => {
+                let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+                    return jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_PARAMS,
+                        "prompts/get needs params.name",
+                        None,
+                    );
+                };
+                let arguments = match params.and_then(|p| p.get("arguments")) {
+                    None | Some(Value::Null) => None,
+                    Some(a @ Value::Object(_)) => Some(a.clone()),
+                    Some(_) => {
+                        return jsonrpc::error(
+                            id,
+                            jsonrpc::INVALID_PARAMS,
+                            "params.arguments must be an object",
+                            None,
+                        );
+                    }
+                };
+                let result = self
+                    .broker
+                    .get_prompt(ctx, name, arguments, self.upstreams.as_ref())
+                    .await;
+                call_answer(id, result, era)
+            }
             _ => jsonrpc::error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
                 "Method not found",
                 Some(Value::String(method.to_owned())),
             ),
+        }
+    }
+}
+
+impl McpGateway {
+    /// One page of what the task may see of `listing`.
+    async fn listing(
+        &self,
+        ctx: &TaskContext,
+        id: &Value,
+        listing: Listing,
+        params: Option<&Value>,
+        era: Era,
+    ) -> Value {
+        match self
+            .broker
+            .list_reads(ctx, listing, self.upstreams.as_ref())
+            .await
+        {
+            Ok(items) => {
+                let (items, next) = match page_of(items, params.and_then(|p| p.get("cursor"))) {
+                    Ok(p) => p,
+                    Err(why) => return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why, None),
+                };
+                let mut result = json!({ listing.key(): items });
+                if let Some(next) = next {
+                    result["nextCursor"] = next.into();
+                }
+                if era == Era::Modern {
+                    result["resultType"] = "complete".into();
+                    result["ttlMs"] = 0.into();
+                    result["cacheScope"] = "private".into();
+                }
+                jsonrpc::result(id, result)
+            }
+            Err(e) => broker_error(id, &e),
         }
     }
 }

@@ -445,6 +445,8 @@ mod tests {
                 "ghost__x".into(),
             ],
             credentials: Vec::new(),
+            resources: Vec::new(),
+            prompts: Vec::new(),
         }
     }
 

@@ -147,8 +147,10 @@ fn garbage_json_rpc_and_oversized_bodies_get_clear_errors() {
             String::from_utf8_lossy(bad)
         );
     }
-    let r = mcp.call(&sid, "resources/list", json!({}));
-    assert_eq!(r.body["error"]["code"], -32601);
+    let r = mcp.call(&sid, "resources/subscribe", json!({"uri": "x://y"}));
+    assert_eq!(r.body["error"]["code"], -32601, "not offered: {}", r.body);
+    let r = mcp.call(&sid, "resources/read", json!({}));
+    assert_eq!(r.body["error"]["code"], -32602, "no uri: {}", r.body);
     let r = mcp.call(&sid, "tools/call", json!({"arguments": {}}));
     assert_eq!(r.body["error"]["code"], -32602);
     let r = mcp.call(

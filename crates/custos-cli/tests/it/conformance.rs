@@ -20,41 +20,15 @@ use super::support::{TestServer, deps, fixture};
 /// requirements set, with why. Each is part of issue 9's remaining work.
 const NOT_YET: &[(&str, &str, &str)] = &[
     (
-        "*",
-        "completion-complete",
-        "completion/complete is not relayed yet",
-    ),
-    ("*", "resources-list", "resources are not relayed yet"),
-    ("*", "resources-read-text", "resources are not relayed yet"),
-    (
-        "*",
-        "resources-read-binary",
-        "resources are not relayed yet",
-    ),
-    (
-        "*",
-        "resources-templates-read",
-        "resources are not relayed yet",
-    ),
-    (
         "2025-11-25",
         "resources-subscribe",
-        "resources are not relayed yet",
+        "resource subscriptions need a stream to the agent outside a request, which Custos does not offer yet",
     ),
     (
         "2025-11-25",
         "resources-unsubscribe",
-        "resources are not relayed yet",
+        "resource subscriptions need a stream to the agent outside a request, which Custos does not offer yet",
     ),
-    ("*", "prompts-list", "prompts are not relayed yet"),
-    ("*", "prompts-get-simple", "prompts are not relayed yet"),
-    ("*", "prompts-get-with-args", "prompts are not relayed yet"),
-    (
-        "*",
-        "prompts-get-embedded-resource",
-        "prompts are not relayed yet",
-    ),
-    ("*", "prompts-get-with-image", "prompts are not relayed yet"),
     (
         "2026-07-28",
         "server-stateless",
@@ -62,55 +36,25 @@ const NOT_YET: &[(&str, &str, &str)] = &[
     ),
     (
         "2026-07-28",
-        "caching",
-        "prompts and resources are not relayed yet (their caching hints)",
-    ),
-    (
-        "2026-07-28",
         "input-required-result-basic-elicitation",
-        "input-required results are not relayed yet",
+        MRTR,
     ),
-    (
-        "2026-07-28",
-        "input-required-result-basic-sampling",
-        "input-required results are not relayed yet",
-    ),
-    (
-        "2026-07-28",
-        "input-required-result-basic-list-roots",
-        "input-required results are not relayed yet",
-    ),
-    (
-        "2026-07-28",
-        "input-required-result-request-state",
-        "input-required results are not relayed yet",
-    ),
+    ("2026-07-28", "input-required-result-basic-sampling", MRTR),
+    ("2026-07-28", "input-required-result-basic-list-roots", MRTR),
+    ("2026-07-28", "input-required-result-request-state", MRTR),
     (
         "2026-07-28",
         "input-required-result-multiple-input-requests",
-        "input-required results are not relayed yet",
+        MRTR,
     ),
-    (
-        "2026-07-28",
-        "input-required-result-multi-round",
-        "input-required results are not relayed yet",
-    ),
-    (
-        "2026-07-28",
-        "input-required-result-non-tool-request",
-        "input-required results are not relayed yet",
-    ),
-    (
-        "2026-07-28",
-        "input-required-result-tampered-state",
-        "input-required results are not relayed yet",
-    ),
-    (
-        "2026-07-28",
-        "input-required-result-capability-check",
-        "input-required results are not relayed yet",
-    ),
+    ("2026-07-28", "input-required-result-multi-round", MRTR),
+    ("2026-07-28", "input-required-result-non-tool-request", MRTR),
+    ("2026-07-28", "input-required-result-tampered-state", MRTR),
+    ("2026-07-28", "input-required-result-capability-check", MRTR),
 ];
+
+/// Why the 2026-07-28 multi-round scenarios do not pass yet.
+const MRTR: &str = "input-required results (multi-round tool calls) are not relayed yet";
 
 fn not_yet(set: &str, scenario: &str) -> Option<&'static str> {
     NOT_YET
@@ -267,7 +211,8 @@ fn every_scenario_the_reference_server_passes_passes_through_custos() {
     let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
     s.apply(&format!(
         "kind: Upstream\nname: ref\nurl: {ref_url}\nprefix: false\ntimeout: 60s\ndefault_tier: 1\n---\n\
-         kind: Template\nname: conformance\nttl: 1h\ntools: [\"ref__*\"]\n---\n\
+         kind: Template\nname: conformance\nttl: 1h\ntools: [\"ref__*\"]\n\
+         resources: [{{upstream: ref, uri: \"*\"}}]\nprompts: [\"ref__*\"]\n---\n\
          kind: Agent\nname: conformance-agent\nowner: test@example.com\narchetype: automation\n\
          templates: [conformance]\npublic_key: |\n{indented}"
     ));

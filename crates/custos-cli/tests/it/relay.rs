@@ -548,3 +548,104 @@ fn a_changed_tool_list_is_read_again() {
         r.body
     );
 }
+
+/// Resources and prompts through the template: a task lists and reads only the URIs its
+/// template's resource entries allow and gets only the prompts it names; a read outside is
+/// refused. Both are audit records, the allowed one with its outcome.
+#[test]
+fn resources_and_prompts_are_read_only_as_the_template_allows() {
+    let s = TestServer::start();
+    let upstream = HttpUpstream::start(s.dir.path());
+    let (key, public) = s.keygen("agent-d");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    s.apply(&format!(
+        "kind: Upstream\nname: web\nurl: {}\ntimeout: 60s\ntiers: {{ add: 1 }}\n---\n\
+         kind: Template\nname: reader\nttl: 10m\ntools: [web__add]\n\
+         resources: [{{upstream: web, uri: \"docs://*\"}}]\nprompts: [web__review]\n---\n\
+         kind: Agent\nname: agent-d\nowner: test@example.com\narchetype: automation\n\
+         templates: [reader]\npublic_key: |\n{indented}",
+        upstream.url
+    ));
+    let task = s.start_task("agent-d", "reader");
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&s.task_token(&task, &key)));
+    let sid = mcp.initialize();
+
+    let listed = mcp.call(&sid, "resources/list", json!({})).body;
+    let uris: Vec<&str> = listed["result"]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uri"].as_str())
+        .collect();
+    assert_eq!(uris, ["docs://readme"], "{listed}");
+    let r = mcp
+        .call(&sid, "resources/read", json!({"uri": "docs://readme"}))
+        .body;
+    assert_eq!(r["result"]["contents"][0]["text"], "read me first", "{r}");
+    let r = mcp
+        .call(&sid, "resources/read", json!({"uri": "secret://keys"}))
+        .body;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert_eq!(r["error"]["data"]["reason"], "resource_not_allowed", "{r}");
+    assert!(
+        !upstream.requests().iter().any(|q| q["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("secret://keys"))),
+        "the refused read never reached the upstream"
+    );
+
+    let prompts = mcp.call(&sid, "prompts/list", json!({})).body;
+    assert_eq!(
+        prompts["result"]["prompts"][0]["name"], "web__review",
+        "{prompts}"
+    );
+    let r = mcp
+        .call(
+            &sid,
+            "prompts/get",
+            json!({"name": "web__review", "arguments": {"topic": "the plan"}}),
+        )
+        .body;
+    assert!(r.to_string().contains("Please review the plan."), "{r}");
+    let r = mcp
+        .call(&sid, "prompts/get", json!({"name": "web__other"}))
+        .body;
+    assert_eq!(r["error"]["data"]["reason"], "prompt_not_allowed", "{r}");
+
+    let records = s.cli_json(&["audit", "trace", &task, "--json"])["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of = |kind: &str| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| {
+                (
+                    r["tool"].as_str().unwrap_or_default().to_owned(),
+                    r["decision"]
+                        .as_str()
+                        .or(r["outcome"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        of("resource_read"),
+        [
+            ("docs://readme".to_owned(), "allow".to_owned()),
+            ("secret://keys".to_owned(), "deny".to_owned())
+        ]
+    );
+    assert_eq!(
+        of("prompt_get"),
+        [
+            ("web__review".to_owned(), "allow".to_owned()),
+            ("web__other".to_owned(), "deny".to_owned())
+        ]
+    );
+    assert_eq!(of("read_result").len(), 2, "{records:?}");
+    drop(upstream);
+}

@@ -288,8 +288,15 @@ impl HttpUpstream {
                 req = req
                     .header("mcp-protocol-version", MODERN_VERSION)
                     .header("mcp-method", method);
-                if method == "tools/call"
-                    && let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str)
+                // The stateless era names the target of these requests in a header too.
+                let named = match method {
+                    "tools/call" | "prompts/get" => Some("name"),
+                    "resources/read" => Some("uri"),
+                    _ => None,
+                };
+                if let Some(name) = named
+                    .and_then(|k| params.and_then(|p| p.get(k)))
+                    .and_then(Value::as_str)
                 {
                     req = req.header("mcp-name", header_value(name));
                 }

@@ -532,6 +532,16 @@ impl Upstreams for UpstreamPool {
             .request_cancellable("tools/call", Some(params), Some(channel))
             .await
     }
+
+    async fn request(
+        &self,
+        conn: &Connection<'_>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, UpstreamError> {
+        let entry = self.entry(conn, ClientCaps::default()).await?;
+        entry.client.request(method, Some(params)).await
+    }
 }
 
 #[cfg(test)]
