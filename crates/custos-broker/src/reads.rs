@@ -11,6 +11,8 @@
 //!   -> the task's connection to the upstream (credentials issued as for tool calls)
 //!   -> ask the upstream, bounded by its timeout
 //!   -> redact: injected credentials cut out of what came back
+//!   -> taint: what an upstream marked wholly untrusted (`untrusted: ["*"]`) serves taints
+//!      the task
 //!   -> the outcome record, and the answer
 //! ```
 //! Reads are Tier 2 (autonomous, logged): a template entry is the whole permission.
@@ -315,6 +317,24 @@ impl Broker {
                 crate::call::redact(&conn, r)
             }
             Err(err) => Err(err),
+        };
+        // Taint: an upstream whose every tool is untrusted (`untrusted: ["*"]`) is untrusted
+        // in what it serves as resources and prompts too; the taint is recorded before the
+        // agent sees the content, or the content is withheld.
+        let result = match result {
+            Ok(v) if up.spec.untrusted.iter().any(|p| p == "*") && !ctx.tainted() => {
+                match self.mark_tainted(ctx, read.target).await {
+                    Ok(()) => Ok(v),
+                    Err(err) => {
+                        tracing::error!(task = %ctx.task_id(), error = %err, "taint not recorded; read withheld");
+                        Err(UpstreamError::Failed(
+                            up.spec.name.clone(),
+                            "result withheld: the task's taint could not be recorded".into(),
+                        ))
+                    }
+                }
+            }
+            other => other,
         };
         e.kind = EventKind::ReadResult;
         e.decision = None;

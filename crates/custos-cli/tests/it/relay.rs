@@ -647,5 +647,39 @@ fn resources_and_prompts_are_read_only_as_the_template_allows() {
         ]
     );
     assert_eq!(of("read_result").len(), 2, "{records:?}");
+    assert!(
+        of("task_tainted").is_empty(),
+        "a trusted upstream does not taint"
+    );
+
+    // What an upstream marked wholly untrusted serves as a resource taints the task, on
+    // record before the agent has it.
+    s.apply(&format!(
+        "kind: Upstream\nname: webu\nurl: {}\ntimeout: 60s\nuntrusted: [\"*\"]\n---\n\
+         kind: Template\nname: untrusted-reader\nttl: 10m\ntools: [webu__add]\n\
+         resources: [{{upstream: webu, uri: \"docs://*\"}}]\n---\n\
+         kind: Agent\nname: agent-d\nowner: test@example.com\narchetype: automation\n\
+         templates: [reader, untrusted-reader]\npublic_key: |\n{indented}",
+        upstream.url
+    ));
+    let tainted = s.start_task("agent-d", "untrusted-reader");
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&s.task_token(&tainted, &key)));
+    let sid = mcp.initialize();
+    let r = mcp
+        .call(&sid, "resources/read", json!({"uri": "docs://readme"}))
+        .body;
+    assert_eq!(r["result"]["contents"][0]["text"], "read me first", "{r}");
+    let trace = s.cli_json(&["audit", "trace", &tainted, "--json"]);
+    let kinds: Vec<&str> = trace["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    let at = |k: &str| kinds.iter().position(|x| *x == k);
+    assert!(
+        at("task_tainted").is_some() && at("task_tainted") < at("read_result"),
+        "tainted before the read's outcome: {kinds:?}"
+    );
     drop(upstream);
 }
