@@ -324,8 +324,10 @@ impl McpGateway {
         let sessions = Arc::new(Mutex::new(Sessions::new(metrics)));
         // A task that ends takes its sessions and its task-scoped upstream connections with it.
         let mut ends = broker.task_ends();
+        let mut changes = upstreams.tool_changes();
         let table = sessions.clone();
         let pool = upstreams.clone();
+        let announcer = broker.clone();
         broker.spawn_supervised(async move {
             use tokio::sync::broadcast::error::RecvError;
             let mut sweep = tokio::time::interval(TASK_CONNECTION_SWEEP);
@@ -347,6 +349,11 @@ impl McpGateway {
                     },
                     // Expired tasks are not announced: their connections go once idle.
                     _ = sweep.tick() => pool.stop_idle_task_connections(TASK_CONNECTION_IDLE).await,
+                    changed = changes.recv() => match changed {
+                        Ok(upstream) => announce_tools_changed(&announcer, &table, &upstream).await,
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => break,
+                    },
                 }
             }
         });
@@ -441,6 +448,39 @@ impl McpGateway {
         let _ = waiting.send(answer);
     }
 
+    /// `GET /mcp` in a session: the client's standalone event stream, on which Custos
+    /// announces `notifications/tools/list_changed` when an upstream its template reaches says
+    /// its tools changed. One per session (a new one replaces the old); it ends with the
+    /// session. Outside a session, or for a client that accepts no event stream: 405.
+    fn standalone_stream(&self, ctx: &TaskContext, req: &McpRequest<'_>) -> GatewayReply {
+        let not_offered = || GatewayReply {
+            status: 405,
+            headers: vec![("allow", "POST, DELETE".into())],
+            body: None,
+            events: None,
+        };
+        if req.session_id.is_none() || !accepts_stream(req) {
+            return not_offered();
+        }
+        let state = match self.session_of(ctx, req) {
+            Ok(s) => s,
+            Err(reply) => return reply,
+        };
+        if state.version.is_empty() {
+            return not_offered();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
+        let attached = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .attach_stream(req.session_id.unwrap_or(""), ctx.task_id(), tx);
+        if !attached {
+            return unknown_session();
+        }
+        GatewayReply::stream(rx)
+    }
+
     /// The upstream pool.
     pub fn upstreams(&self) -> &Arc<UpstreamPool> {
         &self.upstreams
@@ -506,12 +546,13 @@ impl McpGateway {
             );
         }
         match req.verb {
-            McpVerb::Get => GatewayReply {
-                status: 405,
-                headers: vec![("allow", "POST, DELETE".into())],
-                body: None,
-                events: None,
-            },
+            McpVerb::Get => {
+                let ctx = match self.authenticate(&req).await {
+                    Ok(c) => c,
+                    Err(r) => return r,
+                };
+                self.standalone_stream(&ctx, &req)
+            }
             McpVerb::Delete => {
                 let ctx = match self.authenticate(&req).await {
                     Ok(c) => c,
@@ -733,14 +774,14 @@ impl McpGateway {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .open(
                     sid.clone(),
-                    ctx.task_id(),
+                    (ctx.task_id(), ctx.template()),
                     version,
                     ClientCaps::from_capabilities(params.and_then(|p| p.get("capabilities"))),
                     self.broker.clock().now_ms(),
                 );
             let result = json!({
                 "protocolVersion": version,
-                "capabilities": { "tools": { "listChanged": false }, "logging": {}, "resources": {}, "prompts": {}, "completions": {} },
+                "capabilities": { "tools": { "listChanged": true }, "logging": {}, "resources": {}, "prompts": {}, "completions": {} },
                 "serverInfo": server_info(),
                 "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.template()),
             });
@@ -1198,6 +1239,26 @@ fn call_answer(id: &Value, result: custos_broker::CallResult, era: Era) -> Value
             Some(json!({ "reason": Reason::UpstreamFailed })),
         ),
         Err(CallError::Broker(e)) => broker_error(id, &e),
+    }
+}
+
+/// Tells the sessions whose template reaches `upstream`, on their standalone streams, that
+/// their tool list changed (a client that does not read gets no more of it).
+async fn announce_tools_changed(broker: &Broker, sessions: &Mutex<Sessions>, upstream: &str) {
+    let Ok(snap) = broker.snapshot().await else {
+        return;
+    };
+    let streams = sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .streams(|template| {
+            snap.templates
+                .get(template)
+                .is_some_and(|t| t.spec.may_reach(upstream))
+        });
+    let note = notification("notifications/tools/list_changed", json!({}));
+    for tx in streams {
+        let _ = tx.try_send(note.clone());
     }
 }
 

@@ -47,8 +47,13 @@ impl SessionMetrics {
 #[derive(Debug, Clone)]
 struct Session {
     task_id: String,
+    /// The task's template: which upstreams' announcements the session gets.
+    template: String,
     state: SessionState,
     last_used_ms: i64,
+    /// The client's standalone event stream (`GET /mcp`), if it opened one: dropped with the
+    /// session, which ends the stream.
+    stream: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
 }
 
 /// What a session agreed on.
@@ -84,7 +89,7 @@ impl Sessions {
     pub(crate) fn open(
         &mut self,
         sid: String,
-        task: &str,
+        (task, template): (&str, &str),
         version: &str,
         caps: ClientCaps,
         now_ms: i64,
@@ -118,6 +123,8 @@ impl Sessions {
             sid,
             Session {
                 task_id: task.to_owned(),
+                template: template.to_owned(),
+                stream: None,
                 state: SessionState {
                     version: version.to_owned(),
                     log_level: LogLevel::Debug,
@@ -128,6 +135,35 @@ impl Sessions {
         );
         self.metrics.created.inc();
         self.set_open();
+    }
+
+    /// Gives `sid` (if it belongs to `task`) a standalone event stream, replacing the one it
+    /// had (that one ends).
+    pub(crate) fn attach_stream(
+        &mut self,
+        sid: &str,
+        task: &str,
+        tx: tokio::sync::mpsc::Sender<serde_json::Value>,
+    ) -> bool {
+        match self.by_id.get_mut(sid).filter(|s| s.task_id == task) {
+            Some(s) => {
+                s.stream = Some(tx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The standalone streams of the sessions whose template `reaches`.
+    pub(crate) fn streams(
+        &self,
+        reaches: impl Fn(&str) -> bool,
+    ) -> Vec<tokio::sync::mpsc::Sender<serde_json::Value>> {
+        self.by_id
+            .values()
+            .filter(|s| reaches(&s.template))
+            .filter_map(|s| s.stream.clone())
+            .collect()
     }
 
     /// Sets the log level of `sid` if it belongs to `task`.
@@ -221,7 +257,7 @@ mod tests {
         let mut s = Sessions::default();
         s.open(
             "other".into(),
-            "task_b",
+            ("task_b", "tpl"),
             "2025-11-25",
             ClientCaps::default(),
             0,
@@ -229,7 +265,7 @@ mod tests {
         for i in 0..1000 {
             s.open(
                 format!("s{i}"),
-                "task_a",
+                ("task_a", "tpl"),
                 "2025-11-25",
                 ClientCaps::default(),
                 i,
@@ -255,13 +291,13 @@ mod tests {
     fn least_recently_used_is_evicted_and_idle_sessions_expire() {
         let mut s = Sessions::default();
         for i in 0..MAX_SESSIONS_PER_TASK {
-            s.open(format!("s{i}"), "t", "v", ClientCaps::default(), 0);
+            s.open(format!("s{i}"), ("t", "tpl"), "v", ClientCaps::default(), 0);
         }
         assert!(
             s.use_session("s0", "t", 10).is_some(),
             "s0 used: now the most recent"
         );
-        s.open("new".into(), "t", "v", ClientCaps::default(), 20);
+        s.open("new".into(), ("t", "tpl"), "v", ClientCaps::default(), 20);
         assert!(
             s.use_session("s0", "t", 30).is_some(),
             "a used session is kept"

@@ -185,7 +185,14 @@ fn garbage_json_rpc_and_oversized_bodies_get_clear_errors() {
         .get(s.mcp_url())
         .send()
         .expect("get");
-    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.status().as_u16(), 401, "a stream needs a task token too");
+    let r = reqwest::blocking::Client::new()
+        .get(s.mcp_url())
+        .bearer_auth(mcp.token.as_deref().unwrap_or_default())
+        .header("accept", "text/event-stream")
+        .send()
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 405, "no stream outside a session");
     let r = mcp.post(
         &json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
         &[h[0], h[1], ("origin", "https://evil.example")],

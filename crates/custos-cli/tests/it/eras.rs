@@ -246,7 +246,7 @@ fn session_era_negotiation_and_termination() {
         assert_eq!(r.body["result"]["protocolVersion"], answered);
         assert_eq!(
             r.body["result"]["capabilities"],
-            json!({"tools": {"listChanged": false}, "logging": {}, "resources": {}, "prompts": {}, "completions": {}})
+            json!({"tools": {"listChanged": true}, "logging": {}, "resources": {}, "prompts": {}, "completions": {}})
         );
     }
     let sid = mcp.initialize();

@@ -507,11 +507,35 @@ fn a_request_of_the_client_goes_to_the_agent_and_its_answer_back_to_the_upstream
 }
 
 /// An upstream that announces its tool list changed (`notifications/tools/list_changed`) is
-/// listed again: the new tool is there on the next `tools/list`, and callable.
+/// listed again: the new tool is there on the next `tools/list`, and callable; and the
+/// agent's standalone stream (`GET /mcp` in its session) is told.
 #[test]
 fn a_changed_tool_list_is_read_again() {
+    use std::io::BufRead as _;
+
     let (s, token, sid) = gateway(false);
     let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let stream = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .expect("client")
+        .get(s.mcp_url())
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .expect("GET /mcp");
+    assert_eq!(stream.status().as_u16(), 200);
+    let (told_tx, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data: ") {
+                let _ = told_tx.send(data.to_owned());
+            }
+        }
+    });
     let names = |r: &Value| -> Vec<String> {
         r["result"]["tools"]
             .as_array()
@@ -535,6 +559,13 @@ fn a_changed_tool_list_is_read_again() {
         "{}",
         r.body
     );
+    let note: Value = serde_json::from_str(
+        &told
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the standalone stream is told"),
+    )
+    .expect("JSON");
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
     let after = mcp.call(&sid, "tools/list", json!({})).body;
     assert!(names(&after).contains(&"fx__grown".to_owned()), "{after}");
     let r = mcp.call(

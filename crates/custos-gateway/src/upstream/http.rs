@@ -35,8 +35,8 @@ pub struct HttpUpstream {
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// What the session tells the upstream the client can do.
     caps: ClientCaps,
-    /// Set when the upstream says its tool list changed (on a response's event stream).
-    tools_changed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Marked when the upstream says its tool list changed (on a response's event stream).
+    tools_changed: super::ToolsChanged,
 }
 
 enum Reply {
@@ -57,13 +57,13 @@ impl HttpUpstream {
             next_id: AtomicI64::new(1),
             headers: Vec::new(),
             caps: ClientCaps::default(),
-            tools_changed: std::sync::Arc::default(),
+            tools_changed: super::ToolsChanged::default(),
         }
     }
 
-    /// The same upstream, setting `flag` when the upstream says its tool list changed.
+    /// The same upstream, marking `flag` when the upstream says its tool list changed.
     #[must_use]
-    pub fn with_change_flag(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub fn with_change_flag(mut self, flag: super::ToolsChanged) -> Self {
         self.tools_changed = flag;
         self
     }
@@ -401,7 +401,7 @@ impl HttpUpstream {
                     }
                     (Some(method), None) => {
                         if method == "notifications/tools/list_changed" {
-                            self.tools_changed.store(true, Ordering::SeqCst);
+                            self.tools_changed.mark();
                         }
                         relay_notice(relay, want_id, method, msg.get("params")).await;
                     }

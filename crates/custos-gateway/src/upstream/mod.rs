@@ -219,6 +219,33 @@ impl Client {
     }
 }
 
+/// Marks a connection's cached tool list stale when its upstream says the list changed, and
+/// announces the change (by upstream name) to whoever listens ([`UpstreamPool::tool_changes`]).
+#[derive(Clone)]
+pub struct ToolsChanged {
+    flag: Arc<AtomicBool>,
+    upstream: String,
+    announce: tokio::sync::broadcast::Sender<String>,
+}
+
+impl ToolsChanged {
+    /// The upstream said its tool list changed.
+    pub fn mark(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.announce.send(self.upstream.clone());
+    }
+}
+
+impl Default for ToolsChanged {
+    fn default() -> Self {
+        Self {
+            flag: Arc::default(),
+            upstream: String::new(),
+            announce: tokio::sync::broadcast::channel(1).0,
+        }
+    }
+}
+
 /// Whom one connection to an upstream serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ScopeKey {
@@ -304,10 +331,17 @@ impl Entries {
 }
 
 /// All upstream clients. Implements the broker's [`Upstreams`].
-#[derive(Default)]
 pub struct UpstreamPool {
     entries: Mutex<Entries>,
     http: reqwest::Client,
+    /// Upstreams that said their tool list changed, by name.
+    changes: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for UpstreamPool {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -327,7 +361,13 @@ impl UpstreamPool {
         Self {
             entries: Mutex::new(Entries::default()),
             http,
+            changes: tokio::sync::broadcast::channel(64).0,
         }
+    }
+
+    /// The names of upstreams whose tool list changed, as they say so.
+    pub fn tool_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.changes.subscribe()
     }
 
     /// The client for `conn`, made if there is none, the spec changed, or the connection
@@ -371,12 +411,17 @@ impl UpstreamPool {
         let spec = conn.upstream();
         let injection = conn.injection().cloned();
         let tools_changed = Arc::new(AtomicBool::new(false));
+        let changed = ToolsChanged {
+            flag: tools_changed.clone(),
+            upstream: spec.name.clone(),
+            announce: self.changes.clone(),
+        };
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
                 StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
                     .with_injection(injection.clone())
                     .with_capabilities(caps)
-                    .with_change_flag(tools_changed.clone())
+                    .with_change_flag(changed.clone())
                     .relaying_logs(conn.one_call() || spec.scope == UpstreamScope::Task),
             ),
             Transport::Http { url } => Client::Http(
@@ -389,7 +434,7 @@ impl UpstreamPool {
                 .with_injection(injection.as_deref())
                 .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?
                 .with_capabilities(caps)
-                .with_change_flag(tools_changed.clone()),
+                .with_change_flag(changed),
             ),
         };
         Ok(Entry {

@@ -170,8 +170,8 @@ pub struct StdioUpstream {
     relay_logs: bool,
     /// What the process is told the client can do.
     caps: ClientCaps,
-    /// Set when the process says its tool list changed.
-    tools_changed: Arc<AtomicBool>,
+    /// Marked when the process says its tool list changed.
+    tools_changed: super::ToolsChanged,
     conn: Mutex<Slot>,
 }
 
@@ -192,14 +192,14 @@ impl StdioUpstream {
             injection: None,
             relay_logs: false,
             caps: ClientCaps::default(),
-            tools_changed: Arc::default(),
+            tools_changed: super::ToolsChanged::default(),
             conn: Mutex::new(Slot::default()),
         }
     }
 
-    /// The same upstream, setting `flag` when the process says its tool list changed.
+    /// The same upstream, marking `flag` when the process says its tool list changed.
     #[must_use]
-    pub fn with_change_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub fn with_change_flag(mut self, flag: super::ToolsChanged) -> Self {
         self.tools_changed = flag;
         self
     }
@@ -603,7 +603,7 @@ async fn read_loop(
             });
         } else if let Some(method) = msg.get("method").and_then(Value::as_str) {
             if method == "notifications/tools/list_changed" {
-                tools_changed.store(true, Ordering::SeqCst);
+                tools_changed.mark();
             }
             relay_notice(&pending, method, msg.get("params"), relay_logs).await;
         }
@@ -620,8 +620,8 @@ async fn read_loop(
 struct ReadLoop {
     /// Whether log messages and requests of the client go to the one call in flight.
     relay_logs: bool,
-    /// Set when the process says its tool list changed.
-    tools_changed: Arc<AtomicBool>,
+    /// Marked when the process says its tool list changed.
+    tools_changed: super::ToolsChanged,
 }
 
 /// The channel of the one call in flight, if exactly one is and it relays.
