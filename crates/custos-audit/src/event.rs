@@ -67,6 +67,8 @@ pub enum EventKind {
     ResourceRead,
     /// A decision on one prompt get (`prompts/get`), the same way. `tool` holds the prompt.
     PromptGet,
+    /// A decision on one resource subscription (`resources/subscribe`), the same way.
+    ResourceSubscribe,
     /// A decision on one completion request (`completion/complete`) for a prompt's or a
     /// resource template's argument. `tool` holds the prompt or the URI template.
     Completion,
@@ -105,6 +107,7 @@ impl EventKind {
             EventKind::ClientRequest => "client_request",
             EventKind::ResourceRead => "resource_read",
             EventKind::PromptGet => "prompt_get",
+            EventKind::ResourceSubscribe => "resource_subscribe",
             EventKind::Completion => "completion",
             EventKind::ReadResult => "read_result",
         }

@@ -175,6 +175,34 @@ impl Broker {
         self.run_read(ctx, read, upstreams).await
     }
 
+    /// Subscribes to one resource's updates through the template and the audit log, like a
+    /// read of it; the upstream is asked to send `notifications/resources/updated` for it.
+    ///
+    /// # Errors
+    /// As [`Broker::read_resource`].
+    pub async fn subscribe_resource<U: Upstreams>(
+        &self,
+        ctx: &TaskContext,
+        uri: &str,
+        upstreams: &U,
+    ) -> Result<Value, CallError> {
+        let upstream = ctx
+            .snapshot()
+            .templates
+            .get(ctx.template())
+            .and_then(|t| t.spec.resource_upstream(uri))
+            .map(str::to_owned);
+        let read = Read {
+            kind: EventKind::ResourceSubscribe,
+            target: uri,
+            upstream,
+            method: "resources/subscribe",
+            params: json!({ "uri": uri }),
+            refused: Reason::ResourceNotAllowed,
+        };
+        self.run_read(ctx, read, upstreams).await
+    }
+
     /// Gets one prompt through the template and the audit log: `name` as the agent knows
     /// it (`upstream__prompt`, or its own name on an upstream exposed without a prefix).
     ///

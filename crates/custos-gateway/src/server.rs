@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::jsonrpc::{
     self, META_CAPABILITIES, META_LOG_LEVEL, META_SERVER_INFO, META_VERSION, Message,
 };
-use crate::sessions::{SessionMetrics, SessionState, Sessions};
+use crate::sessions::{MAX_SUBSCRIPTIONS, SessionMetrics, SessionState, Sessions};
 use crate::upstream::UpstreamPool;
 use crate::{HANDSHAKE_VERSIONS, MODERN_VERSION};
 
@@ -325,6 +325,7 @@ impl McpGateway {
         // A task that ends takes its sessions and its task-scoped upstream connections with it.
         let mut ends = broker.task_ends();
         let mut changes = upstreams.tool_changes();
+        let mut updates = upstreams.resource_updates();
         let table = sessions.clone();
         let pool = upstreams.clone();
         let announcer = broker.clone();
@@ -349,6 +350,23 @@ impl McpGateway {
                     },
                     // Expired tasks are not announced: their connections go once idle.
                     _ = sweep.tick() => pool.stop_idle_task_connections(TASK_CONNECTION_IDLE).await,
+                    updated = updates.recv() => match updated {
+                        Ok((upstream, uri)) => {
+                            let streams = table
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .subscribed_streams(&upstream, &uri);
+                            let note = notification(
+                                "notifications/resources/updated",
+                                json!({ "uri": uri }),
+                            );
+                            for tx in streams {
+                                let _ = tx.try_send(note.clone());
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => break,
+                    },
                     changed = changes.recv() => match changed {
                         Ok(upstream) => announce_tools_changed(&announcer, &table, &upstream).await,
                         Err(RecvError::Lagged(_)) => continue,
@@ -479,6 +497,52 @@ impl McpGateway {
             return unknown_session();
         }
         GatewayReply::stream(rx)
+    }
+
+    /// `resources/subscribe` (decided and recorded like a read, then asked of the upstream;
+    /// updates come on the session's standalone stream) or `resources/unsubscribe` (ended
+    /// here: the upstream's subscription may serve other sessions of a shared connection).
+    async fn subscription(
+        &self,
+        ctx: &TaskContext,
+        scope: &str,
+        id: &Value,
+        method: &str,
+        uri: &str,
+    ) -> Value {
+        if method == "resources/unsubscribe" {
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unsubscribe(scope, ctx.task_id(), uri);
+            return jsonrpc::result(id, json!({}));
+        }
+        let upstream = ctx
+            .snapshot()
+            .templates
+            .get(ctx.template())
+            .and_then(|t| t.spec.resource_upstream(uri))
+            .map(str::to_owned);
+        let result = self
+            .broker
+            .subscribe_resource(ctx, uri, self.upstreams.as_ref())
+            .await;
+        if result.is_ok()
+            && let Some(upstream) = upstream
+            && !self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .subscribe(scope, ctx.task_id(), &upstream, uri)
+        {
+            return jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                &format!("custos: at most {MAX_SUBSCRIPTIONS} subscriptions per session"),
+                None,
+            );
+        }
+        call_answer(id, result, Era::Session)
     }
 
     /// The upstream pool.
@@ -781,7 +845,7 @@ impl McpGateway {
                 );
             let result = json!({
                 "protocolVersion": version,
-                "capabilities": { "tools": { "listChanged": true }, "logging": {}, "resources": {}, "prompts": {}, "completions": {} },
+                "capabilities": { "tools": { "listChanged": true }, "logging": {}, "resources": { "subscribe": true }, "prompts": {}, "completions": {} },
                 "serverInfo": server_info(),
                 "instructions": format!("Custos gateway: tools for task {} under template {}.", ctx.task_id(), ctx.template()),
             });
@@ -796,6 +860,20 @@ impl McpGateway {
         let scope = req.session_id.unwrap_or("");
         let body = match method {
             "ping" => jsonrpc::result(id, json!({})),
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
+                    return GatewayReply::json(
+                        200,
+                        jsonrpc::error(
+                            id,
+                            jsonrpc::INVALID_PARAMS,
+                            &format!("{method} needs params.uri"),
+                            None,
+                        ),
+                    );
+                };
+                self.subscription(ctx, scope, id, method, uri).await
+            }
             "logging/setLevel" => match params
                 .and_then(|p| p.get("level"))
                 .and_then(Value::as_str)

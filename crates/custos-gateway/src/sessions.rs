@@ -54,7 +54,12 @@ struct Session {
     /// The client's standalone event stream (`GET /mcp`), if it opened one: dropped with the
     /// session, which ends the stream.
     stream: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
+    /// The resources it subscribed to, as (upstream, URI).
+    subscriptions: std::collections::HashSet<(String, String)>,
 }
+
+/// The most resources one session may be subscribed to.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 64;
 
 /// What a session agreed on.
 #[derive(Debug, Clone)]
@@ -125,6 +130,7 @@ impl Sessions {
                 task_id: task.to_owned(),
                 template: template.to_owned(),
                 stream: None,
+                subscriptions: std::collections::HashSet::new(),
                 state: SessionState {
                     version: version.to_owned(),
                     log_level: LogLevel::Debug,
@@ -162,6 +168,45 @@ impl Sessions {
         self.by_id
             .values()
             .filter(|s| reaches(&s.template))
+            .filter_map(|s| s.stream.clone())
+            .collect()
+    }
+
+    /// Records that `sid` (of `task`) subscribed to `uri` of `upstream`; false past
+    /// [`MAX_SUBSCRIPTIONS`] or for another task's session.
+    pub(crate) fn subscribe(&mut self, sid: &str, task: &str, upstream: &str, uri: &str) -> bool {
+        match self.by_id.get_mut(sid).filter(|s| s.task_id == task) {
+            Some(s) if s.subscriptions.len() < MAX_SUBSCRIPTIONS => {
+                s.subscriptions
+                    .insert((upstream.to_owned(), uri.to_owned()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends `sid`'s subscription to `uri`; whether it had one.
+    pub(crate) fn unsubscribe(&mut self, sid: &str, task: &str, uri: &str) -> bool {
+        match self.by_id.get_mut(sid).filter(|s| s.task_id == task) {
+            Some(s) => {
+                let before = s.subscriptions.len();
+                s.subscriptions.retain(|(_, u)| u != uri);
+                s.subscriptions.len() != before
+            }
+            None => false,
+        }
+    }
+
+    /// The standalone streams of the sessions subscribed to `uri` of `upstream`.
+    pub(crate) fn subscribed_streams(
+        &self,
+        upstream: &str,
+        uri: &str,
+    ) -> Vec<tokio::sync::mpsc::Sender<serde_json::Value>> {
+        let key = (upstream.to_owned(), uri.to_owned());
+        self.by_id
+            .values()
+            .filter(|s| s.subscriptions.contains(&key))
             .filter_map(|s| s.stream.clone())
             .collect()
     }

@@ -147,7 +147,7 @@ fn garbage_json_rpc_and_oversized_bodies_get_clear_errors() {
             String::from_utf8_lossy(bad)
         );
     }
-    let r = mcp.call(&sid, "resources/subscribe", json!({"uri": "x://y"}));
+    let r = mcp.call(&sid, "subscriptions/listen", json!({}));
     assert_eq!(r.body["error"]["code"], -32601, "not offered: {}", r.body);
     let r = mcp.call(&sid, "resources/read", json!({}));
     assert_eq!(r.body["error"]["code"], -32602, "no uri: {}", r.body);

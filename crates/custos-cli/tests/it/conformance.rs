@@ -20,16 +20,6 @@ use super::support::{TestServer, deps, fixture};
 /// requirements set, with why. Each is part of issue 9's remaining work.
 const NOT_YET: &[(&str, &str, &str)] = &[
     (
-        "2025-11-25",
-        "resources-subscribe",
-        "resource subscriptions need a stream to the agent outside a request, which Custos does not offer yet",
-    ),
-    (
-        "2025-11-25",
-        "resources-unsubscribe",
-        "resource subscriptions need a stream to the agent outside a request, which Custos does not offer yet",
-    ),
-    (
         "2026-07-28",
         "server-stateless",
         "input-required results are not relayed yet (its streaming elicitation call)",

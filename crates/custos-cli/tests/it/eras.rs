@@ -78,6 +78,7 @@ fn stateless_era_discover_list_and_call() {
         names,
         vec![
             "fx__ask",
+            "fx__bump",
             "fx__crash",
             "fx__echo",
             "fx__fail",
@@ -246,7 +247,7 @@ fn session_era_negotiation_and_termination() {
         assert_eq!(r.body["result"]["protocolVersion"], answered);
         assert_eq!(
             r.body["result"]["capabilities"],
-            json!({"tools": {"listChanged": true}, "logging": {}, "resources": {}, "prompts": {}, "completions": {}})
+            json!({"tools": {"listChanged": true}, "logging": {}, "resources": {"subscribe": true}, "prompts": {}, "completions": {}})
         );
     }
     let sid = mcp.initialize();

@@ -24,7 +24,7 @@ impl HttpUpstream {
         Self::start_with(dir, &[])
     }
 
-    fn start_with(dir: &Path, extra: &[&str]) -> Self {
+    pub(super) fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let log = dir.join(format!("http-upstream-requests{}.jsonl", extra.len()));
         let stderr = std::fs::File::create(dir.join("http-upstream.stderr")).expect("stderr file");
         let mut child = Command::new(&deps().python)

@@ -714,3 +714,178 @@ fn resources_and_prompts_are_read_only_as_the_template_allows() {
     );
     drop(upstream);
 }
+
+/// A subscription to a resource the template allows: decided and recorded like a read, and
+/// the upstream's `notifications/resources/updated` for it reaches the session's standalone
+/// stream; one the template does not allow is refused.
+#[test]
+fn a_subscribed_resources_updates_reach_the_sessions_stream() {
+    use std::io::BufRead as _;
+
+    let s = TestServer::start();
+    let (key, public) = s.keygen("agent-s");
+    let yaml = fixture_yaml("agent-s", &public, "10s").replacen(
+        "tools: [\"fx__*\"]\n",
+        "tools: [\"fx__*\"]\nresources: [{upstream: fx, uri: \"fx://counter\"}]\n",
+        1,
+    );
+    s.apply(&yaml);
+    let task = s.start_task("agent-s", "fx-all");
+    let token = s.task_token(&task, &key);
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+    let stream = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .expect("client")
+        .get(s.mcp_url())
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .expect("GET /mcp");
+    let (told_tx, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data: ") {
+                let _ = told_tx.send(data.to_owned());
+            }
+        }
+    });
+
+    let r = mcp.call(&sid, "resources/subscribe", json!({"uri": "fx://secret"}));
+    assert_eq!(
+        r.body["error"]["data"]["reason"], "resource_not_allowed",
+        "{}",
+        r.body
+    );
+    let r = mcp.call(&sid, "resources/subscribe", json!({"uri": "fx://counter"}));
+    assert_eq!(r.body["result"], json!({}), "{}", r.body);
+    let r = mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__bump", "arguments": {}}),
+    );
+    assert_eq!(
+        r.body["result"]["content"][0]["text"], "bumped",
+        "{}",
+        r.body
+    );
+    let note: Value = serde_json::from_str(
+        &told
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the update reaches the stream"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        note,
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "fx://counter"}})
+    );
+    // Unsubscribed: the next update is not sent.
+    let r = mcp.call(
+        &sid,
+        "resources/unsubscribe",
+        json!({"uri": "fx://counter"}),
+    );
+    assert_eq!(r.body["result"], json!({}), "{}", r.body);
+    mcp.call(
+        &sid,
+        "tools/call",
+        json!({"name": "fx__bump", "arguments": {}}),
+    );
+    assert!(told.recv_timeout(Duration::from_secs(2)).is_err());
+
+    let kinds: Vec<(String, String)> = s.cli_json(&["audit", "trace", &task, "--json"])["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == "resource_subscribe")
+        .map(|r| {
+            (
+                r["tool"].as_str().unwrap_or_default().to_owned(),
+                r["decision"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("fx://secret".to_owned(), "deny".to_owned()),
+            ("fx://counter".to_owned(), "allow".to_owned())
+        ]
+    );
+}
+
+/// What an HTTP upstream announces on its session's own event stream (which Custos listens
+/// on) reaches the agent: here a changed tool list, sent by the SDK's own server outside any
+/// call's response.
+#[test]
+fn an_http_upstreams_own_stream_is_listened_to() {
+    use std::io::BufRead as _;
+
+    let s = TestServer::start();
+    // Session era only: the stateless era has no stream of the session's own.
+    let upstream = HttpUpstream::start_with(s.dir.path(), &["--legacy-only"]);
+    let (key, public) = s.keygen("agent-l");
+    let indented: String = public.lines().map(|l| format!("  {l}\n")).collect();
+    s.apply(&format!(
+        "kind: Upstream\nname: web\nurl: {}\ntimeout: 60s\ntiers: {{ announce_tools: 1 }}\n---\n\
+         kind: Template\nname: listening\nttl: 10m\ntools: [web__announce_tools]\n---\n\
+         kind: Agent\nname: agent-l\nowner: test@example.com\narchetype: automation\n\
+         templates: [listening]\npublic_key: |\n{indented}",
+        upstream.url
+    ));
+    let task = s.start_task("agent-l", "listening");
+    let token = s.task_token(&task, &key);
+    let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
+    let sid = mcp.initialize();
+    // The first call connects Custos to the upstream (and opens its stream).
+    let r = mcp.call(&sid, "tools/list", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stream = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .expect("client")
+        .get(s.mcp_url())
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .expect("GET /mcp");
+    let (told_tx, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data: ") {
+                let _ = told_tx.send(data.to_owned());
+            }
+        }
+    });
+    // The upstream's own stream may open a moment after the session: retry the call until
+    // the announcement comes through (each call makes one).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let note = loop {
+        let r = mcp.call(
+            &sid,
+            "tools/call",
+            json!({"name": "web__announce_tools", "arguments": {}}),
+        );
+        assert_eq!(
+            r.body["result"]["content"][0]["text"], "announced",
+            "{}",
+            r.body
+        );
+        if let Ok(data) = told.recv_timeout(Duration::from_secs(2)) {
+            break serde_json::from_str::<Value>(&data).expect("JSON");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing came through the upstream's stream"
+        );
+    };
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    drop(upstream);
+}

@@ -544,7 +544,7 @@ pub fn fixture_yaml(agent: &str, public_key: &str, timeout: &str) -> String {
 name: fx
 command: [python3, "{script}"]
 timeout: {timeout}
-tiers: {{ echo: 1, hang: 1, crash: 1, whoami: 2, wipe: 4, publish: 3, sleep: 1, touch: 1, fail: 1, "ns.tool/v2": 1, progress: 1, ask: 1, grow: 1, grown: 1 }}
+tiers: {{ echo: 1, hang: 1, crash: 1, whoami: 2, wipe: 4, publish: 3, sleep: 1, touch: 1, fail: 1, "ns.tool/v2": 1, progress: 1, ask: 1, grow: 1, grown: 1, bump: 1 }}
 default_tier: 3
 ---
 kind: Template

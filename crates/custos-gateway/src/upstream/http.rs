@@ -35,8 +35,13 @@ pub struct HttpUpstream {
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// What the session tells the upstream the client can do.
     caps: ClientCaps,
-    /// Marked when the upstream says its tool list changed (on a response's event stream).
+    /// Whether it must use the 2025 handshake (never the stateless era).
+    handshake_only: bool,
+    /// Marked when the upstream says its tool list changed or a resource was updated (on a
+    /// response's event stream or the session's own).
     tools_changed: super::ToolsChanged,
+    /// The task reading the session's standalone event stream, if one is open.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 enum Reply {
@@ -57,7 +62,9 @@ impl HttpUpstream {
             next_id: AtomicI64::new(1),
             headers: Vec::new(),
             caps: ClientCaps::default(),
+            handshake_only: false,
             tools_changed: super::ToolsChanged::default(),
+            listener: std::sync::Mutex::new(None),
         }
     }
 
@@ -73,6 +80,13 @@ impl HttpUpstream {
     #[must_use]
     pub fn with_capabilities(mut self, caps: ClientCaps) -> Self {
         self.caps = caps;
+        self
+    }
+
+    /// The same upstream, never in the stateless era when `yes`.
+    #[must_use]
+    pub fn handshake_only(mut self, yes: bool) -> Self {
+        self.handshake_only = yes;
         self
     }
 
@@ -208,7 +222,7 @@ impl HttpUpstream {
         };
         // Requests of the client need the session era's back-channel: a connection that
         // claims the client can answer some does not offer the stateless era.
-        let modern = if self.caps == ClientCaps::default() {
+        let modern = if self.caps == ClientCaps::default() && !self.handshake_only {
             let discover = jsonrpc::request(0, "server/discover", Some(discover_params()));
             match self
                 .post(&probe, &discover, "server/discover", None)
@@ -250,6 +264,9 @@ impl HttpUpstream {
             s
         };
         tracing::info!(upstream = %self.name, version = session.era.version(), "upstream connected");
+        if session.id.is_some() {
+            self.listen(&session);
+        }
         *slot = Some(session.clone());
         Ok(session)
     }
@@ -400,9 +417,7 @@ impl HttpUpstream {
                         self.answer_upstream(session, &answer).await;
                     }
                     (Some(method), None) => {
-                        if method == "notifications/tools/list_changed" {
-                            self.tools_changed.mark();
-                        }
+                        self.tools_changed.notified(method, msg.get("params"));
                         relay_notice(relay, want_id, method, msg.get("params")).await;
                     }
                 }
@@ -410,6 +425,55 @@ impl HttpUpstream {
             buf.drain(..start);
         }
         Ok(None)
+    }
+
+    /// Listens on session `s`'s standalone event stream (GET) for what the upstream announces
+    /// outside any call: a changed tool list, an updated resource. Ends when the upstream ends
+    /// or refuses the stream (a server without one answers 405), or the connection stops.
+    fn listen(&self, s: &Session) {
+        let (Ok(url), Some(id)) = (self.url.clone(), s.id.clone()) else {
+            return;
+        };
+        let req = self
+            .credentials(self.client.get(url))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", s.era.version());
+        let announcer = self.tools_changed.clone();
+        let name = self.name.clone();
+        let task = tokio::spawn(async move {
+            let Ok(resp) = req.send().await else { return };
+            if !resp.status().is_success() {
+                tracing::debug!(upstream = %name, status = resp.status().as_u16(), "upstream offers no event stream of its own");
+                return;
+            }
+            let mut buf: Vec<u8> = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > MAX_BODY {
+                    break;
+                }
+                let mut start = 0;
+                while let Some((len, total)) = event_end(&buf[start..]) {
+                    let data = event_data(&String::from_utf8_lossy(&buf[start..start + len]));
+                    start += total;
+                    if let Ok(msg) = serde_json::from_str::<Value>(&data)
+                        && msg.get("id").is_none()
+                        && let Some(method) = msg.get("method").and_then(Value::as_str)
+                    {
+                        announcer.notified(method, msg.get("params"));
+                    }
+                }
+                buf.drain(..start);
+            }
+            tracing::debug!(upstream = %name, "upstream event stream ended");
+        });
+        if let Ok(mut slot) = self.listener.lock()
+            && let Some(old) = slot.replace(task)
+        {
+            old.abort();
+        }
     }
 
     /// Sends the answer to a request the upstream sent on a response stream.
@@ -421,6 +485,9 @@ impl HttpUpstream {
 
     /// Ends the session (best effort).
     pub async fn shutdown(&self) {
+        if let Some(task) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+            task.abort();
+        }
         let s = self.session.lock().await.take();
         if let (Some(Session { id: Some(id), era }), Ok(url)) = (s, self.url.clone()) {
             let _ = self

@@ -219,20 +219,45 @@ impl Client {
     }
 }
 
-/// Marks a connection's cached tool list stale when its upstream says the list changed, and
-/// announces the change (by upstream name) to whoever listens ([`UpstreamPool::tool_changes`]).
+/// What a connection does with its upstream's announcements: a changed tool list marks the
+/// cached list stale and is announced by upstream name ([`UpstreamPool::tool_changes`]); an
+/// updated resource is announced as (upstream, URI) ([`UpstreamPool::resource_updates`]).
 #[derive(Clone)]
 pub struct ToolsChanged {
     flag: Arc<AtomicBool>,
     upstream: String,
     announce: tokio::sync::broadcast::Sender<String>,
+    resources: tokio::sync::broadcast::Sender<(String, String)>,
 }
+
+/// The longest resource URI announced as updated.
+const MAX_ANNOUNCED_URI: usize = 2048;
 
 impl ToolsChanged {
     /// The upstream said its tool list changed.
     pub fn mark(&self) {
         self.flag.store(true, Ordering::SeqCst);
         let _ = self.announce.send(self.upstream.clone());
+    }
+
+    /// The upstream said one of its resources changed (`notifications/resources/updated`).
+    pub fn resource_updated(&self, params: Option<&Value>) {
+        if let Some(uri) = params
+            .and_then(|p| p.get("uri"))
+            .and_then(Value::as_str)
+            .filter(|u| u.len() <= MAX_ANNOUNCED_URI)
+        {
+            let _ = self.resources.send((self.upstream.clone(), uri.to_owned()));
+        }
+    }
+
+    /// Handles one notification the upstream sent outside any call.
+    pub(crate) fn notified(&self, method: &str, params: Option<&Value>) {
+        match method {
+            "notifications/tools/list_changed" => self.mark(),
+            "notifications/resources/updated" => self.resource_updated(params),
+            _ => {}
+        }
     }
 }
 
@@ -242,6 +267,7 @@ impl Default for ToolsChanged {
             flag: Arc::default(),
             upstream: String::new(),
             announce: tokio::sync::broadcast::channel(1).0,
+            resources: tokio::sync::broadcast::channel(1).0,
         }
     }
 }
@@ -303,9 +329,11 @@ impl Entry {
     }
 }
 
-/// A connection's key: the upstream, whom it serves, and what it claims the client can do
-/// (connections for agents whose clients declared other capabilities are others).
-type Key = (String, ScopeKey, ClientCaps);
+/// A connection's key: the upstream, whom it serves, what it claims the client can do
+/// (connections for agents whose clients declared other capabilities are others), and whether
+/// it must use the 2025 handshake (resource subscriptions, whose updates come on the session's
+/// own stream, which the stateless era does not have).
+type Key = (String, ScopeKey, ClientCaps, bool);
 
 #[derive(Default)]
 struct Entries {
@@ -336,6 +364,8 @@ pub struct UpstreamPool {
     http: reqwest::Client,
     /// Upstreams that said their tool list changed, by name.
     changes: tokio::sync::broadcast::Sender<String>,
+    /// Resources upstreams said changed, as (upstream, URI).
+    resource_changes: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl Default for UpstreamPool {
@@ -362,7 +392,13 @@ impl UpstreamPool {
             entries: Mutex::new(Entries::default()),
             http,
             changes: tokio::sync::broadcast::channel(64).0,
+            resource_changes: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// The resources upstreams say changed, as (upstream, URI), as they say so.
+    pub fn resource_updates(&self) -> tokio::sync::broadcast::Receiver<(String, String)> {
+        self.resource_changes.subscribe()
     }
 
     /// The names of upstreams whose tool list changed, as they say so.
@@ -377,8 +413,22 @@ impl UpstreamPool {
         conn: &Connection<'_>,
         caps: ClientCaps,
     ) -> Result<Arc<Entry>, UpstreamError> {
+        self.entry_for(conn, caps, false).await
+    }
+
+    async fn entry_for(
+        &self,
+        conn: &Connection<'_>,
+        caps: ClientCaps,
+        handshake: bool,
+    ) -> Result<Arc<Entry>, UpstreamError> {
         let spec = conn.upstream();
-        let key = (spec.name.clone(), ScopeKey::of(spec, conn.task()), caps);
+        let key = (
+            spec.name.clone(),
+            ScopeKey::of(spec, conn.task()),
+            caps,
+            handshake,
+        );
         let mut g = self.entries.lock().await;
         if let Some(e) = g.by_key.get(&key)
             && e.serves(conn)
@@ -394,10 +444,10 @@ impl UpstreamPool {
                 "the task has ended".into(),
             ));
         }
-        let entry = Arc::new(self.new_entry(conn, caps)?);
+        let entry = Arc::new(self.new_entry(conn, caps, handshake)?);
         // A changed spec replaces every connection to this upstream, whatever its scope (a
         // scope change included); new credentials replace this connection.
-        let mut stale = g.take(|(name, _, _), e| *name == spec.name && e.spec != *spec);
+        let mut stale = g.take(|(name, ..), e| *name == spec.name && e.spec != *spec);
         stale.extend(g.by_key.insert(key, entry.clone()));
         drop(g);
         for old in stale {
@@ -407,7 +457,12 @@ impl UpstreamPool {
     }
 
     /// A client for `conn`, not yet started (it starts on its first request).
-    fn new_entry(&self, conn: &Connection<'_>, caps: ClientCaps) -> Result<Entry, UpstreamError> {
+    fn new_entry(
+        &self,
+        conn: &Connection<'_>,
+        caps: ClientCaps,
+        handshake: bool,
+    ) -> Result<Entry, UpstreamError> {
         let spec = conn.upstream();
         let injection = conn.injection().cloned();
         let tools_changed = Arc::new(AtomicBool::new(false));
@@ -415,12 +470,14 @@ impl UpstreamPool {
             flag: tools_changed.clone(),
             upstream: spec.name.clone(),
             announce: self.changes.clone(),
+            resources: self.resource_changes.clone(),
         };
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
                 StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
                     .with_injection(injection.clone())
                     .with_capabilities(caps)
+                    .handshake_only(handshake)
                     .with_change_flag(changed.clone())
                     .relaying_logs(conn.one_call() || spec.scope == UpstreamScope::Task),
             ),
@@ -434,6 +491,7 @@ impl UpstreamPool {
                 .with_injection(injection.as_deref())
                 .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?
                 .with_capabilities(caps)
+                .handshake_only(handshake)
                 .with_change_flag(changed),
             ),
         };
@@ -456,7 +514,7 @@ impl UpstreamPool {
                 g.ended.pop_front();
             }
             g.ended.push_back(task.to_owned());
-            g.take(|(_, scope, _), _| matches!(scope, ScopeKey::Task(t) if t == task))
+            g.take(|(_, scope, ..), _| matches!(scope, ScopeKey::Task(t) if t == task))
         };
         for e in gone {
             tracing::debug!(upstream = %e.spec.name, task, "task ended; stopping its upstream connection");
@@ -468,7 +526,7 @@ impl UpstreamPool {
     /// the way an ended one is, and an announcement can be missed.
     pub async fn stop_idle_task_connections(&self, idle: Duration) {
         let gone =
-            self.entries.lock().await.take(|(_, scope, _), e| {
+            self.entries.lock().await.take(|(_, scope, ..), e| {
                 matches!(scope, ScopeKey::Task(_)) && e.idle_for() >= idle
             });
         for e in gone {
@@ -563,7 +621,7 @@ impl Upstreams for UpstreamPool {
                     "the task has ended".into(),
                 ));
             }
-            let entry = self.new_entry(conn, channel.caps())?;
+            let entry = self.new_entry(conn, channel.caps(), false)?;
             let result = entry
                 .client
                 .request_cancellable("tools/call", Some(params), Some(channel))
@@ -584,7 +642,11 @@ impl Upstreams for UpstreamPool {
         method: &str,
         params: Value,
     ) -> Result<Value, UpstreamError> {
-        let entry = self.entry(conn, ClientCaps::default()).await?;
+        // A subscription's updates come on the session's own stream: the 2025 handshake.
+        let handshake = method == "resources/subscribe";
+        let entry = self
+            .entry_for(conn, ClientCaps::default(), handshake)
+            .await?;
         entry.client.request(method, Some(params)).await
     }
 }
@@ -613,7 +675,7 @@ mod tests {
             .await
             .by_key
             .keys()
-            .map(|(n, s, _)| (n.clone(), s.clone()))
+            .map(|(n, s, ..)| (n.clone(), s.clone()))
             .collect();
         k.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         k

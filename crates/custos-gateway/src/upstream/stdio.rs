@@ -170,6 +170,8 @@ pub struct StdioUpstream {
     relay_logs: bool,
     /// What the process is told the client can do.
     caps: ClientCaps,
+    /// Whether it must use the 2025 handshake (never the stateless era).
+    handshake_only: bool,
     /// Marked when the process says its tool list changed.
     tools_changed: super::ToolsChanged,
     conn: Mutex<Slot>,
@@ -192,6 +194,7 @@ impl StdioUpstream {
             injection: None,
             relay_logs: false,
             caps: ClientCaps::default(),
+            handshake_only: false,
             tools_changed: super::ToolsChanged::default(),
             conn: Mutex::new(Slot::default()),
         }
@@ -209,6 +212,13 @@ impl StdioUpstream {
     #[must_use]
     pub fn with_capabilities(mut self, caps: ClientCaps) -> Self {
         self.caps = caps;
+        self
+    }
+
+    /// The same upstream, never in the stateless era when `yes`.
+    #[must_use]
+    pub fn handshake_only(mut self, yes: bool) -> Self {
+        self.handshake_only = yes;
         self
     }
 
@@ -369,7 +379,7 @@ impl StdioUpstream {
         // Prefer the stateless era; fall back to the handshake on the same process. Requests
         // of the client need the session era's back-channel: a connection that claims the
         // client can answer some goes straight to the handshake.
-        let probe = if self.caps == ClientCaps::default() {
+        let probe = if self.caps == ClientCaps::default() && !self.handshake_only {
             conn.call(
                 &self.name,
                 "server/discover",
@@ -602,9 +612,7 @@ async fn read_loop(
                 }
             });
         } else if let Some(method) = msg.get("method").and_then(Value::as_str) {
-            if method == "notifications/tools/list_changed" {
-                tools_changed.mark();
-            }
+            tools_changed.notified(method, msg.get("params"));
             relay_notice(&pending, method, msg.get("params"), relay_logs).await;
         }
     }
