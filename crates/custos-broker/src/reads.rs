@@ -158,20 +158,7 @@ impl Broker {
         uri: &str,
         upstreams: &U,
     ) -> Result<Value, CallError> {
-        let upstream = ctx
-            .snapshot()
-            .templates
-            .get(ctx.template())
-            .and_then(|t| t.spec.resource_upstream(uri))
-            .map(str::to_owned);
-        let read = Read {
-            kind: EventKind::ResourceRead,
-            target: uri,
-            upstream,
-            method: "resources/read",
-            params: json!({ "uri": uri }),
-            refused: Reason::ResourceNotAllowed,
-        };
+        let read = Read::of_resource(ctx, uri, EventKind::ResourceRead, "resources/read");
         self.run_read(ctx, read, upstreams).await
     }
 
@@ -186,20 +173,12 @@ impl Broker {
         uri: &str,
         upstreams: &U,
     ) -> Result<Value, CallError> {
-        let upstream = ctx
-            .snapshot()
-            .templates
-            .get(ctx.template())
-            .and_then(|t| t.spec.resource_upstream(uri))
-            .map(str::to_owned);
-        let read = Read {
-            kind: EventKind::ResourceSubscribe,
-            target: uri,
-            upstream,
-            method: "resources/subscribe",
-            params: json!({ "uri": uri }),
-            refused: Reason::ResourceNotAllowed,
-        };
+        let read = Read::of_resource(
+            ctx,
+            uri,
+            EventKind::ResourceSubscribe,
+            "resources/subscribe",
+        );
         self.run_read(ctx, read, upstreams).await
     }
 
@@ -393,6 +372,26 @@ struct Read<'a> {
     method: &'static str,
     params: Value,
     refused: Reason,
+}
+
+impl<'a> Read<'a> {
+    /// `method` on resource `uri`, of the upstream the task's template names for it.
+    fn of_resource(ctx: &TaskContext, uri: &'a str, kind: EventKind, method: &'static str) -> Self {
+        let upstream = ctx
+            .snapshot()
+            .templates
+            .get(ctx.template())
+            .and_then(|t| t.spec.resource_upstream(uri))
+            .map(str::to_owned);
+        Self {
+            kind,
+            target: uri,
+            upstream,
+            method,
+            params: json!({ "uri": uri }),
+            refused: Reason::ResourceNotAllowed,
+        }
+    }
 }
 
 /// Every item of one upstream's `listing`, page by page (bounded).

@@ -87,6 +87,35 @@ fn gateway(task_scoped: bool) -> (TestServer, String, String) {
     (s, token, sid)
 }
 
+/// Opens the session's standalone event stream (`GET /mcp`); each `data:` it carries arrives
+/// on the returned channel.
+fn standalone_stream(s: &TestServer, token: &str, sid: &str) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+
+    let stream = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .expect("client")
+        .get(s.mcp_url())
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .expect("GET /mcp");
+    assert_eq!(stream.status().as_u16(), 200);
+    let (told_tx, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data: ") {
+                let _ = told_tx.send(data.to_owned());
+            }
+        }
+    });
+    told
+}
+
 fn session_call(id: u64, arguments: Value, meta: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
            "params": {"name": "fx__progress", "arguments": arguments, "_meta": meta}})
@@ -511,31 +540,9 @@ fn a_request_of_the_client_goes_to_the_agent_and_its_answer_back_to_the_upstream
 /// agent's standalone stream (`GET /mcp` in its session) is told.
 #[test]
 fn a_changed_tool_list_is_read_again() {
-    use std::io::BufRead as _;
-
     let (s, token, sid) = gateway(false);
     let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
-    let stream = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .expect("client")
-        .get(s.mcp_url())
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", sid.as_str())
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .expect("GET /mcp");
-    assert_eq!(stream.status().as_u16(), 200);
-    let (told_tx, told) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if let Some(data) = line.strip_prefix("data: ") {
-                let _ = told_tx.send(data.to_owned());
-            }
-        }
-    });
+    let told = standalone_stream(&s, &token, &sid);
     let names = |r: &Value| -> Vec<String> {
         r["result"]["tools"]
             .as_array()
@@ -720,8 +727,6 @@ fn resources_and_prompts_are_read_only_as_the_template_allows() {
 /// stream; one the template does not allow is refused.
 #[test]
 fn a_subscribed_resources_updates_reach_the_sessions_stream() {
-    use std::io::BufRead as _;
-
     let s = TestServer::start();
     let (key, public) = s.keygen("agent-s");
     let yaml = fixture_yaml("agent-s", &public, "10s").replacen(
@@ -734,26 +739,7 @@ fn a_subscribed_resources_updates_reach_the_sessions_stream() {
     let token = s.task_token(&task, &key);
     let mcp = super::support::RawMcp::new(&s.mcp_url(), Some(&token));
     let sid = mcp.initialize();
-    let stream = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .expect("client")
-        .get(s.mcp_url())
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", sid.as_str())
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .expect("GET /mcp");
-    let (told_tx, told) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if let Some(data) = line.strip_prefix("data: ") {
-                let _ = told_tx.send(data.to_owned());
-            }
-        }
-    });
+    let told = standalone_stream(&s, &token, &sid);
 
     let r = mcp.call(&sid, "resources/subscribe", json!({"uri": "fx://secret"}));
     assert_eq!(
@@ -823,8 +809,6 @@ fn a_subscribed_resources_updates_reach_the_sessions_stream() {
 /// call's response.
 #[test]
 fn an_http_upstreams_own_stream_is_listened_to() {
-    use std::io::BufRead as _;
-
     let s = TestServer::start();
     // Session era only: the stateless era has no stream of the session's own.
     let upstream = HttpUpstream::start_with(s.dir.path(), &["--legacy-only"]);
@@ -844,26 +828,7 @@ fn an_http_upstreams_own_stream_is_listened_to() {
     // The first call connects Custos to the upstream (and opens its stream).
     let r = mcp.call(&sid, "tools/list", json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
-    let stream = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .expect("client")
-        .get(s.mcp_url())
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", sid.as_str())
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .expect("GET /mcp");
-    let (told_tx, told) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if let Some(data) = line.strip_prefix("data: ") {
-                let _ = told_tx.send(data.to_owned());
-            }
-        }
-    });
+    let told = standalone_stream(&s, &token, &sid);
     // The upstream's own stream may open a moment after the session: retry the call until
     // the announcement comes through (each call makes one).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
