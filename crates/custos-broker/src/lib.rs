@@ -50,7 +50,7 @@ pub use reads::Listing;
 pub use registry::{ApplyOutcome, CredentialRoleEntry, Snapshot};
 pub use relay::{
     CallChannel, ClientCaps, ClientMethod, ClientRefusal, ClientRequest, LogLevel,
-    MAX_CLIENT_REQUEST, MAX_NOTICE, Notice, NoticeKind,
+    MAX_CLIENT_REQUEST, MAX_NOTICE, Notice, NoticeKind, Round,
 };
 pub use secrets::MAX_STATIC_SECRET;
 pub use tasks::{

@@ -227,6 +227,20 @@ pub struct CallChannel {
     dropped: Arc<AtomicU64>,
     requests: Option<mpsc::Sender<ClientRequest>>,
     caps: ClientCaps,
+    round: Option<Arc<Round>>,
+}
+
+/// What a 2026-07-28 agent sends again when it retries a call that needed input (a
+/// multi-round call): its answers to the upstream's input requests and the upstream's state,
+/// passed to the upstream with the call; and the capabilities its client declares in `_meta`.
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    /// `inputResponses`.
+    pub input_responses: Option<Value>,
+    /// `requestState`, as the upstream gave it (unsealed by the gateway).
+    pub request_state: Option<String>,
+    /// The `clientCapabilities` of the request's `_meta`, when it declares any.
+    pub client_capabilities: Option<Value>,
 }
 
 impl CallChannel {
@@ -321,6 +335,18 @@ impl CallChannel {
                 "custos: the agent did not answer",
             ))
         })
+    }
+
+    /// The same channel, carrying what a stateless-era agent sends with a call round.
+    #[must_use]
+    pub fn with_round(mut self, round: Round) -> Self {
+        self.round = Some(Arc::new(round));
+        self
+    }
+
+    /// What the agent sent with this call round, if anything.
+    pub fn round(&self) -> Option<&Round> {
+        self.round.as_deref()
     }
 
     /// The lowest log level asked for, when notices are relayed.

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod operator_token;
 pub mod presented;
 pub mod random;
+pub mod seal;
 
 pub use digest::{argument_digest, sha256_hex, tool_definition_digest};
 pub use envelope::{EnvelopeError, Kek};
@@ -18,3 +19,4 @@ pub use keys::{AgentKey, KeyError, ServerKey, jwk_thumbprint, parse_public_key_p
 pub use operator_token::OperatorToken;
 pub use presented::PresentedToken;
 pub use random::new_id;
+pub use seal::StateSeal;

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use custos_broker::{
     Broker, BrokerError, CallChannel, CallError, ClientCaps, ClientRefusal, ClientRequest, Listing,
-    LogLevel, Notice, NoticeKind, Source, TaskContext, UpstreamError,
+    LogLevel, Notice, NoticeKind, Round, Source, TaskContext, UpstreamError,
 };
 use custos_core::Reason;
-use custos_crypto::new_id;
+use custos_crypto::{StateSeal, new_id};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -156,6 +156,8 @@ pub struct McpGateway {
     /// Requests relayed from upstreams to agents, waiting for the agent's answer, by (task,
     /// session, the id Custos gave the request).
     client_answers: ClientAnswers,
+    /// Seals the state of multi-round calls handed to agents.
+    seal: Arc<StateSeal>,
 }
 
 type ClientAnswers = Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<ClientAnswer>>>>;
@@ -384,6 +386,7 @@ impl McpGateway {
             sessions,
             inflight: Arc::default(),
             client_answers: Arc::default(),
+            seal: Arc::new(StateSeal::new()),
         }
     }
 
@@ -1036,21 +1039,38 @@ impl McpGateway {
             Ok(p) => p,
             Err(error) => return answered(era, error),
         };
+        let rounds = Rounds {
+            seal: self.seal.clone(),
+            context: format!("{}\u{0}{}", ctx.task_id(), ctx.canonical_tool(&name)),
+            era,
+        };
+        let round = match rounds.open(params) {
+            Ok(r) => r,
+            Err(why) => {
+                return answered(era, jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &why, None));
+            }
+        };
         let (cancel, guard) = self.track_call(ctx, scope, id);
         let upstreams = self.upstreams.clone();
         if !accepts_stream(req) {
-            let channel = CallChannel::new(cancel);
+            let mut channel = CallChannel::new(cancel);
+            if let Some(r) = round {
+                channel = channel.with_round(r);
+            }
             let result = self
                 .broker
                 .call_tool(ctx.clone(), name, arguments, upstreams, channel)
                 .await;
-            return answered(era, call_answer(id, result, era));
+            return answered(era, call_answer(id, rounds.finish(result), era));
         }
         let token = progress_token(params);
         let (notices_tx, notices) = tokio::sync::mpsc::channel(NOTICE_QUEUE);
         let mut channel = CallChannel::new(cancel)
             .with_notices(notices_tx, token.is_some())
             .with_log_level(log_level);
+        if let Some(r) = round {
+            channel = channel.with_round(r);
+        }
         let mut relay = Relay::new(&self.broker, ctx, &name, token, notices);
         // Requests of the client only for a client that can take some.
         if caps != ClientCaps::default() {
@@ -1068,9 +1088,10 @@ impl McpGateway {
         let broker = self.broker.clone();
         let owned = ctx.clone();
         let mut call = Box::pin(async move {
-            broker
+            let result = broker
                 .call_tool(owned, name, arguments, upstreams, channel)
-                .await
+                .await;
+            rounds.finish(result)
         });
         let first = tokio::select! {
             biased;
@@ -1259,6 +1280,99 @@ impl McpGateway {
                 jsonrpc::result(id, result)
             }
             Err(e) => broker_error(id, &e),
+        }
+    }
+}
+
+/// The longest `requestState` taken back from an agent.
+const MAX_REQUEST_STATE: usize = 64 * 1024;
+/// The largest `inputResponses` taken from an agent, as JSON bytes.
+const MAX_INPUT_RESPONSES: usize = 1024 * 1024;
+
+/// How a 2026-07-28 multi-round call's state crosses the gateway: the upstream's
+/// `requestState` is sealed for the task and the tool on its way to the agent and opened on
+/// its way back, so an agent cannot forge it, alter it, or replay another task's or tool's.
+struct Rounds {
+    seal: Arc<StateSeal>,
+    /// The task and the tool (as policy names it).
+    context: String,
+    era: Era,
+}
+
+impl Rounds {
+    /// What the agent sent with this round (stateless era only), its `requestState` opened.
+    fn open(&self, params: Option<&Value>) -> Result<Option<Round>, String> {
+        let Some(p) = params.filter(|_| self.era == Era::Modern) else {
+            return Ok(None);
+        };
+        let input_responses = match p.get("inputResponses") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_))
+                if serde_json::to_vec(v).is_ok_and(|b| b.len() <= MAX_INPUT_RESPONSES) =>
+            {
+                Some(v.clone())
+            }
+            Some(_) => {
+                return Err(
+                    "Invalid params: inputResponses must be an object of at most 1 MiB".into(),
+                );
+            }
+        };
+        let request_state = match p.get("requestState") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(sealed)) if sealed.len() <= MAX_REQUEST_STATE => Some(
+                self.seal
+                    .open(&self.context, sealed)
+                    .ok_or("Invalid params: custos: requestState was not issued for this task and tool, or was altered")?
+                    .to_owned(),
+            ),
+            Some(_) => return Err("Invalid params: requestState must be a string".into()),
+        };
+        let client_capabilities = p
+            .get("_meta")
+            .and_then(|m| m.get(META_CAPABILITIES))
+            .and_then(Value::as_object)
+            .map(|caps| {
+                let kept: serde_json::Map<String, Value> = caps
+                    .iter()
+                    .filter(|(k, v)| {
+                        matches!(k.as_str(), "sampling" | "elicitation" | "roots") && v.is_object()
+                    })
+                    .filter(|(_, v)| serde_json::to_vec(v).is_ok_and(|b| b.len() <= 4096))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Value::Object(kept)
+            });
+        if input_responses.is_none() && request_state.is_none() && client_capabilities.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Round {
+            input_responses,
+            request_state,
+            client_capabilities,
+        }))
+    }
+
+    /// The upstream's answer as the agent gets it: an input-required result's state sealed
+    /// (stateless era), or, for a session, which cannot answer input requests, an error result
+    /// saying so instead of a result invalid in its era.
+    fn finish(&self, result: custos_broker::CallResult) -> custos_broker::CallResult {
+        let Ok(mut v) = result else { return result };
+        if v.get("resultType").and_then(Value::as_str) != Some("input_required") {
+            return Ok(v);
+        }
+        match self.era {
+            Era::Modern => {
+                if let Some(Value::String(state)) = v.get("requestState") {
+                    let sealed = self.seal.seal(&self.context, state);
+                    v["requestState"] = Value::String(sealed);
+                }
+                Ok(v)
+            }
+            Era::Session => Ok(json!({
+                "content": [{ "type": "text", "text": "custos: the upstream needs input from the client to go on (a 2026-07-28 multi-round call), which a 2025 session cannot give" }],
+                "isError": true,
+            })),
         }
     }
 }
@@ -1783,6 +1897,62 @@ mod tests {
             None
         );
         assert_eq!(progress_for_agent(json!([1]), json!(1), 0), None);
+    }
+
+    #[test]
+    fn multi_round_state_is_sealed_for_its_task_and_tool() {
+        let seal = Arc::new(StateSeal::new());
+        let rounds = |context: &str, era| Rounds {
+            seal: seal.clone(),
+            context: context.into(),
+            era,
+        };
+        let a = rounds("task_a\u{0}fx__ask", Era::Modern);
+        let asked = a
+            .finish(Ok(
+                json!({"resultType": "input_required", "requestState": "s1", "inputRequests": {}}),
+            ))
+            .expect("result");
+        let sealed = asked["requestState"].as_str().expect("state").to_owned();
+        assert_ne!(
+            sealed, "s1",
+            "the agent never sees the upstream's state as is"
+        );
+        let back = json!({"name": "fx__ask", "requestState": sealed, "inputResponses": {"q": {}}});
+        let round = a.open(Some(&back)).expect("opens").expect("a round");
+        assert_eq!(round.request_state.as_deref(), Some("s1"));
+        assert!(round.input_responses.is_some());
+        // Another task, another tool, an altered or a made-up state: refused.
+        for other in [
+            rounds("task_b\u{0}fx__ask", Era::Modern),
+            rounds("task_a\u{0}fx__other", Era::Modern),
+        ] {
+            assert!(other.open(Some(&back)).is_err());
+        }
+        for bad in [
+            json!({"requestState": "s1"}),
+            json!({"requestState": 7}),
+            json!({"inputResponses": [1]}),
+        ] {
+            assert!(a.open(Some(&bad)).is_err(), "{bad}");
+        }
+        // A session cannot answer input requests: it is told so, in its own era's terms.
+        let session = rounds("task_a\u{0}fx__ask", Era::Session);
+        let told = session
+            .finish(Ok(
+                json!({"resultType": "input_required", "requestState": "s1"}),
+            ))
+            .expect("result");
+        assert_eq!(told["isError"], true);
+        assert!(
+            told["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("2025 session"))
+        );
+        assert!(
+            session.open(Some(&back)).expect("ignored").is_none(),
+            "not part of a session"
+        );
     }
 
     #[test]

@@ -141,7 +141,8 @@ pub(crate) fn ask_for(
 ) {
     let Some(channel) = channel else { return };
     let level = channel.log_level().filter(|_| *era == Era::Modern);
-    if !channel.wants_progress() && level.is_none() {
+    let round = channel.round().filter(|_| *era == Era::Modern);
+    if !channel.wants_progress() && level.is_none() && round.is_none() {
         return;
     }
     let p = params.get_or_insert_with(|| json!({}));
@@ -153,6 +154,18 @@ pub(crate) fn ask_for(
             }
             if let Some(l) = level {
                 m.insert(META_LOG_LEVEL.into(), l.as_str().into());
+            }
+            if let Some(caps) = round.and_then(|r| r.client_capabilities.clone()) {
+                m.insert(META_CAPABILITIES.into(), caps);
+            }
+        }
+        // A retried multi-round call carries the agent's answers and the upstream's state.
+        if let Some(r) = round {
+            if let Some(answers) = &r.input_responses {
+                obj.insert("inputResponses".into(), answers.clone());
+            }
+            if let Some(state) = &r.request_state {
+                obj.insert("requestState".into(), state.clone().into());
             }
         }
     }
