@@ -1342,7 +1342,9 @@ impl Rounds {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 Value::Object(kept)
-            });
+            })
+            // None declared: the upstream is told none, as without a round.
+            .filter(|caps| caps.as_object().is_some_and(|m| !m.is_empty()));
         if input_responses.is_none() && request_state.is_none() && client_capabilities.is_none() {
             return Ok(None);
         }
