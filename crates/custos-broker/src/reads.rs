@@ -187,12 +187,14 @@ impl Broker {
     ///
     /// # Errors
     /// As [`Broker::read_resource`]; [`Reason::PromptNotAllowed`] when no prompt pattern of
-    /// the template allows it.
+    /// the template allows it. `round`: what a stateless-era agent sends again when it retries
+    /// a get that needed input, passed on.
     pub async fn get_prompt<U: Upstreams>(
         &self,
         ctx: &TaskContext,
         name: &str,
         arguments: Option<Value>,
+        round: Option<&crate::Round>,
         upstreams: &U,
     ) -> Result<Value, CallError> {
         let canonical = ctx.canonical_tool(name).into_owned();
@@ -205,6 +207,15 @@ impl Broker {
         let mut params = json!({ "name": parsed.as_ref().map_or("", |p| p.tool.as_str()) });
         if let Some(a) = arguments {
             params["arguments"] = a;
+        }
+        // A retried multi-round get carries the agent's answers and the upstream's state.
+        if let Some(r) = round {
+            if let Some(answers) = &r.input_responses {
+                params["inputResponses"] = answers.clone();
+            }
+            if let Some(state) = &r.request_state {
+                params["requestState"] = state.clone().into();
+            }
         }
         let read = Read {
             kind: EventKind::PromptGet,

@@ -1232,11 +1232,32 @@ impl McpGateway {
                         );
                     }
                 };
+                // A prompt can take rounds too (2026-07-28): its state is sealed for the task
+                // and the prompt, apart from any tool's.
+                let rounds = Rounds {
+                    seal: self.seal.clone(),
+                    context: format!(
+                        "prompt\u{0}{}\u{0}{}",
+                        ctx.task_id(),
+                        ctx.canonical_tool(name)
+                    ),
+                    era,
+                };
+                let round = match rounds.open(params) {
+                    Ok(r) => r,
+                    Err(why) => return jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &why, None),
+                };
                 let result = self
                     .broker
-                    .get_prompt(ctx, name, arguments, self.upstreams.as_ref())
+                    .get_prompt(
+                        ctx,
+                        name,
+                        arguments,
+                        round.as_ref(),
+                        self.upstreams.as_ref(),
+                    )
                     .await;
-                call_answer(id, result, era)
+                call_answer(id, rounds.finish(result), era)
             }
             _ => jsonrpc::error(
                 id,

@@ -18,17 +18,11 @@ use super::support::{TestServer, deps, fixture};
 
 /// Scenarios that pass against the reference server alone but not yet through Custos, per
 /// requirements set, with why. Each is part of issue 9's remaining work.
-const NOT_YET: &[(&str, &str, &str)] = &[
-    (
-        "2026-07-28",
-        "server-stateless",
-        "a request of the client on a stateless-era call's stream is not relayed (its streaming elicitation call)",
-    ),
-    ("2026-07-28", "input-required-result-non-tool-request", MRTR),
-];
-
-/// Why the 2026-07-28 multi-round scenario of a prompt does not pass yet.
-const MRTR: &str = "input-required results are relayed for tool calls, not yet for prompts/get";
+const NOT_YET: &[(&str, &str, &str)] = &[(
+    "2026-07-28",
+    "server-stateless",
+    "a request of the client on a stateless-era call's stream is not relayed (its streaming elicitation call)",
+)];
 
 fn not_yet(set: &str, scenario: &str) -> Option<&'static str> {
     NOT_YET
