@@ -44,6 +44,25 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Drops a test's group role once no lease role is a member of it any more: revoking a lease
+/// drops its role (and the membership) concurrently, and PostgreSQL refuses a DROP ROLE that
+/// races it ("tuple concurrently deleted").
+fn drop_group(rt: &tokio::runtime::Runtime, url: &str, group: &str) {
+    eventually("the group's lease roles are revoked", || {
+        rt.block_on(custos_test_support::tamper::sql_at(
+            url,
+            &format!(
+                "SELECT COUNT(*) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+                 WHERE g.rolname = '{group}'"
+            ),
+        )) == Some(0)
+    });
+    rt.block_on(custos_test_support::tamper::exec_at(
+        url,
+        &format!("DROP ROLE IF EXISTS {group}"),
+    ));
+}
+
 /// Everything an operator or attacker could read afterwards: the server's log, the audit
 /// trail of the task and the raw bytes of the store (database and write-ahead log).
 fn everything_kept(s: &TestServer, task: &str) -> String {
@@ -340,10 +359,7 @@ fn everything_an_upstream_echoes_of_its_credentials_is_cut_out() {
         "the refusal is audited: {refused}"
     );
     assert!(s.cli(&["task", "end", &task]).status.success());
-    rt.block_on(custos_test_support::tamper::exec_at(
-        db.url(),
-        &format!("DROP ROLE IF EXISTS {group}"),
-    ));
+    drop_group(&rt, db.url(), &group);
 }
 
 #[test]
@@ -650,10 +666,7 @@ fn a_per_call_credential_lives_for_one_call_on_a_process_of_its_own() {
     // Only the task's listing process runs.
     assert_eq!(processes_with(&script.display().to_string()).len(), 1);
     assert!(s.cli(&["task", "end", &task]).status.success());
-    rt.block_on(custos_test_support::tamper::exec_at(
-        db.url(),
-        &format!("DROP ROLE IF EXISTS {group}"),
-    ));
+    drop_group(&rt, db.url(), &group);
 }
 
 #[test]
@@ -827,8 +840,5 @@ fn a_roles_admin_url_can_be_stored_sealed_instead_of_read_from_the_environment()
             &format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{user}'"),
         )) == Some(0)
     });
-    rt.block_on(custos_test_support::tamper::exec_at(
-        db.url(),
-        &format!("DROP ROLE IF EXISTS {group}"),
-    ));
+    drop_group(&rt, db.url(), &group);
 }
