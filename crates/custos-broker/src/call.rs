@@ -95,6 +95,15 @@ impl TaskContext {
         self.snapshot.canonical_tool(&self.claims.template, name)
     }
 
+    /// The upstream whose resource `uri` is, when the task's template allows it (its first
+    /// resource entry that matches).
+    pub fn resource_upstream(&self, uri: &str) -> Option<&str> {
+        self.snapshot
+            .templates
+            .get(&self.claims.template)
+            .and_then(|t| t.spec.resource_upstream(uri))
+    }
+
     /// The registry snapshot this request is decided against.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot

@@ -15,8 +15,10 @@
 //!      the task
 //!   -> the outcome record, and the answer
 //! ```
-//! Reads are Tier 2 (autonomous, logged): a template entry is the whole permission.
+//! Reads are Tier 2 (autonomous, logged): a template entry is the whole permission. Like a
+//! tool call, a read runs on to its outcome record when the client hangs up.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use custos_audit::{Detail, EventKind};
@@ -156,7 +158,7 @@ impl Broker {
         &self,
         ctx: &TaskContext,
         uri: &str,
-        upstreams: &U,
+        upstreams: Arc<U>,
     ) -> Result<Value, CallError> {
         let read = Read::of_resource(ctx, uri, EventKind::ResourceRead, "resources/read");
         self.run_read(ctx, read, upstreams).await
@@ -171,7 +173,7 @@ impl Broker {
         &self,
         ctx: &TaskContext,
         uri: &str,
-        upstreams: &U,
+        upstreams: Arc<U>,
     ) -> Result<Value, CallError> {
         let read = Read::of_resource(
             ctx,
@@ -195,7 +197,7 @@ impl Broker {
         name: &str,
         arguments: Option<Value>,
         round: Option<&crate::Round>,
-        upstreams: &U,
+        upstreams: Arc<U>,
     ) -> Result<Value, CallError> {
         let canonical = ctx.canonical_tool(name).into_owned();
         let allowed = ctx
@@ -209,17 +211,12 @@ impl Broker {
             params["arguments"] = a;
         }
         // A retried multi-round get carries the agent's answers and the upstream's state.
-        if let Some(r) = round {
-            if let Some(answers) = &r.input_responses {
-                params["inputResponses"] = answers.clone();
-            }
-            if let Some(state) = &r.request_state {
-                params["requestState"] = state.clone().into();
-            }
+        if let (Some(r), Some(p)) = (round, params.as_object_mut()) {
+            r.add_to(p);
         }
         let read = Read {
             kind: EventKind::PromptGet,
-            target: &canonical,
+            target: canonical,
             upstream: parsed.map(|p| p.upstream),
             method: "prompts/get",
             params,
@@ -238,7 +235,7 @@ impl Broker {
         &self,
         ctx: &TaskContext,
         mut params: Value,
-        upstreams: &U,
+        upstreams: Arc<U>,
     ) -> Result<Value, CallError> {
         let kind = params
             .pointer("/ref/type")
@@ -270,14 +267,14 @@ impl Broker {
                 .unwrap_or("")
                 .to_owned();
             let upstream = (kind == "ref/resource")
-                .then(|| template.and_then(|t| t.spec.resource_upstream(&uri)))
+                .then(|| ctx.resource_upstream(&uri))
                 .flatten()
                 .map(str::to_owned);
             (uri, upstream, Reason::ResourceNotAllowed)
         };
         let read = Read {
             kind: EventKind::Completion,
-            target: &target,
+            target,
             upstream,
             method: "completion/complete",
             params,
@@ -286,17 +283,34 @@ impl Broker {
         self.run_read(ctx, read, upstreams).await
     }
 
-    /// The read pipeline: decide, commit, ask, redact, finish.
+    /// The read pipeline, on a task of its own once started: a client that hangs up cannot
+    /// stop it between asking the upstream and recording the outcome.
     async fn run_read<U: Upstreams>(
         &self,
         ctx: &TaskContext,
-        read: Read<'_>,
+        read: Read,
+        upstreams: Arc<U>,
+    ) -> Result<Value, CallError> {
+        let broker = self.clone();
+        let ctx = ctx.clone();
+        self.to_completion("read pipeline", async move {
+            broker.read_stages(&ctx, read, upstreams.as_ref()).await
+        })
+        .await
+        .unwrap_or_else(|e| Err(CallError::Broker(e)))
+    }
+
+    /// The read pipeline's stages: decide, commit, ask, redact, taint, finish.
+    async fn read_stages<U: Upstreams>(
+        &self,
+        ctx: &TaskContext,
+        read: Read,
         upstreams: &U,
     ) -> Result<Value, CallError> {
         let started = Instant::now();
         let mut e = ctx.event(read.kind);
         e.call_id = Some(new_id("read_"));
-        e.tool = Some(truncate(read.target, MAX_READ_FIELD).into_owned());
+        e.tool = Some(truncate(&read.target, MAX_READ_FIELD).into_owned());
         e.policy_version = Some(ctx.snapshot().policy_version);
         let spec = read
             .upstream
@@ -306,7 +320,7 @@ impl Broker {
             // Not allowed (or the upstream it names is gone): refused, recorded.
             let message = format!(
                 "`{}` is not allowed by this task's template",
-                custos_core::text::for_display(read.target, 200)
+                custos_core::text::for_display(&read.target, 200)
             );
             e.decision = Some(Decision::Deny);
             e.reason = Some(read.refused);
@@ -341,7 +355,7 @@ impl Broker {
         // agent sees the content, or the content is withheld.
         let result = match result {
             Ok(v) if up.spec.untrusted.iter().any(|p| p == "*") && !ctx.tainted() => {
-                match self.mark_tainted(ctx, read.target).await {
+                match self.mark_tainted(ctx, &read.target).await {
                     Ok(()) => Ok(v),
                     Err(err) => {
                         tracing::error!(task = %ctx.task_id(), error = %err, "taint not recorded; read withheld");
@@ -367,17 +381,17 @@ impl Broker {
                 message: truncate(&err.to_string(), 1024).into_owned(),
             });
         }
-        tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), target = %custos_core::text::for_display(read.target, 200), upstream = %up.spec.name, method = read.method, "read allowed");
+        tracing::info!(agent = %ctx.agent(), task = %ctx.task_id(), target = %custos_core::text::for_display(&read.target, 200), upstream = %up.spec.name, method = read.method, "read allowed");
         self.record_after(e).await?;
         result.map_err(CallError::Upstream)
     }
 }
 
 /// One read on its way through [`Broker::run_read`].
-struct Read<'a> {
+struct Read {
     kind: EventKind,
     /// The URI or the prompt's name (as policy names it).
-    target: &'a str,
+    target: String,
     /// The upstream the template names for it; none: not allowed.
     upstream: Option<String>,
     method: &'static str,
@@ -385,19 +399,13 @@ struct Read<'a> {
     refused: Reason,
 }
 
-impl<'a> Read<'a> {
+impl Read {
     /// `method` on resource `uri`, of the upstream the task's template names for it.
-    fn of_resource(ctx: &TaskContext, uri: &'a str, kind: EventKind, method: &'static str) -> Self {
-        let upstream = ctx
-            .snapshot()
-            .templates
-            .get(ctx.template())
-            .and_then(|t| t.spec.resource_upstream(uri))
-            .map(str::to_owned);
+    fn of_resource(ctx: &TaskContext, uri: &str, kind: EventKind, method: &'static str) -> Self {
         Self {
             kind,
-            target: uri,
-            upstream,
+            target: uri.to_owned(),
+            upstream: ctx.resource_upstream(uri).map(str::to_owned),
             method,
             params: json!({ "uri": uri }),
             refused: Reason::ResourceNotAllowed,

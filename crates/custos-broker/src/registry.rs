@@ -116,7 +116,7 @@ impl Snapshot {
             .filter_map(|(t, spec)| {
                 self.upstreams
                     .iter()
-                    .find(|(name, up)| !up.spec.prefix && spec.spec.may_reach(name))
+                    .find(|(name, up)| !up.spec.prefix && spec.spec.reaches(name))
                     .map(|(name, _)| (t.clone(), name.clone()))
             })
             .collect();
@@ -171,7 +171,7 @@ fn two_bare_upstreams(snap: &Snapshot, resources: &[Resource]) -> Option<(String
     templates.values().find_map(|t| {
         let mut bare = upstreams
             .iter()
-            .filter(|(n, u)| !u.prefix && t.may_reach(n))
+            .filter(|(n, u)| !u.prefix && t.reaches(n))
             .map(|(n, _)| *n);
         match (bare.next(), bare.next()) {
             (Some(a), Some(b)) => Some((t.name.clone(), a.to_owned(), b.to_owned())),

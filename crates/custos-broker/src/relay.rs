@@ -243,6 +243,19 @@ pub struct Round {
     pub client_capabilities: Option<Value>,
 }
 
+impl Round {
+    /// Puts the agent's answers and the upstream's state into the params of the request that
+    /// retries the round.
+    pub fn add_to(&self, params: &mut serde_json::Map<String, Value>) {
+        if let Some(answers) = &self.input_responses {
+            params.insert("inputResponses".into(), answers.clone());
+        }
+        if let Some(state) = &self.request_state {
+            params.insert("requestState".into(), state.clone().into());
+        }
+    }
+}
+
 impl CallChannel {
     /// A channel that carries only the agent's cancellation: the upstream's notifications
     /// about the call are not relayed.

@@ -606,11 +606,17 @@ impl TemplateSpec {
     }
 
     /// Whether some tool pattern of this template could name a tool of `upstream`: only
-    /// those upstreams are asked for their tools, and only they count as reached.
+    /// those upstreams are asked for their tools.
     pub fn may_reach(&self, upstream: &str) -> bool {
         self.tools
             .iter()
             .any(|e| pattern_reaches(&e.tool, upstream))
+    }
+
+    /// Whether this template reaches `upstream` at all: for its tools, its prompts or its
+    /// resources (what counts for the one upstream exposed without a prefix).
+    pub fn reaches(&self, upstream: &str) -> bool {
+        self.may_reach(upstream)
             || self.may_reach_prompts(upstream)
             || self.resources.iter().any(|e| e.upstream == upstream)
     }

@@ -200,3 +200,26 @@ mod props {
         }
     }
 }
+
+/// The longest error message taken from a peer, in characters.
+const MAX_ERROR_MESSAGE: usize = 500;
+/// The largest error `data` taken from a peer, as JSON bytes; larger is dropped.
+const MAX_ERROR_DATA: usize = 4096;
+
+/// A peer's JSON-RPC error object, bounded before anything keeps or relays it: its code (when
+/// an integer), its message (the first 500 characters) and its `data` when that is at most
+/// 4 KiB of JSON.
+pub(crate) fn error_parts(err: &Value) -> (Option<i64>, String, Option<Value>) {
+    let message = err
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .take(MAX_ERROR_MESSAGE)
+        .collect();
+    let data = err
+        .get("data")
+        .filter(|d| serde_json::to_vec(d).is_ok_and(|b| b.len() <= MAX_ERROR_DATA))
+        .cloned();
+    (err.get("code").and_then(Value::as_i64), message, data)
+}

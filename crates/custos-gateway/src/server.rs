@@ -163,6 +163,9 @@ pub struct McpGateway {
 type ClientAnswers = Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<ClientAnswer>>>>;
 type ClientAnswer = Result<Value, ClientRefusal>;
 
+/// The longest URI a session may subscribe to (what it stores and matches updates against).
+const MAX_SUBSCRIBED_URI: usize = 2048;
+
 /// Requests of the agent's client queued per call before more are refused.
 const REQUEST_QUEUE: usize = 8;
 
@@ -450,20 +453,14 @@ impl McpGateway {
         };
         let answer = match (msg.get("result"), msg.get("error")) {
             (Some(result), _) => Ok(result.clone()),
-            (None, Some(e)) => Err(ClientRefusal {
-                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
-                message: e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .chars()
-                    .take(500)
-                    .collect(),
-                data: e
-                    .get("data")
-                    .filter(|d| serde_json::to_vec(d).is_ok_and(|b| b.len() <= 4096))
-                    .cloned(),
-            }),
+            (None, Some(e)) => {
+                let (code, message, data) = jsonrpc::error_parts(e);
+                Err(ClientRefusal {
+                    code: code.unwrap_or(jsonrpc::INTERNAL_ERROR),
+                    message,
+                    data,
+                })
+            }
             (None, None) => return,
         };
         let _ = waiting.send(answer);
@@ -520,15 +517,18 @@ impl McpGateway {
                 .unsubscribe(scope, ctx.task_id(), uri);
             return jsonrpc::result(id, json!({}));
         }
-        let upstream = ctx
-            .snapshot()
-            .templates
-            .get(ctx.template())
-            .and_then(|t| t.spec.resource_upstream(uri))
-            .map(str::to_owned);
+        if uri.len() > MAX_SUBSCRIBED_URI {
+            return jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                &format!("Invalid params: uri longer than {MAX_SUBSCRIBED_URI} bytes"),
+                None,
+            );
+        }
+        let upstream = ctx.resource_upstream(uri).map(str::to_owned);
         let result = self
             .broker
-            .subscribe_resource(ctx, uri, self.upstreams.as_ref())
+            .subscribe_resource(ctx, uri, self.upstreams.clone())
             .await;
         if result.is_ok()
             && let Some(upstream) = upstream
@@ -1192,7 +1192,7 @@ impl McpGateway {
                 };
                 let result = self
                     .broker
-                    .complete(ctx, p.clone(), self.upstreams.as_ref())
+                    .complete(ctx, p.clone(), self.upstreams.clone())
                     .await;
                 call_answer(id, result, era)
             }
@@ -1207,7 +1207,7 @@ impl McpGateway {
                 };
                 let result = self
                     .broker
-                    .read_resource(ctx, uri, self.upstreams.as_ref())
+                    .read_resource(ctx, uri, self.upstreams.clone())
                     .await;
                 call_answer(id, result, era)
             }
@@ -1249,13 +1249,7 @@ impl McpGateway {
                 };
                 let result = self
                     .broker
-                    .get_prompt(
-                        ctx,
-                        name,
-                        arguments,
-                        round.as_ref(),
-                        self.upstreams.as_ref(),
-                    )
+                    .get_prompt(ctx, name, arguments, round.as_ref(), self.upstreams.clone())
                     .await;
                 call_answer(id, rounds.finish(result), era)
             }

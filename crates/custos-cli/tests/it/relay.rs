@@ -741,6 +741,13 @@ fn a_subscribed_resources_updates_reach_the_sessions_stream() {
     let sid = mcp.initialize();
     let told = standalone_stream(&s, &token, &sid);
 
+    let long = format!("fx://{}", "x".repeat(3000));
+    let r = mcp.call(&sid, "resources/subscribe", json!({"uri": long}));
+    assert_eq!(
+        r.body["error"]["code"], -32602,
+        "an overlong URI is not kept: {}",
+        r.body
+    );
     let r = mcp.call(&sid, "resources/subscribe", json!({"uri": "fx://secret"}));
     assert_eq!(
         r.body["error"]["data"]["reason"], "resource_not_allowed",

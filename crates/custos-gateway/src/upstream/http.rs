@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use custos_broker::{CallChannel, ClientCaps, Injection, NoticeKind, UpstreamError};
+use custos_broker::{CallChannel, Injection, NoticeKind, UpstreamError};
 use custos_core::InjectTarget;
 use futures_util::StreamExt as _;
 use secrecy::ExposeSecret;
@@ -33,13 +33,8 @@ pub struct HttpUpstream {
     next_id: AtomicI64,
     /// Credential headers sent with every request (marked sensitive: never logged).
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// What the session tells the upstream the client can do.
-    caps: ClientCaps,
-    /// Whether it must use the 2025 handshake (never the stateless era).
-    handshake_only: bool,
-    /// Marked when the upstream says its tool list changed or a resource was updated (on a
-    /// response's event stream or the session's own).
-    tools_changed: super::ToolsChanged,
+    /// What the connection claims, which era it may use, and where announcements go.
+    connect: super::ConnectAs,
     /// The task reading the session's standalone event stream, if one is open.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -61,32 +56,16 @@ impl HttpUpstream {
             session: Mutex::new(None),
             next_id: AtomicI64::new(1),
             headers: Vec::new(),
-            caps: ClientCaps::default(),
-            handshake_only: false,
-            tools_changed: super::ToolsChanged::default(),
+            connect: super::ConnectAs::default(),
             listener: std::sync::Mutex::new(None),
         }
     }
 
-    /// The same upstream, marking `flag` when the upstream says its tool list changed.
+    /// The same upstream, connected as `connect` says (what it claims the client can do,
+    /// whether it must use the 2025 handshake, where its announcements go).
     #[must_use]
-    pub fn with_change_flag(mut self, flag: super::ToolsChanged) -> Self {
-        self.tools_changed = flag;
-        self
-    }
-
-    /// The same upstream, its session telling it the client can do `caps` (what the agents it
-    /// serves declared).
-    #[must_use]
-    pub fn with_capabilities(mut self, caps: ClientCaps) -> Self {
-        self.caps = caps;
-        self
-    }
-
-    /// The same upstream, never in the stateless era when `yes`.
-    #[must_use]
-    pub fn handshake_only(mut self, yes: bool) -> Self {
-        self.handshake_only = yes;
+    pub fn connecting_as(mut self, connect: super::ConnectAs) -> Self {
+        self.connect = connect;
         self
     }
 
@@ -222,7 +201,7 @@ impl HttpUpstream {
         };
         // Requests of the client need the session era's back-channel: a connection that
         // claims the client can answer some does not offer the stateless era.
-        let modern = if self.caps == ClientCaps::default() && !self.handshake_only {
+        let modern = if self.connect.may_use_stateless() {
             let discover = jsonrpc::request(0, "server/discover", Some(discover_params()));
             match self
                 .post(&probe, &discover, "server/discover", None)
@@ -237,7 +216,8 @@ impl HttpUpstream {
         let session = if modern {
             probe
         } else {
-            let init = jsonrpc::request(0, "initialize", Some(initialize_params(self.caps)));
+            let init =
+                jsonrpc::request(0, "initialize", Some(initialize_params(self.connect.caps)));
             let fresh = Session {
                 era: Era::Session(String::new()),
                 id: None,
@@ -417,7 +397,7 @@ impl HttpUpstream {
                         self.answer_upstream(session, &answer).await;
                     }
                     (Some(method), None) => {
-                        self.tools_changed.notified(method, msg.get("params"));
+                        self.connect.announcer.notified(method, msg.get("params"));
                         relay_notice(relay, want_id, method, msg.get("params")).await;
                     }
                 }
@@ -439,7 +419,7 @@ impl HttpUpstream {
             .header("accept", "text/event-stream")
             .header("mcp-session-id", id)
             .header("mcp-protocol-version", s.era.version());
-        let announcer = self.tools_changed.clone();
+        let announcer = self.connect.announcer.clone();
         let name = self.name.clone();
         let task = tokio::spawn(async move {
             let Ok(resp) = req.send().await else { return };

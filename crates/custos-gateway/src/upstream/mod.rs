@@ -161,36 +161,20 @@ pub(crate) fn ask_for(
         }
         // A retried multi-round call carries the agent's answers and the upstream's state.
         if let Some(r) = round {
-            if let Some(answers) = &r.input_responses {
-                obj.insert("inputResponses".into(), answers.clone());
-            }
-            if let Some(state) = &r.request_state {
-                obj.insert("requestState".into(), state.clone().into());
-            }
+            r.add_to(obj);
         }
     }
 }
 
-/// The largest upstream error `data` relayed to the agent, as JSON bytes; larger is dropped.
-const MAX_ERROR_DATA: usize = 4096;
-
 /// Splits a JSON-RPC response into its result or an [`UpstreamError::Rpc`].
 pub(crate) fn into_result(upstream: &str, msg: Value) -> Result<Value, UpstreamError> {
     if let Some(err) = msg.get("error") {
+        let (code, message, data) = jsonrpc::error_parts(err);
         return Err(UpstreamError::Rpc {
             upstream: upstream.to_owned(),
-            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-            message: err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .chars()
-                .take(500)
-                .collect(),
-            data: err
-                .get("data")
-                .filter(|d| serde_json::to_vec(d).is_ok_and(|b| b.len() <= MAX_ERROR_DATA))
-                .map(|d| Box::new(d.clone())),
+            code: code.unwrap_or(0),
+            message,
+            data: data.map(Box::new),
         });
     }
     match msg {
@@ -236,7 +220,7 @@ impl Client {
 /// cached list stale and is announced by upstream name ([`UpstreamPool::tool_changes`]); an
 /// updated resource is announced as (upstream, URI) ([`UpstreamPool::resource_updates`]).
 #[derive(Clone)]
-pub struct ToolsChanged {
+pub struct Announcer {
     flag: Arc<AtomicBool>,
     upstream: String,
     announce: tokio::sync::broadcast::Sender<String>,
@@ -246,7 +230,7 @@ pub struct ToolsChanged {
 /// The longest resource URI announced as updated.
 const MAX_ANNOUNCED_URI: usize = 2048;
 
-impl ToolsChanged {
+impl Announcer {
     /// The upstream said its tool list changed.
     pub fn mark(&self) {
         self.flag.store(true, Ordering::SeqCst);
@@ -274,7 +258,7 @@ impl ToolsChanged {
     }
 }
 
-impl Default for ToolsChanged {
+impl Default for Announcer {
     fn default() -> Self {
         Self {
             flag: Arc::default(),
@@ -282,6 +266,27 @@ impl Default for ToolsChanged {
             announce: tokio::sync::broadcast::channel(1).0,
             resources: tokio::sync::broadcast::channel(1).0,
         }
+    }
+}
+
+/// How a connection is made, the same for both transports: what it claims the client can
+/// do, whether it must use the 2025 handshake, and where its upstream's announcements go.
+#[derive(Clone, Default)]
+pub struct ConnectAs {
+    /// What the agents it serves declared.
+    pub caps: ClientCaps,
+    /// Whether it must use the 2025 handshake (resource subscriptions).
+    pub handshake_only: bool,
+    /// Where a changed tool list or an updated resource is told.
+    pub announcer: Announcer,
+}
+
+impl ConnectAs {
+    /// Whether the connection may use the stateless era: not when it claims capabilities or
+    /// must use the handshake (requests of the client and subscription updates need the
+    /// session's back-channel, which that era does not have).
+    pub(crate) fn may_use_stateless(&self) -> bool {
+        self.caps == ClientCaps::default() && !self.handshake_only
     }
 }
 
@@ -479,19 +484,21 @@ impl UpstreamPool {
         let spec = conn.upstream();
         let injection = conn.injection().cloned();
         let tools_changed = Arc::new(AtomicBool::new(false));
-        let changed = ToolsChanged {
-            flag: tools_changed.clone(),
-            upstream: spec.name.clone(),
-            announce: self.changes.clone(),
-            resources: self.resource_changes.clone(),
+        let connect = ConnectAs {
+            caps,
+            handshake_only: handshake,
+            announcer: Announcer {
+                flag: tools_changed.clone(),
+                upstream: spec.name.clone(),
+                announce: self.changes.clone(),
+                resources: self.resource_changes.clone(),
+            },
         };
         let client = match &spec.transport {
             Transport::Stdio { command } => Client::Stdio(
                 StdioUpstream::new(&spec.name, command.clone(), spec.call_timeout())
                     .with_injection(injection.clone())
-                    .with_capabilities(caps)
-                    .handshake_only(handshake)
-                    .with_change_flag(changed.clone())
+                    .connecting_as(connect)
                     .relaying_logs(conn.one_call() || spec.scope == UpstreamScope::Task),
             ),
             Transport::Http { url } => Client::Http(
@@ -503,9 +510,7 @@ impl UpstreamPool {
                 )
                 .with_injection(injection.as_deref())
                 .map_err(|e| UpstreamError::Failed(spec.name.clone(), e))?
-                .with_capabilities(caps)
-                .handshake_only(handshake)
-                .with_change_flag(changed),
+                .connecting_as(connect),
             ),
         };
         Ok(Entry {

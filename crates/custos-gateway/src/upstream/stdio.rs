@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use custos_broker::{CallChannel, ClientCaps, Injection, NoticeKind, UpstreamError};
+use custos_broker::{CallChannel, Injection, NoticeKind, UpstreamError};
 use custos_core::{InjectTarget, StdioCommand};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -168,12 +168,8 @@ pub struct StdioUpstream {
     /// Whether log messages go to the one call in flight: only on a connection that serves
     /// one task, where they cannot be another task's.
     relay_logs: bool,
-    /// What the process is told the client can do.
-    caps: ClientCaps,
-    /// Whether it must use the 2025 handshake (never the stateless era).
-    handshake_only: bool,
-    /// Marked when the process says its tool list changed.
-    tools_changed: super::ToolsChanged,
+    /// What the connection claims, which era it may use, and where announcements go.
+    connect: super::ConnectAs,
     conn: Mutex<Slot>,
 }
 
@@ -193,32 +189,16 @@ impl StdioUpstream {
             timeout,
             injection: None,
             relay_logs: false,
-            caps: ClientCaps::default(),
-            handshake_only: false,
-            tools_changed: super::ToolsChanged::default(),
+            connect: super::ConnectAs::default(),
             conn: Mutex::new(Slot::default()),
         }
     }
 
-    /// The same upstream, marking `flag` when the process says its tool list changed.
+    /// The same upstream, connected as `connect` says (what it claims the client can do,
+    /// whether it must use the 2025 handshake, where its announcements go).
     #[must_use]
-    pub fn with_change_flag(mut self, flag: super::ToolsChanged) -> Self {
-        self.tools_changed = flag;
-        self
-    }
-
-    /// The same upstream, its processes told the client can do `caps` (what the agents it
-    /// serves declared).
-    #[must_use]
-    pub fn with_capabilities(mut self, caps: ClientCaps) -> Self {
-        self.caps = caps;
-        self
-    }
-
-    /// The same upstream, never in the stateless era when `yes`.
-    #[must_use]
-    pub fn handshake_only(mut self, yes: bool) -> Self {
-        self.handshake_only = yes;
+    pub fn connecting_as(mut self, connect: super::ConnectAs) -> Self {
+        self.connect = connect;
         self
     }
 
@@ -365,7 +345,7 @@ impl StdioUpstream {
             Arc::downgrade(&conn),
             ReadLoop {
                 relay_logs: self.relay_logs,
-                tools_changed: self.tools_changed.clone(),
+                tools_changed: self.connect.announcer.clone(),
             },
         ));
         if let Some(stderr) = stderr {
@@ -379,7 +359,7 @@ impl StdioUpstream {
         // Prefer the stateless era; fall back to the handshake on the same process. Requests
         // of the client need the session era's back-channel: a connection that claims the
         // client can answer some goes straight to the handshake.
-        let probe = if self.caps == ClientCaps::default() && !self.handshake_only {
+        let probe = if self.connect.may_use_stateless() {
             conn.call(
                 &self.name,
                 "server/discover",
@@ -398,7 +378,7 @@ impl StdioUpstream {
                     .call(
                         &self.name,
                         "initialize",
-                        Some(initialize_params(self.caps)),
+                        Some(initialize_params(self.connect.caps)),
                         self.timeout,
                         None,
                     )
@@ -629,7 +609,7 @@ struct ReadLoop {
     /// Whether log messages and requests of the client go to the one call in flight.
     relay_logs: bool,
     /// Marked when the process says its tool list changed.
-    tools_changed: super::ToolsChanged,
+    tools_changed: super::Announcer,
 }
 
 /// The channel of the one call in flight, if exactly one is and it relays.
